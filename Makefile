@@ -1,0 +1,45 @@
+# Two commands: `make demo` (set up, then run the main job on the bundled model)
+# and `make test` (set up, then lint, type-check, build the docs and run the tests).
+# Set-up is a local .venv with the CPU build of torch (constraints/cpu.txt), so a
+# CPU-only machine never pulls CUDA packages. GPU users: see the README.
+
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.attrib-installed
+
+.PHONY: setup demo test lint typecheck docs pytest bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints/cpu.txt
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 2; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints/cpu.txt "torch==2.13.0"
+	$(BIN)/python -m pip install --quiet -c constraints/cpu.txt -e ".[dev,docs]"
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/attrib demo
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: setup
+	$(BIN)/mypy
+
+docs: setup
+	$(BIN)/mkdocs build --strict --site-dir site
+
+pytest: setup
+	$(BIN)/python -m pytest -m "not slow" -q
+
+test: lint typecheck docs pytest
+
+bench: setup
+	$(BIN)/python examples/bench_shapes.py --json out/bench_shapes.json --quick
+
+clean:
+	rm -rf site out .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,29 @@
+"""``attrib.shapes``: a procedurally generated grounded-reasoning benchmark.
+
+Scenes of 3-10 coloured shapes, five question families, a reasoning trace of
+2-12 sentences per question, and pixel-level ground truth for every object that
+every sentence names. See :mod:`attrib.shapes.scene`,
+:mod:`attrib.shapes.questions` and :mod:`attrib.shapes.dataset`.
+"""
+
+from attrib.shapes.dataset import SPLITS, Example, example_seed, iter_split, make_example, trace_text
+from attrib.shapes.parse import ParsedTrace, parse_output
+from attrib.shapes.questions import FAMILIES, Question, Sentence
+from attrib.shapes.scene import Difficulty, Scene, ShapeObject
+
+__all__ = [
+    "FAMILIES",
+    "SPLITS",
+    "Difficulty",
+    "Example",
+    "ParsedTrace",
+    "Question",
+    "Scene",
+    "Sentence",
+    "ShapeObject",
+    "example_seed",
+    "iter_split",
+    "make_example",
+    "parse_output",
+    "trace_text",
+]

@@ -1,0 +1,251 @@
+"""Greedy evaluation of a model on a benchmark split, with a blank-image control."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import PreTrainedModel
+
+from attrib.processing import ShapesProcessor
+from attrib.shapes.dataset import Example, iter_split
+from attrib.shapes.parse import parse_output
+from attrib.shapes.scene import Difficulty
+from metrics.stats import mean_ci
+
+__all__ = ["EvalResult", "ExampleOutcome", "evaluate", "generate_batch"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ExampleOutcome:
+    """One evaluated example.
+
+    Attributes:
+        uid: Example id.
+        family: Question family.
+        answer: Ground-truth answer.
+        output: Decoded model output.
+        predicted: Parsed answer, or ``None``.
+        parsed: Whether the output parsed.
+        correct: Whether the parsed answer equals the ground truth.
+        blank_output: Output on the blank image (when the control ran).
+        blank_correct: Correct on the blank image.
+    """
+
+    uid: str
+    family: str
+    answer: str
+    output: str
+    predicted: str | None
+    parsed: bool
+    correct: bool
+    blank_output: str | None = None
+    blank_correct: bool | None = None
+
+
+@dataclass
+class EvalResult:
+    """Aggregate evaluation; :meth:`to_dict` gives the JSON the CLI writes.
+
+    Attributes:
+        n: Examples evaluated.
+        accuracy: Share answered correctly (unparseable outputs count as wrong).
+        parse_rate: Share of outputs that parse into think sentences and an answer.
+        n_failures: Examples answered wrongly or unparseably.
+        blank_image_accuracy: Accuracy on the same questions with a blank image.
+        seconds_per_example: Wall time per example (real-image pass only).
+        per_family: ``{family: {"n", "accuracy", "blank_image_accuracy"}}``.
+        outcomes: Per-example outcomes.
+        meta: Model, split and settings.
+    """
+
+    n: int
+    accuracy: float
+    parse_rate: float
+    n_failures: int
+    blank_image_accuracy: float | None
+    seconds_per_example: float
+    per_family: dict[str, dict[str, float]]
+    outcomes: list[ExampleOutcome] = field(repr=False)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self, *, with_outcomes: bool = False) -> dict[str, Any]:
+        """JSON-ready summary with bootstrap 95 % intervals."""
+        acc = [o.correct for o in self.outcomes]
+        d: dict[str, Any] = {
+            "accuracy": self.accuracy,
+            "accuracy_ci": list(_ci(acc)),
+            "blank_image_accuracy": self.blank_image_accuracy,
+            "n_failures": self.n_failures,
+            "parse_rate": self.parse_rate,
+            "n": self.n,
+            "seconds_per_example": self.seconds_per_example,
+            "per_family": self.per_family,
+            **self.meta,
+        }
+        blank = [o.blank_correct for o in self.outcomes if o.blank_correct is not None]
+        if blank:
+            d["blank_image_accuracy_ci"] = list(_ci(blank))
+        if with_outcomes:
+            d["outcomes"] = [o.__dict__ for o in self.outcomes]
+        return d
+
+
+def _ci(xs: Sequence[bool]) -> tuple[float, float]:
+    r = mean_ci(np.asarray(xs, dtype=np.float64), n_boot=1000)
+    return r["ci_low"], r["ci_high"]
+
+
+@torch.inference_mode()
+def generate_batch(
+    model: PreTrainedModel,
+    processor: ShapesProcessor,
+    images: Sequence[Image.Image],
+    questions: Sequence[str],
+    *,
+    max_new_tokens: int = 200,
+) -> list[str]:
+    """Greedy-decode a left-padded batch and return the decoded outputs.
+
+    Args:
+        model: A Qwen2.5-VL model.
+        processor: Its processor.
+        images: One image per question.
+        questions: Questions.
+        max_new_tokens: Generation budget per example.
+
+    Returns:
+        Decoded outputs (think tags kept, pad and end tokens dropped).
+    """
+    batch = processor(images, questions)
+    out = model.generate(  # type: ignore[operator]
+        **batch,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        eos_token_id=int(processor.tokenizer.eos_token_id),
+        pad_token_id=int(processor.tokenizer.pad_token_id),
+    )
+    new = out[:, batch["input_ids"].shape[1] :]
+    return [processor.decode(row) for row in new]
+
+
+def evaluate(
+    model: PreTrainedModel,
+    processor: ShapesProcessor,
+    *,
+    split: str = "test",
+    n: int = 1000,
+    start: int = 0,
+    benchmark_seed: int = 0,
+    difficulty: Difficulty | None = None,
+    batch_size: int = 32,
+    blank_control: bool = True,
+    max_new_tokens: int = 200,
+    on_progress: Callable[[int, int], None] | None = None,
+    examples: Sequence[Example] | None = None,
+) -> EvalResult:
+    """Evaluate greedy accuracy on ``n`` examples of ``split``.
+
+    Args:
+        model: The model.
+        processor: Its processor.
+        split: Benchmark split.
+        n: Number of examples.
+        start: First example index.
+        benchmark_seed: Benchmark seed.
+        difficulty: Difficulty (``medium`` by default).
+        batch_size: Examples per ``generate`` call.
+        blank_control: Also answer every question on a blank image.
+        max_new_tokens: Generation budget per example.
+        on_progress: Called as ``on_progress(done, total)`` after every batch.
+        examples: Evaluate these instead of generating ``split``.
+
+    Returns:
+        An :class:`EvalResult`.
+
+    Raises:
+        ValueError: If ``n`` or ``batch_size`` is not positive.
+    """
+    if examples is None:
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        examples = list(iter_split(split, n, start=start, benchmark_seed=benchmark_seed, difficulty=difficulty))
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    total = len(examples) * (2 if blank_control else 1)
+    done = 0
+    outcomes: list[ExampleOutcome] = []
+    t0 = time.perf_counter()
+    for b in range(0, len(examples), batch_size):
+        chunk = examples[b : b + batch_size]
+        outs = generate_batch(
+            model,
+            processor,
+            [e.image() for e in chunk],
+            [e.question.text for e in chunk],
+            max_new_tokens=max_new_tokens,
+        )
+        for e, o in zip(chunk, outs, strict=True):
+            p = parse_output(o)
+            outcomes.append(
+                ExampleOutcome(
+                    uid=e.uid,
+                    family=e.family,
+                    answer=e.answer,
+                    output=o,
+                    predicted=p.answer,
+                    parsed=p.ok,
+                    correct=p.ok and p.answer == e.answer,
+                )
+            )
+        done += len(chunk)
+        if on_progress is not None:
+            on_progress(done, total)
+    seconds = time.perf_counter() - t0
+    if blank_control:
+        for b in range(0, len(examples), batch_size):
+            chunk = examples[b : b + batch_size]
+            outs = generate_batch(
+                model,
+                processor,
+                [e.blank_image() for e in chunk],
+                [e.question.text for e in chunk],
+                max_new_tokens=max_new_tokens,
+            )
+            for k, o in enumerate(outs):
+                p = parse_output(o)
+                rec = outcomes[b + k]
+                rec.blank_output = o
+                rec.blank_correct = p.ok and p.answer == rec.answer
+            done += len(chunk)
+            if on_progress is not None:
+                on_progress(done, total)
+    fam: dict[str, list[ExampleOutcome]] = defaultdict(list)
+    for rec in outcomes:
+        fam[rec.family].append(rec)
+    per_family: dict[str, dict[str, float]] = {}
+    for f, os_ in sorted(fam.items()):
+        per_family[f] = {"n": len(os_), "accuracy": float(np.mean([o.correct for o in os_]))}
+        if blank_control:
+            per_family[f]["blank_image_accuracy"] = float(np.mean([bool(o.blank_correct) for o in os_]))
+    nn = len(outcomes)
+    return EvalResult(
+        n=nn,
+        accuracy=float(np.mean([o.correct for o in outcomes])),
+        parse_rate=float(np.mean([o.parsed for o in outcomes])),
+        n_failures=sum(not o.correct for o in outcomes),
+        blank_image_accuracy=float(np.mean([bool(o.blank_correct) for o in outcomes])) if blank_control else None,
+        seconds_per_example=seconds / nn,
+        per_family=per_family,
+        outcomes=outcomes,
+        meta={"split": split, "start": start, "benchmark_seed": benchmark_seed},
+    )

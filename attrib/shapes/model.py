@@ -1,0 +1,195 @@
+"""The bundled thinking VLM: a small ``Qwen2_5_VLForConditionalGeneration`` trained on ``attrib.shapes``."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+from attrib.processing import ShapesProcessor
+
+__all__ = [
+    "BUNDLED_DIR",
+    "ModelSize",
+    "build_config",
+    "bundled_model_path",
+    "load_bundled",
+    "load_model",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Where the bundled models live inside the package.
+BUNDLED_DIR = Path(__file__).resolve().parent.parent / "bundled"
+_BUNDLED = {"shapes-qwen25vl": "shapes-qwen25vl"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelSize:
+    """Architecture hyper-parameters of a small Qwen2.5-VL.
+
+    The defaults are the bundled model's. ``head_dim = hidden / heads`` must be
+    divisible by 2, and M-RoPE sections are derived to sum to ``head_dim / 2``.
+    """
+
+    hidden: int = 192
+    layers: int = 4
+    heads: int = 6
+    kv_heads: int = 2
+    intermediate: int = 512
+    vision_hidden: int = 128
+    vision_depth: int = 4
+    vision_heads: int = 4
+    vision_intermediate: int = 256
+
+    def __post_init__(self) -> None:
+        if self.hidden % self.heads or (self.hidden // self.heads) % 2:
+            raise ValueError(f"hidden={self.hidden} must split into {self.heads} heads of even size")
+        if self.heads % self.kv_heads:
+            raise ValueError(f"heads={self.heads} must be a multiple of kv_heads={self.kv_heads}")
+        if self.vision_hidden % self.vision_heads:
+            raise ValueError(f"vision_hidden={self.vision_hidden} must split into {self.vision_heads} heads")
+
+    @classmethod
+    def tiny(cls) -> ModelSize:
+        """A size for smoke tests (seconds per step)."""
+        return cls(
+            hidden=64,
+            layers=2,
+            heads=4,
+            kv_heads=2,
+            intermediate=128,
+            vision_hidden=32,
+            vision_depth=2,
+            vision_heads=2,
+            vision_intermediate=64,
+        )
+
+    def to_dict(self) -> dict[str, int]:
+        """JSON-ready dict."""
+        return asdict(self)
+
+
+def _mrope_sections(head_dim: int) -> list[int]:
+    half = head_dim // 2
+    t = half // 4
+    h = (half - t) // 2
+    return [t, h, half - t - h]
+
+
+def build_config(processor: ShapesProcessor, size: ModelSize | None = None) -> Qwen2_5_VLConfig:
+    """A Qwen2.5-VL config whose vocabulary and special ids match ``processor``.
+
+    Args:
+        processor: The local processor (vocabulary and special-token ids).
+        size: Architecture; :class:`ModelSize` defaults when ``None``.
+    """
+    s = size or ModelSize()
+    head_dim = s.hidden // s.heads
+    ids = processor.config_kwargs()
+    vocab = len(processor.tokenizer)
+    text = {
+        "vocab_size": vocab,
+        "hidden_size": s.hidden,
+        "num_hidden_layers": s.layers,
+        "num_attention_heads": s.heads,
+        "num_key_value_heads": s.kv_heads,
+        "intermediate_size": s.intermediate,
+        "max_position_embeddings": 4096,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": _mrope_sections(head_dim)},
+        "tie_word_embeddings": True,
+        "pad_token_id": ids["pad_token_id"],
+        "eos_token_id": ids["eos_token_id"],
+        "bos_token_id": ids["bos_token_id"],
+    }
+    vision = {
+        "depth": s.vision_depth,
+        "hidden_size": s.vision_hidden,
+        "intermediate_size": s.vision_intermediate,
+        "num_heads": s.vision_heads,
+        "out_hidden_size": s.hidden,
+        "patch_size": 14,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "window_size": 112,
+        "fullatt_block_indexes": [i for i in range(s.vision_depth) if i % 2 == 1],
+    }
+    return Qwen2_5_VLConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=ids["image_token_id"],
+        video_token_id=ids["video_token_id"],
+        vision_start_token_id=ids["vision_start_token_id"],
+        vision_end_token_id=ids["vision_end_token_id"],
+        tie_word_embeddings=True,
+    )
+
+
+def load_model(
+    path: str | Path, *, attn_implementation: str = "sdpa", dtype: torch.dtype = torch.float32
+) -> tuple[Qwen2_5_VLForConditionalGeneration, ShapesProcessor]:
+    """Load a model directory written by ``attrib shapes train`` (local only, no hub).
+
+    Args:
+        path: Directory with ``config.json``, ``model.safetensors`` and processor files.
+        attn_implementation: ``"sdpa"`` (default) or ``"eager"``.
+        dtype: Parameter dtype.
+
+    Returns:
+        ``(model, processor)`` with the model in eval mode.
+
+    Raises:
+        FileNotFoundError: If the directory or a required file is missing.
+        ValueError: If a file is corrupt or the model and processor disagree.
+    """
+    p = Path(path)
+    if not p.is_dir():
+        raise FileNotFoundError(f"model directory not found: {p}")
+    for name in ("config.json", "model.safetensors"):
+        if not (p / name).is_file():
+            raise FileNotFoundError(f"model directory {p} lacks {name}")
+    try:
+        json.loads((p / "config.json").read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"corrupt config.json in {p}: {e}") from e
+    processor = ShapesProcessor.from_pretrained(p)
+    try:
+        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+            p, attn_implementation=attn_implementation, dtype=dtype, local_files_only=True
+        )
+    except Exception as e:  # safetensors and transformers raise several types for bad files
+        raise ValueError(f"cannot load model weights from {p}: {type(e).__name__}: {e}") from e
+    if model.config.image_token_id != processor.image_token_id:
+        raise ValueError(
+            f"model in {p} expects image token id {model.config.image_token_id}, "
+            f"processor gives {processor.image_token_id}"
+        )
+    model.eval()
+    return model, processor
+
+
+def bundled_model_path(name: str = "shapes-qwen25vl") -> Path:
+    """Path of a bundled model.
+
+    Raises:
+        ValueError: For an unknown name (the message lists the bundled ones).
+        FileNotFoundError: If the bundled files are absent from this install.
+    """
+    if name not in _BUNDLED:
+        raise ValueError(f"unknown bundled model {name!r}; bundled: {sorted(_BUNDLED)}")
+    p = BUNDLED_DIR / _BUNDLED[name]
+    if not (p / "model.safetensors").is_file():
+        raise FileNotFoundError(f"bundled model files missing at {p}; reinstall attrib or run `attrib shapes train`")
+    return p
+
+
+def load_bundled(
+    name: str = "shapes-qwen25vl", **kwargs: Any
+) -> tuple[Qwen2_5_VLForConditionalGeneration, ShapesProcessor]:
+    """Load a bundled model by name (see :func:`load_model` for keyword arguments)."""
+    return load_model(bundled_model_path(name), **kwargs)

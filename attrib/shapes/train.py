@@ -1,0 +1,241 @@
+"""Train the bundled Qwen2.5-VL from scratch on ``attrib.shapes`` traces (teacher forcing).
+
+Training is deterministic for a given seed and thread count: examples are a
+pure function of the step index, and the model is initialised from the seed.
+It checkpoints every ``ckpt_every`` steps (safetensors for weights, a
+``weights_only`` torch file for the optimizer) and resumes after a kill. The
+final directory is written to a temporary path and renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import Qwen2_5_VLForConditionalGeneration
+
+from attrib.processing import ShapesProcessor
+from attrib.shapes.dataset import make_example
+from attrib.shapes.model import ModelSize, build_config
+from attrib.shapes.questions import AUX_FAMILIES
+from attrib.shapes.scene import Difficulty
+from attrib.shapes.vocab import benchmark_words
+
+__all__ = ["TrainConfig", "TrainResult", "set_generation_defaults", "train"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Training hyper-parameters (the defaults produce the bundled model).
+
+    Attributes:
+        steps: Optimiser steps.
+        batch_size: Examples per step.
+        lr: Peak learning rate (AdamW).
+        warmup: Linear warm-up steps; cosine decay to 10 % afterwards.
+        weight_decay: AdamW weight decay.
+        seed: Model initialisation seed.
+        benchmark_seed: Benchmark seed of the training split.
+        threads: torch CPU threads (part of the determinism contract).
+        size: Architecture.
+        difficulty: Scene difficulty of the training data.
+        ckpt_every: Steps between resumable checkpoints (0 disables).
+        aux_share: Share of each batch drawn from the auxiliary ``inventory``
+            family (list every object, then count), for dense grounding supervision.
+    """
+
+    steps: int = 4000
+    batch_size: int = 16
+    lr: float = 2e-3
+    warmup: int = 200
+    weight_decay: float = 0.01
+    seed: int = 0
+    benchmark_seed: int = 0
+    threads: int = 2
+    size: ModelSize = field(default_factory=ModelSize)
+    difficulty: Difficulty = field(default_factory=Difficulty)
+    ckpt_every: int = 250
+    aux_share: float = 0.25
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError(f"steps and batch_size must be >= 1, got {self.steps}, {self.batch_size}")
+        if not 0 <= self.aux_share < 1:
+            raise ValueError(f"aux_share must be in [0, 1), got {self.aux_share}")
+        if not 0 < self.lr < 1:
+            raise ValueError(f"lr must be in (0, 1), got {self.lr}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        d = asdict(self)
+        d["size"] = self.size.to_dict()
+        d["difficulty"] = self.difficulty.to_dict()
+        return d
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns.
+
+    Attributes:
+        out_dir: The saved model directory.
+        seconds: Wall time of this call (resumed work excluded).
+        losses: ``(step, loss)`` pairs logged.
+        resumed_from: Step the run resumed from (0 for a fresh run).
+    """
+
+    out_dir: Path
+    seconds: float
+    losses: list[tuple[int, float]]
+    resumed_from: int = 0
+
+
+def _lr_at(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+_AUX_OFFSET = 500_000_000
+
+
+def _batch(processor: ShapesProcessor, cfg: TrainConfig, step: int) -> dict[str, torch.Tensor]:
+    n_aux = round(cfg.batch_size * cfg.aux_share)
+    n_reg = cfg.batch_size - n_aux
+    kw: dict[str, Any] = {"benchmark_seed": cfg.benchmark_seed, "difficulty": cfg.difficulty}
+    exs = [make_example("train", step * n_reg + j, **kw) for j in range(n_reg)]
+    exs += [
+        make_example("train", _AUX_OFFSET + step * n_aux + j, families=sorted(AUX_FAMILIES), **kw) for j in range(n_aux)
+    ]
+    return processor([e.image() for e in exs], [e.question.text for e in exs], [e.target_text() for e in exs])
+
+
+def train(
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    *,
+    on_step: Callable[[int, int, float], None] | None = None,
+    log_every: int = 25,
+) -> TrainResult:
+    """Train a model and save it (weights, config, processor, ``train_log.json``) to ``out_dir``.
+
+    Args:
+        cfg: Hyper-parameters.
+        out_dir: Final model directory (replaced atomically when training ends).
+        on_step: Called as ``on_step(step, total, loss)`` after every step (progress bars).
+        log_every: Steps between logged losses.
+
+    Returns:
+        A :class:`TrainResult`.
+    """
+    out = Path(out_dir)
+    ckpt = out.with_name(out.name + ".ckpt")
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    processor = ShapesProcessor.create(benchmark_words())
+    model = Qwen2_5_VLForConditionalGeneration(build_config(processor, cfg.size))
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
+    start, losses, prior_seconds = _maybe_resume(ckpt, cfg, model, opt)
+    t0 = time.perf_counter()
+    for step in range(start, cfg.steps):
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, cfg)
+        batch = _batch(processor, cfg, step)
+        loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        lv = float(loss.detach())
+        if not math.isfinite(lv):
+            raise RuntimeError(f"training diverged at step {step}: loss={lv}")
+        if step % log_every == 0 or step == cfg.steps - 1:
+            losses.append((step, lv))
+            logger.info("step %d/%d loss %.4f", step, cfg.steps, lv)
+        if on_step is not None:
+            on_step(step + 1, cfg.steps, lv)
+        if cfg.ckpt_every and (step + 1) % cfg.ckpt_every == 0 and step + 1 < cfg.steps:
+            _save_ckpt(ckpt, cfg, model, opt, step + 1, losses, prior_seconds + time.perf_counter() - t0)
+    seconds = time.perf_counter() - t0
+    model.eval()
+    set_generation_defaults(model, processor)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    processor.save_pretrained(tmp)
+    log = {
+        "config": cfg.to_dict(),
+        "losses": losses,
+        "train_seconds": prior_seconds + seconds,
+        "torch": torch.__version__,
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+    (tmp / "train_log.json").write_text(json.dumps(log, indent=1) + "\n")
+    old = out.with_name(out.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(ckpt, ignore_errors=True)
+    return TrainResult(out_dir=out, seconds=seconds, losses=losses, resumed_from=start)
+
+
+def set_generation_defaults(model: Qwen2_5_VLForConditionalGeneration, processor: ShapesProcessor) -> None:
+    """Greedy decoding that stops at ``<|im_end|>``, so a plain ``model.generate(**inputs)`` works."""
+    gc = model.generation_config
+    gc.eos_token_id = int(processor.tokenizer.eos_token_id)
+    gc.pad_token_id = int(processor.tokenizer.pad_token_id)
+    gc.do_sample = False
+    gc.max_new_tokens = 200
+
+
+def _save_ckpt(
+    ckpt: Path,
+    cfg: TrainConfig,
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    step: int,
+    losses: list[tuple[int, float]],
+    seconds: float,
+) -> None:
+    tmp = ckpt.with_name(ckpt.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(
+        {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors")
+    )
+    torch.save(opt.state_dict(), tmp / "optimizer.pt")
+    meta = {"step": step, "config": cfg.to_dict(), "losses": losses, "seconds": seconds}
+    (tmp / "meta.json").write_text(json.dumps(meta) + "\n")
+    shutil.rmtree(ckpt, ignore_errors=True)
+    os.replace(tmp, ckpt)
+
+
+def _maybe_resume(
+    ckpt: Path, cfg: TrainConfig, model: torch.nn.Module, opt: torch.optim.Optimizer
+) -> tuple[int, list[tuple[int, float]], float]:
+    if not (ckpt / "meta.json").is_file():
+        return 0, [], 0.0
+    meta = json.loads((ckpt / "meta.json").read_text())
+    if meta["config"] != json.loads(json.dumps(cfg.to_dict())):
+        raise ValueError(f"checkpoint {ckpt} was written with a different training config; delete it to start afresh")
+    state = load_file(str(ckpt / "model.safetensors"))
+    model.load_state_dict(state, strict=True)
+    opt.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
+    logger.info("resuming from step %d (%s)", meta["step"], ckpt)
+    return int(meta["step"]), [tuple(x) for x in meta["losses"]], float(meta["seconds"])

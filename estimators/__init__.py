@@ -1,0 +1,1 @@
+"""Amortized attribution estimators (the L x H linear estimator) and baseline attribution methods."""
