@@ -23,7 +23,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
@@ -42,10 +42,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-class RegionMethod(Protocol):
-    """Signature of a region method."""
-
-    def __call__(self, image: Image.Image, k: int | None, *, seed: int = 0, **options: Any) -> RegionPartition: ...
+#: A region method: ``method(image, k, *, seed=0, **options) -> RegionPartition``.
+RegionMethod = Callable[..., RegionPartition]
 
 
 REGION_METHODS: dict[str, RegionMethod] = {}
@@ -134,7 +132,8 @@ def cluster_features(
             import faiss
         except ImportError as e:
             raise ValueError("clusterer='kmeans' needs faiss: pip install faiss-cpu (or faiss-gpu)") from e
-        km = faiss.Kmeans(d, k, niter=25, seed=seed, verbose=False, min_points_per_centroid=1)
+        gpu = bool(getattr(faiss, "get_num_gpus", lambda: 0)())
+        km = faiss.Kmeans(d, k, niter=25, seed=seed, verbose=False, min_points_per_centroid=1, gpu=gpu)
         km.train(x)
         _, idx = km.index.search(x, 1)
         return np.asarray(idx[:, 0], dtype=np.int64).reshape(h, w)

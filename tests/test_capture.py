@@ -1,0 +1,244 @@
+"""Attention capture under SDPA: equality with eager attention, spans, hygiene, bad input."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+
+import numpy as np
+import pytest
+import torch
+from tiny_models import FAMILY_NAMES, build, inputs, n_image_tokens
+
+from attrib.adapters import ADAPTERS, CHECKPOINTS, adapter_for, get_adapter, register_adapter
+from attrib.capture import IMPLEMENTATION, AttentionCapture, CaptureResult, SpanSegmenter, capture_generate
+
+WORDS = {i: f"w{i}" for i in range(128)}
+
+
+def _decode(ids: list[int]) -> str:
+    # Every 4th token ends a sentence in the tiny models' fake vocabulary.
+    return " ".join(WORDS[i] + ("." if i % 4 == 0 else "") for i in ids)
+
+
+def _assignment(n: int, k: int = 3) -> np.ndarray:
+    m = np.zeros((k, n), dtype=np.float32)
+    m[np.arange(n) % k, np.arange(n)] = 1
+    return m
+
+
+def _eager_rows(model, full_ids, x, prompt_len, assign):  # type: ignore[no-untyped-def]
+    """Reference: eager attention of the full (prompt + generated) sequence, rows that predict each token."""
+    model.set_attn_implementation("eager")
+    try:
+        kw = {k: v for k, v in x.items() if k not in ("input_ids", "attention_mask", "mm_token_type_ids")}
+        extra = {}
+        if "mm_token_type_ids" in x:
+            extra["mm_token_type_ids"] = torch.cat(
+                [x["mm_token_type_ids"], torch.zeros(1, full_ids.shape[1] - prompt_len, dtype=torch.long)], 1
+            )
+        with torch.no_grad():
+            out = model(
+                input_ids=full_ids, attention_mask=torch.ones_like(full_ids), output_attentions=True, **kw, **extra
+            )
+    finally:
+        model.set_attn_implementation("sdpa")
+    img = torch.nonzero(x["input_ids"][0] == adapter_for(model).image_token_id(model)).flatten()
+    rows = []
+    for t in range(full_ids.shape[1] - prompt_len):
+        q = prompt_len - 1 + t
+        per_layer = [a[0, :, q, img].float() @ torch.from_numpy(assign.T) for a in out.attentions]  # (H, K)
+        rows.append(torch.stack(per_layer).permute(2, 0, 1).numpy())  # (K, L, H)
+    return np.stack(rows)
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_sdpa_capture_equals_eager(family: str) -> None:
+    model = build(family)
+    x = inputs(family)
+    assign = _assignment(n_image_tokens(family))
+    with AttentionCapture(model, x, assign, decode=_decode, per_token=True) as cap:
+        assert adapter_for(model).text_config(model)._attn_implementation == IMPLEMENTATION
+        out = model.generate(**x, streamer=cap.streamer, max_new_tokens=8, min_new_tokens=8, do_sample=False)
+    res = cap.result()
+    assert adapter_for(model).text_config(model)._attn_implementation == "sdpa"
+    prompt_len = x["input_ids"].shape[1]
+    assert res.generated_ids == out[0, prompt_len:].tolist()
+    ref = _eager_rows(model, out, x, prompt_len, assign)
+    assert res.per_token is not None and res.per_token.shape == ref.shape
+    np.testing.assert_allclose(res.per_token, ref, atol=1e-4)
+    # Span features are the mean of their tokens' rows.
+    for span, f in zip(res.spans, res.features, strict=True):
+        np.testing.assert_allclose(f, res.per_token[span.start : span.end].mean(0), atol=1e-6)
+
+
+def test_sampling_and_capture_are_compatible() -> None:
+    model = build("qwen2_5_vl")
+    x = inputs("qwen2_5_vl")
+    torch.manual_seed(3)
+    res = capture_generate(
+        model, x, _assignment(6), decode=_decode, max_new_tokens=12, min_new_tokens=12, do_sample=True, top_k=20
+    )
+    assert len(res.generated_ids) == 12
+    assert res.features.shape[1:] == (3, 2, 4)
+
+
+def test_span_segmentation_on_hand_written_trace() -> None:
+    vocab = [
+        "<think>",
+        " I",
+        " see",
+        " a",
+        " red",
+        " circle",
+        ".",
+        " Two",
+        " is",
+        " 2",
+        "!",
+        " done",
+        "</think>",
+        " ok",
+        ".",
+    ]
+    dec = lambda ids: "".join(vocab[i] for i in ids)  # noqa: E731
+    seg = SpanSegmenter(dec)
+    spans = [s for t in [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14] if (s := seg.push(t))]
+    assert [s.text for s in spans] == ["I see a red circle.", "Two is 2!"]
+    assert [(s.start, s.end) for s in spans] == [(1, 7), (7, 11)]
+    # Without think tags every sentence counts; a trailing fragment is dropped.
+    seg = SpanSegmenter(dec)
+    spans = [s for t in [1, 2, 6, 7, 8, 9] if (s := seg.push(t))]
+    assert [s.text for s in spans] == ["I see."]
+    # Custom boundaries: split on "!" only.
+    seg = SpanSegmenter(dec, pattern=r"!")
+    spans = [s for t in [1, 2, 6, 7, 10, 11] if (s := seg.push(t))]
+    assert [s.text for s in spans] == ["I see. Two!"]
+    # think_only=False keeps the answer sentence.
+    seg = SpanSegmenter(dec, think_only=False)
+    spans = [s for t in [0, 1, 6, 12, 13, 14] if (s := seg.push(t))]
+    assert [s.text for s in spans] == ["I.", "ok."]
+
+
+def test_bundled_model_features(bundled_path) -> None:  # type: ignore[no-untyped-def]
+    from attrib.regions import segment
+    from attrib.shapes import make_example
+    from attrib.shapes.model import load_model
+
+    model, proc = load_model(bundled_path)
+    ex = make_example("test", 0)
+    x = proc([ex.image()], [ex.question.text])
+    part = segment(ex.image(), 16, method="color")
+    assign = part.assign_tokens("shapes_qwen25vl")
+    dec = lambda ids: proc.tokenizer.decode(ids)  # noqa: E731
+    res = capture_generate(model, x, assign, decode=dec, max_new_tokens=200, do_sample=False)
+    assert len(res.spans) >= 2
+    assert res.features.shape == (len(res.spans), 16, 4, 6)
+    assert (res.features >= 0).all()
+    assert (res.features.sum(axis=1) <= 1 + 1e-5).all()
+    assert "</think>" in res.text and res.spans[0].text.endswith(".")
+
+
+def test_save_load_and_dataframe(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    model = build("qwen2_5_vl")
+    res = capture_generate(
+        model, inputs("qwen2_5_vl"), _assignment(6), decode=_decode, max_new_tokens=10, min_new_tokens=10
+    )
+    res.save(tmp_path / "cap")
+    back = CaptureResult.load(tmp_path / "cap")
+    assert back.spans == res.spans and np.array_equal(back.features, res.features)
+    assert back.meta == res.meta
+    df = res.to_dataframe()
+    assert len(df) == len(res.spans) * 3
+    full = res.to_dataframe(reduce="none")
+    assert len(full) == res.features.size and np.isclose(full["mass"].sum(), res.features.sum())
+
+
+def _no_hooks(model) -> bool:  # type: ignore[no-untyped-def]
+    return (
+        all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+        and adapter_for(model).text_config(model)._attn_implementation == "sdpa"
+    )
+
+
+def test_hooks_removed_on_exit_and_on_exception() -> None:
+    from attrib.capture import _ACTIVE
+
+    model = build("qwen2_5_vl")
+    x = inputs("qwen2_5_vl")
+    with AttentionCapture(model, x, _assignment(6), decode=_decode) as cap:
+        model.generate(**x, streamer=cap.streamer, max_new_tokens=3)
+    assert _no_hooks(model) and _ACTIVE.get() is None
+    cap.close()  # closing twice is harmless
+    assert _no_hooks(model)
+
+    class StopError(RuntimeError):
+        pass
+
+    def boom(span, feats):  # type: ignore[no-untyped-def]
+        raise StopError("mid-generation")
+
+    with pytest.raises(StopError), AttentionCapture(model, x, _assignment(6), decode=_decode, on_span=boom) as cap:
+        model.generate(**x, streamer=cap.streamer, max_new_tokens=30, min_new_tokens=30)
+    assert _no_hooks(model) and _ACTIVE.get() is None and not cap.active
+    # The model still generates normally afterwards.
+    model.generate(**x, max_new_tokens=2)
+
+
+def test_capture_is_freed() -> None:
+    model = build("qwen2_5_vl")
+    x = inputs("qwen2_5_vl")
+    cap = AttentionCapture(model, x, _assignment(6), decode=_decode, per_token=True)
+    with cap:
+        model.generate(**x, streamer=cap.streamer, max_new_tokens=5, min_new_tokens=5)
+    res = cap.result()
+    ref_cap, ref_buf = weakref.ref(cap), weakref.ref(cap._step)
+    del cap
+    gc.collect()
+    assert ref_cap() is None and ref_buf() is None
+    assert res.per_token is not None  # the result stays valid on its own
+
+
+def test_bad_input() -> None:
+    import transformers
+
+    gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50))
+    with pytest.raises(ValueError, match="unsupported model class GPT2LMHeadModel; supported families: qwen2_vl"):
+        AttentionCapture(gpt2, {"input_ids": torch.ones(1, 3, dtype=torch.long)}, _assignment(6), decode=_decode)
+    model = build("qwen2_5_vl")
+    no_img = {"input_ids": torch.randint(10, 90, (1, 5))}
+    with pytest.raises(ValueError, match="no image tokens"):
+        AttentionCapture(model, no_img, _assignment(6), decode=_decode)
+    two = inputs("qwen2_5_vl", images=2)
+    with pytest.raises(ValueError, match="holds 2 images"):
+        AttentionCapture(model, two, _assignment(12), decode=_decode)
+    with pytest.raises(ValueError, match="image has 6 visual tokens"):
+        AttentionCapture(model, inputs("qwen2_5_vl"), _assignment(9), decode=_decode)
+    batch = inputs("qwen2_5_vl")
+    batch = {**batch, "input_ids": batch["input_ids"].repeat(2, 1)}
+    with pytest.raises(ValueError, match="batch size 1"):
+        AttentionCapture(model, batch, _assignment(6), decode=_decode)
+
+
+def test_no_complete_span_gives_empty_valid_result() -> None:
+    model = build("qwen2_5_vl")
+    never = lambda ids: " ".join(f"w{i}" for i in ids)  # noqa: E731
+    res = capture_generate(model, inputs("qwen2_5_vl"), _assignment(6), decode=never, max_new_tokens=5)
+    assert res.spans == [] and res.features.shape == (0, 3, 2, 4)
+    assert len(res.generated_ids) >= 1
+
+
+def test_adapter_registry() -> None:
+    assert set(ADAPTERS) >= {"qwen2_vl", "qwen2_5_vl", "qwen3_vl", "glm4v", "llava"}
+    assert get_adapter("Qwen/Qwen3-VL-8B-Thinking").family == "qwen3_vl"
+    assert get_adapter("zai-org/GLM-4.1V-9B-Thinking").family == "glm4v"
+    assert CHECKPOINTS["XiaomiMiMo/MiMo-VL-7B-RL"] == "qwen2_5_vl"
+    assert CHECKPOINTS["nvidia/Cosmos-Reason1-7B"] == "qwen2_5_vl"
+    with pytest.raises(ValueError, match="already registered"):
+        register_adapter(ADAPTERS["llava"])
+    with pytest.raises(ValueError, match="supported families"):
+        get_adapter("gpt-4o")
+    for fam in FAMILY_NAMES:
+        m = build(fam)
+        a = adapter_for(m)
+        assert a.family == fam and a.dims(m) == (2, 4, 2) and len(a.attention_modules(m)) == 2
