@@ -107,7 +107,7 @@ class ModelAdapter:
                 raise ValueError("inputs lack image_grid_thw")
             merge = int(getattr(model.config.vision_config, self.merge_attr, 2))
             return [(int(h) // merge, int(w) // merge) for _, h, w in thw.tolist()]
-        side = int(round(n_img_tokens**0.5))
+        side = round(n_img_tokens**0.5)
         if side * side != n_img_tokens:
             raise ValueError(f"{n_img_tokens} image tokens do not form a square grid")
         return [(side, side)]
@@ -177,9 +177,7 @@ register_adapter(ModelAdapter("qwen2_5_vl", ("Qwen2_5_VLForConditionalGeneration
 register_adapter(ModelAdapter("qwen3_vl", ("Qwen3VLForConditionalGeneration",)))
 register_adapter(ModelAdapter("glm4v", ("Glm4vForConditionalGeneration",)))
 register_adapter(
-    ModelAdapter(
-        "llava", ("LlavaForConditionalGeneration",), image_token_attr="image_token_id", grid_source="square"
-    )
+    ModelAdapter("llava", ("LlavaForConditionalGeneration",), image_token_attr="image_token_id", grid_source="square")
 )
 
 register_checkpoint("Qwen/Qwen3-VL-8B-Thinking", "qwen3_vl")

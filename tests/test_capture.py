@@ -154,11 +154,13 @@ def test_save_load_and_dataframe(tmp_path) -> None:  # type: ignore[no-untyped-d
     assert len(full) == res.features.size and np.isclose(full["mass"].sum(), res.features.sum())
 
 
-def _no_hooks(model) -> bool:  # type: ignore[no-untyped-def]
-    return (
-        all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
-        and adapter_for(model).text_config(model)._attn_implementation == "sdpa"
-    )
+def _hooks(model) -> set[tuple[str, int]]:  # type: ignore[no-untyped-def]
+    """Every forward / pre-forward hook on the model (transformers installs a few of its own on first use)."""
+    return {(n, h) for n, m in model.named_modules() for h in [*m._forward_hooks.keys(), *m._forward_pre_hooks.keys()]}
+
+
+def _no_hooks(model, before: set[tuple[str, int]] | None = None) -> bool:  # type: ignore[no-untyped-def]
+    return _hooks(model) == (before or set()) and adapter_for(model).text_config(model)._attn_implementation == "sdpa"
 
 
 def test_hooks_removed_on_exit_and_on_exception() -> None:
@@ -242,3 +244,24 @@ def test_adapter_registry() -> None:
         m = build(fam)
         a = adapter_for(m)
         assert a.family == fam and a.dims(m) == (2, 4, 2) and len(a.attention_modules(m)) == 2
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_nnsight_backend_equals_native(family: str) -> None:
+    pytest.importorskip("nnsight")
+    from attrib.capture_nnsight import nnsight_capture_generate
+
+    model = build(family)
+    x = inputs(family)
+    assign = _assignment(n_image_tokens(family))
+    native = capture_generate(
+        model, x, assign, decode=_decode, per_token=True, max_new_tokens=9, min_new_tokens=9, do_sample=False
+    )
+    before = _hooks(model)
+    via = nnsight_capture_generate(model, x, assign, decode=_decode, per_token=True, max_new_tokens=9, do_sample=False)
+    assert via.generated_ids == native.generated_ids
+    assert via.spans == native.spans
+    np.testing.assert_allclose(via.features, native.features, atol=1e-6)
+    assert via.per_token is not None and native.per_token is not None
+    np.testing.assert_allclose(via.per_token, native.per_token, atol=1e-6)
+    assert _no_hooks(model, before)

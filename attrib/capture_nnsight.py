@@ -1,0 +1,127 @@
+"""The nnsight backend of the attention capture.
+
+For users who live in nnsight: the language model's attention implementation is
+switched to ``attrib_rows``, which returns exactly what SDPA returns as the
+attention output and, in the attention-weights slot (otherwise ``None`` under
+SDPA), the newest query row's probabilities ``(B, H, 1, T)``. Inside an nnsight
+trace of ``generate`` those rows are read from each layer's ``self_attn.output[1]``
+with nnsight's own API, then reduced to regions and segmented into spans by the
+same code as the native backend, so both give identical features.
+
+nnsight 0.8 needs a bounded ``tracer.iter[:N]``, so this backend always
+generates exactly ``max_new_tokens`` tokens (``min_new_tokens`` is set to it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from attrib.capture import AttentionCapture, CaptureResult, last_row_probs
+
+__all__ = ["ROWS_IMPLEMENTATION", "nnsight_capture_generate"]
+
+ROWS_IMPLEMENTATION = "attrib_rows"
+_REGISTERED = False
+
+
+def _rows_sdpa(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    return out, last_row_probs(query, key, attention_mask, kwargs.get("scaling"))[:, :, None, :]
+
+
+def _ensure_registered() -> None:
+    global _REGISTERED
+    if _REGISTERED:
+        return
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(ROWS_IMPLEMENTATION, _rows_sdpa)
+    AttentionMaskInterface.register(ROWS_IMPLEMENTATION, sdpa_mask)
+    _REGISTERED = True
+
+
+class _Collector:
+    def __init__(self) -> None:
+        self.ids: list[int] = []
+        self._first = True
+
+    def put(self, value: torch.Tensor) -> None:
+        if self._first:
+            self._first = False
+            return
+        self.ids.extend(int(t) for t in value.reshape(-1).tolist())
+
+    def end(self) -> None:
+        return None
+
+
+def nnsight_capture_generate(
+    model: Any,
+    inputs: dict[str, Any],
+    assignment: Any,
+    *,
+    decode: Callable[[list[int]], str],
+    max_new_tokens: int,
+    per_token: bool = False,
+    **generate_kwargs: Any,
+) -> CaptureResult:
+    """Capture region attention features through nnsight's tracing API.
+
+    Args:
+        model: A supported Hugging Face VLM (not an nnsight wrapper; it is wrapped here).
+        inputs: Model inputs, batch size 1.
+        assignment: ``(K, N_image)`` region -> token matrix or a ``TokenAssignment``.
+        decode: Token ids -> text, special tokens kept.
+        max_new_tokens: Exactly this many tokens are generated.
+        per_token: Keep per-token features.
+        **generate_kwargs: Passed to ``generate``.
+
+    Returns:
+        A :class:`~attrib.capture.CaptureResult` equal to the native backend's.
+
+    Raises:
+        ValueError: As :class:`~attrib.capture.AttentionCapture`; also when nnsight is missing.
+    """
+    try:
+        from nnsight import NNsight
+    except ImportError as e:
+        raise ValueError("the nnsight backend needs nnsight: pip install 'attrib[nnsight]'") from e
+    cap = AttentionCapture(model, inputs, assignment, decode=decode, per_token=per_token)
+    adapter = cap.adapter
+    n_layers = cap.n_layers
+    _ensure_registered()
+    tc = adapter.text_config(model)
+    saved = tc._attn_implementation
+    collector = _Collector()
+    tc._attn_implementation = ROWS_IMPLEMENTATION
+    try:
+        wrapped = NNsight(model)
+        layers: Any = wrapped
+        for part in adapter.layers_path.split("."):
+            layers = getattr(layers, part)
+        kw = {**generate_kwargs, "max_new_tokens": max_new_tokens, "min_new_tokens": max_new_tokens}
+        with wrapped.trace(**inputs, fn=model.generate, streamer=collector, **kw) as tracer:
+            rows = list().save()
+            for _ in tracer.iter[:max_new_tokens]:
+                rows.append([getattr(layers[i], adapter.attn_attr).output[1] for i in range(n_layers)])
+    finally:
+        tc._attn_implementation = saved
+    pos = cap.image_pos
+    for step, tok in zip(rows, collector.ids, strict=True):
+        probs = torch.stack([r[0, :, -1, :] for r in step])  # (L, H, T)
+        cap._pending.append(probs[:, :, pos].cpu() @ cap._mt)
+        cap._on_token(tok)
+    return cap.result()
