@@ -114,7 +114,7 @@ def nnsight_capture_generate(
             layers = getattr(layers, part)
         kw = {**generate_kwargs, "max_new_tokens": max_new_tokens, "min_new_tokens": max_new_tokens}
         with wrapped.trace(**inputs, fn=model.generate, streamer=collector, **kw) as tracer:
-            rows = list().save()
+            rows: Any = list().save()  # type: ignore[attr-defined]
             for _ in tracer.iter[:max_new_tokens]:
                 rows.append([getattr(layers[i], adapter.attn_attr).output[1] for i in range(n_layers)])
     finally:
