@@ -40,6 +40,8 @@ class ModelAdapter:
         merge_attr: Vision-config attribute holding the spatial merge size.
         grid_family: Name of the pixel -> token :class:`GridSpec` (defaults to ``family``).
         max_images: Images per prompt the capture supports.
+        encode_once: Batched ablation forwards may reuse one vision encoding
+            (``mm_encoder_outputs``); otherwise the image is re-encoded per batch.
     """
 
     family: str
@@ -51,6 +53,7 @@ class ModelAdapter:
     merge_attr: str = "spatial_merge_size"
     grid_family: str | None = None
     max_images: int = 1
+    encode_once: bool = True
 
     # ------------------------------------------------------------ reading the model
     def text_config(self, model: Any) -> Any:
@@ -174,10 +177,16 @@ def adapter_for(model: Any) -> ModelAdapter:
 
 register_adapter(ModelAdapter("qwen2_vl", ("Qwen2VLForConditionalGeneration",)))
 register_adapter(ModelAdapter("qwen2_5_vl", ("Qwen2_5_VLForConditionalGeneration",)))
-register_adapter(ModelAdapter("qwen3_vl", ("Qwen3VLForConditionalGeneration",)))
+register_adapter(ModelAdapter("qwen3_vl", ("Qwen3VLForConditionalGeneration",), encode_once=False))
 register_adapter(ModelAdapter("glm4v", ("Glm4vForConditionalGeneration",)))
 register_adapter(
-    ModelAdapter("llava", ("LlavaForConditionalGeneration",), image_token_attr="image_token_id", grid_source="square")
+    ModelAdapter(
+        "llava",
+        ("LlavaForConditionalGeneration",),
+        image_token_attr="image_token_id",
+        grid_source="square",
+        encode_once=False,
+    )
 )
 
 register_checkpoint("Qwen/Qwen3-VL-8B-Thinking", "qwen3_vl")

@@ -1,0 +1,335 @@
+"""Causal ablation targets: the log-prob drop of each reasoning span when image regions are removed.
+
+``Δ(S, V) = Σ_{t∈S} [log p(y_t | x, y_<t) − log p(y_t | ablate(x, V), y_<t)]``,
+teacher-forced on the original trace: one forward pass per removal set V gives
+Δ for every span at once, and many V share one batched forward.
+
+Ablation modes (:data:`ABLATION_MODES`):
+
+- ``mask`` (default): the keys of the removed regions' image tokens are masked
+  for every query in every language-model layer, through an explicit additive
+  4-D attention mask. Position ids (Qwen's 3-D M-RoPE ids included) are those of
+  the *unablated* input: they are read from the model's own unablated forward
+  and passed explicitly, because zeroing ``attention_mask`` entries would shift
+  them. The image is encoded once and reused for every V.
+- ``mean``: the removed regions' image embeddings (vision output after the
+  merger) are replaced by the mean image embedding of the image; no mask.
+- ``repaint``: the removed regions' pixels are repainted with a baseline colour
+  (the image's mean colour) and the image is re-encoded (Captum-style); this
+  needs a pixel-level region map and an ``encode_image`` callable.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from PIL import Image
+
+from attrib.adapters import adapter_for
+
+__all__ = ["ABLATION_MODES", "AblationRunner", "loo_subsets", "random_subsets", "span_deltas"]
+
+logger = logging.getLogger(__name__)
+
+AblationMode = Literal["mask", "mean", "repaint"]
+ABLATION_MODES: tuple[str, ...] = ("mask", "mean", "repaint")
+
+
+def random_subsets(k: int, m: int = 32, *, p: float = 0.5, seed: int = 0) -> np.ndarray:
+    """``(m, k)`` boolean removal sets: each region removed with probability ``p`` (seeded)."""
+    if k < 1 or m < 1:
+        raise ValueError(f"need k >= 1 and m >= 1, got k={k}, m={m}")
+    rng = np.random.default_rng(seed)
+    return rng.random((m, k)) < p
+
+
+def loo_subsets(k: int) -> np.ndarray:
+    """``(k, k)`` leave-one-out removal sets (row j removes region j)."""
+    return np.eye(k, dtype=bool)
+
+
+def span_deltas(base: np.ndarray, ablated: np.ndarray, spans: Sequence[tuple[int, int]]) -> np.ndarray:
+    """Sum per-token log-prob drops over spans.
+
+    Args:
+        base: ``(T,)`` unablated log-probs of the generated tokens.
+        ablated: ``(M, T)`` log-probs under each removal set.
+        spans: ``(start, end)`` generated-token ranges.
+
+    Returns:
+        ``(M, n_spans)`` array of Δ(S, V).
+    """
+    drop = base[None, :] - ablated
+    if not spans:
+        return np.zeros((ablated.shape[0], 0))
+    return np.stack([drop[:, s:e].sum(1) for s, e in spans], axis=1)
+
+
+@dataclass
+class _Prepared:
+    full_ids: torch.Tensor  # (1, T)
+    position_ids: torch.Tensor
+    image_pos: torch.Tensor  # (N,)
+    prompt_len: int
+    lm_kwargs: dict[str, Any]
+
+
+class AblationRunner:
+    """Teacher-forced log-probs of a fixed trace under region removals.
+
+    Args:
+        model: A supported VLM (see :mod:`attrib.adapters`).
+        inputs: The prompt inputs (batch size 1) that produced the trace.
+        generated_ids: The generated trace's token ids.
+        assignment: ``(K, N_image)`` region -> image-token matrix (or a ``TokenAssignment``).
+        mode: ``"mask"``, ``"mean"`` or ``"repaint"``.
+        batch_size: Removal sets per forward pass.
+        image: The original image (``repaint`` only).
+        region_labels: ``(H, W)`` pixel region map (``repaint`` only).
+        encode_image: ``image -> inputs`` for the same prompt (``repaint`` only).
+
+    Raises:
+        ValueError: For an unknown mode, a batch size below 1, an assignment that
+            does not match the image tokens, or missing ``repaint`` arguments.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        inputs: dict[str, Any],
+        generated_ids: Sequence[int],
+        assignment: Any,
+        *,
+        mode: str = "mask",
+        batch_size: int = 8,
+        image: Image.Image | None = None,
+        region_labels: np.ndarray | None = None,
+        encode_image: Callable[[Image.Image], dict[str, Any]] | None = None,
+    ) -> None:
+        if mode not in ABLATION_MODES:
+            raise ValueError(f"unknown ablation mode {mode!r}; choose one of {ABLATION_MODES}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if mode == "repaint" and (image is None or region_labels is None or encode_image is None):
+            raise ValueError("mode='repaint' needs image=, region_labels= and encode_image=")
+        if mode == "mean" and not adapter_for(model).encode_once:
+            raise ValueError(
+                f"mode='mean' is not supported for {adapter_for(model).family}: its vision features also enter "
+                "deeper layers (deepstack) or are not exposed per token; use mode='mask' or 'repaint'"
+            )
+        if len(generated_ids) == 0:
+            raise ValueError("the trace is empty: nothing to score")
+        self.model = model
+        self.adapter = adapter_for(model)
+        self.inputs = inputs
+        self.generated = torch.tensor(list(generated_ids), dtype=torch.long)
+        m = np.asarray(getattr(assignment, "matrix", assignment), dtype=np.float32)
+        self.assign = torch.from_numpy(m)
+        self.mode = mode
+        self.batch_size = batch_size
+        self.image = image
+        self.region_labels = region_labels
+        self.encode_image = encode_image
+        self._base: np.ndarray | None = None
+        self.prep = self._prepare()
+        if m.shape[1] != self.prep.image_pos.numel():
+            raise ValueError(
+                f"region assignment has {m.shape[1]} token columns, the image has {self.prep.image_pos.numel()} "
+                "visual tokens"
+            )
+        if int(self.prep.image_pos.min()) == 0:
+            raise ValueError("the prompt must hold at least one token before the image (ablated rows need a key)")
+        self.k = m.shape[0]
+
+    # ------------------------------------------------------------ preparation
+    def _prepare(self) -> _Prepared:
+        model, x = self.model, self.inputs
+        ids = x["input_ids"]
+        if ids.shape[0] != 1:
+            raise ValueError(f"ablation supports batch size 1 inputs, got {ids.shape[0]}")
+        gen = self.generated.to(ids.device)[None]
+        full = torch.cat([ids, gen], 1)
+        extra = {k: v for k, v in x.items() if k not in ("input_ids", "attention_mask", "mm_token_type_ids")}
+        mm = x.get("mm_token_type_ids")
+        if mm is not None:
+            extra["mm_token_type_ids"] = torch.cat([mm, torch.zeros_like(gen)], 1)
+        captured: dict[str, Any] = {}
+
+        def grab(_mod: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            captured["position_ids"] = kwargs.get("position_ids")
+
+        lm = self._language_model()
+        handle = lm.register_forward_pre_hook(grab, with_kwargs=True)
+        try:
+            with torch.inference_mode():
+                out = model(
+                    input_ids=full, attention_mask=torch.ones_like(full), **extra, logits_to_keep=gen.shape[1] + 1
+                )
+        finally:
+            handle.remove()
+        pos = captured.get("position_ids")
+        if pos is None:
+            pos = torch.arange(full.shape[1], device=full.device)[None]
+        image_pos = torch.nonzero(ids[0] == self.adapter.image_token_id(model)).flatten()
+        self._base = self._token_logprobs(out.logits, gen)[0]
+        lm_kwargs = self._encoded_kwargs(extra)
+        return _Prepared(full, pos, image_pos, ids.shape[1], lm_kwargs)
+
+    def _language_model(self) -> torch.nn.Module:
+        obj = self.model
+        for part in self.adapter.layers_path.split(".")[:-1]:
+            obj = getattr(obj, part)
+        return obj
+
+    def _encoded_kwargs(self, extra: dict[str, Any]) -> dict[str, Any]:
+        """Vision inputs for a batched forward: encode once where the model accepts ``mm_encoder_outputs``."""
+        if not self.adapter.encode_once:
+            return dict(extra)
+        fwd = inspect.signature(self.model.model.forward).parameters
+        if "mm_encoder_outputs" in fwd and "pixel_values" in extra:
+            with torch.inference_mode():
+                enc = self.model.model.get_image_features(
+                    extra["pixel_values"], extra.get("image_grid_thw"), return_dict=True
+                )
+            rest = {k: v for k, v in extra.items() if k not in ("pixel_values",)}
+            return {**rest, "_encoded": enc}
+        return dict(extra)
+
+    @staticmethod
+    def _token_logprobs(logits: torch.Tensor, gen: torch.Tensor) -> np.ndarray:
+        # logits cover positions prompt_len-1 .. T-1; the last one predicts beyond the trace.
+        lp = torch.log_softmax(logits[:, :-1, :].float(), dim=-1)
+        tgt = gen.expand(lp.shape[0], -1)
+        return lp.gather(-1, tgt[..., None])[..., 0].cpu().numpy().astype(np.float64)
+
+    @property
+    def base_logprobs(self) -> np.ndarray:
+        """``(T,)`` unablated log-probs of the generated tokens."""
+        assert self._base is not None
+        return self._base
+
+    # ------------------------------------------------------------ ablated forwards
+    def logprobs(self, removed: np.ndarray) -> np.ndarray:
+        """``(M, T)`` log-probs of the trace under each removal set.
+
+        Args:
+            removed: ``(M, K)`` boolean, True = region removed.
+
+        Raises:
+            ValueError: If ``removed`` does not have K columns.
+        """
+        rem = np.asarray(removed, dtype=bool)
+        if rem.ndim != 2 or rem.shape[1] != self.k:
+            raise ValueError(f"removal sets must have shape (M, {self.k}), got {rem.shape}")
+        outs = [np.asarray(self._batch(rem[i : i + self.batch_size])) for i in range(0, rem.shape[0], self.batch_size)]
+        return np.concatenate(outs, 0) if outs else np.zeros((0, self.generated.numel()))
+
+    def deltas(self, removed: np.ndarray, spans: Sequence[tuple[int, int]]) -> np.ndarray:
+        """``(M, n_spans)`` Δ(S, V) for each removal set and span."""
+        return span_deltas(self.base_logprobs, self.logprobs(removed), spans)
+
+    def _token_mask(self, rem: np.ndarray) -> torch.Tensor:
+        """``(B, N_image)`` True where the image token belongs (with weight > 0) to a removed region."""
+        r = torch.from_numpy(rem.astype(np.float32))
+        return (r @ self.assign) > 0
+
+    def full_logits(self, removed: np.ndarray) -> torch.Tensor:
+        """``(M, T_full, V)`` logits at every position of prompt + trace (for checks; memory-heavy)."""
+        rem = np.asarray(removed, dtype=bool)
+        return self._batch(rem, keep_all=True)  # type: ignore[return-value]
+
+    def _batch(self, rem: np.ndarray, keep_all: bool = False) -> np.ndarray | torch.Tensor:
+        if self.mode == "repaint":
+            if keep_all:
+                raise ValueError("full_logits is not available for mode='repaint'")
+            return np.stack([self._repaint_one(r) for r in rem])
+        p = self.prep
+        b = rem.shape[0]
+        t = p.full_ids.shape[1]
+        dev = p.full_ids.device
+        ids = p.full_ids.expand(b, -1)
+        kw = dict(p.lm_kwargs)
+        enc = kw.pop("_encoded", None)
+        pos = p.position_ids.expand(*p.position_ids.shape[:-2], b, t)
+        tok_removed = self._token_mask(rem).to(dev)
+        keep = 0 if keep_all else self.generated.numel() + 1
+        call: dict[str, Any] = {"input_ids": ids, "position_ids": pos, "logits_to_keep": keep}
+        if "mm_token_type_ids" in kw:
+            kw["mm_token_type_ids"] = kw["mm_token_type_ids"].expand(b, -1)
+        if enc is not None:
+            pooled = enc.pooler_output
+            enc_b = copy.copy(enc)
+            enc_b.pooler_output = list(pooled) * b if isinstance(pooled, (list, tuple)) else [pooled] * b
+            kw["mm_encoder_outputs"] = {"image": enc_b}
+            kw["image_grid_thw"] = kw["image_grid_thw"].repeat(b, 1) if "image_grid_thw" in kw else None
+        else:
+            if "pixel_values" in kw:
+                pv = kw["pixel_values"]
+                kw["pixel_values"] = pv.repeat(b, *([1] * (pv.ndim - 1)))
+            if "image_grid_thw" in kw:
+                kw["image_grid_thw"] = kw["image_grid_thw"].repeat(b, 1)
+        kw = {k: v for k, v in kw.items() if v is not None}
+        if self.mode == "mask":
+            dtype = next(self.model.parameters()).dtype
+            allowed = torch.ones(t, t, dtype=torch.bool, device=dev).tril()[None].repeat(b, 1, 1)
+            key_removed = torch.zeros(b, t, dtype=torch.bool, device=dev)
+            key_removed[:, p.image_pos] = tok_removed
+            allowed &= ~key_removed[:, None, :]
+            mask = torch.zeros(b, 1, t, t, dtype=dtype, device=dev)
+            mask.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
+            call["attention_mask"] = mask
+        else:  # mean: replace removed image embeddings by the image's mean embedding
+            call["attention_mask"] = torch.ones(b, t, dtype=torch.long, device=dev)
+            call["inputs_embeds"] = self._mean_embeds(ids, kw, enc, tok_removed)
+            call.pop("input_ids")
+            kw.pop("pixel_values", None)
+            kw.pop("mm_encoder_outputs", None)
+        with torch.inference_mode():
+            out = self.model(**call, **kw)
+        if keep_all:
+            return out.logits
+        return self._token_logprobs(out.logits, self.generated.to(dev)[None])
+
+    def _mean_embeds(self, ids: torch.Tensor, kw: dict[str, Any], enc: Any, tok_removed: torch.Tensor) -> torch.Tensor:
+        inner = self.model.model
+        emb = inner.get_input_embeddings()(ids).clone()
+        if enc is not None:
+            feats = enc.pooler_output[0] if isinstance(enc.pooler_output, (list, tuple)) else enc.pooler_output
+        else:
+            with torch.inference_mode():
+                feats = inner.get_image_features(
+                    self.inputs["pixel_values"], self.inputs.get("image_grid_thw"), return_dict=True
+                ).pooler_output
+            feats = feats[0] if isinstance(feats, (list, tuple)) else feats
+        feats = feats.reshape(-1, emb.shape[-1]).to(emb.dtype)
+        mean = feats.mean(0)
+        pos = self.prep.image_pos
+        for i in range(ids.shape[0]):
+            rows = feats.clone()
+            rows[tok_removed[i]] = mean
+            emb[i, pos] = rows
+        return emb
+
+    def _repaint_one(self, removed: np.ndarray) -> np.ndarray:
+        assert self.image is not None and self.region_labels is not None and self.encode_image is not None
+        arr = np.asarray(self.image.convert("RGB")).copy()
+        fill = arr.reshape(-1, 3).mean(0).astype(np.uint8)
+        arr[np.isin(self.region_labels, np.nonzero(removed)[0])] = fill
+        x = self.encode_image(Image.fromarray(arr))
+        gen = self.generated[None]
+        full = torch.cat([x["input_ids"], gen], 1)
+        extra = {k: v for k, v in x.items() if k not in ("input_ids", "attention_mask", "mm_token_type_ids")}
+        if "mm_token_type_ids" in x:
+            extra["mm_token_type_ids"] = torch.cat([x["mm_token_type_ids"], torch.zeros_like(gen)], 1)
+        with torch.inference_mode():
+            out = self.model(
+                input_ids=full, attention_mask=torch.ones_like(full), **extra, logits_to_keep=gen.shape[1] + 1
+            )
+        return self._token_logprobs(out.logits, gen)[0]
