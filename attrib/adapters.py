@@ -42,6 +42,12 @@ class ModelAdapter:
         max_images: Images per prompt the capture supports.
         encode_once: Batched ablation forwards may reuse one vision encoding
             (``mm_encoder_outputs``); otherwise the image is re-encoded per batch.
+        image_placeholder: Prompt text standing for one image before expansion.
+        pad_token: The token repeated once per visual token.
+        image_processor: ``"qwen2_vl"`` (PIL Qwen2-VL processor), ``"glm4v"`` (PIL GLM-4.1V)
+            or ``"clip"`` (LLaVA's CLIP processor).
+        token_types: Inputs carry ``mm_token_type_ids`` (1 on image tokens), as
+            transformers 5.x requires for the Qwen and GLM families.
     """
 
     family: str
@@ -54,6 +60,10 @@ class ModelAdapter:
     grid_family: str | None = None
     max_images: int = 1
     encode_once: bool = True
+    image_placeholder: str = "<|vision_start|><|image_pad|><|vision_end|>"
+    pad_token: str = "<|image_pad|>"
+    image_processor: str = "qwen2_vl"
+    token_types: bool = True
 
     # ------------------------------------------------------------ reading the model
     def text_config(self, model: Any) -> Any:
@@ -178,7 +188,15 @@ def adapter_for(model: Any) -> ModelAdapter:
 register_adapter(ModelAdapter("qwen2_vl", ("Qwen2VLForConditionalGeneration",)))
 register_adapter(ModelAdapter("qwen2_5_vl", ("Qwen2_5_VLForConditionalGeneration",)))
 register_adapter(ModelAdapter("qwen3_vl", ("Qwen3VLForConditionalGeneration",), encode_once=False))
-register_adapter(ModelAdapter("glm4v", ("Glm4vForConditionalGeneration",)))
+register_adapter(
+    ModelAdapter(
+        "glm4v",
+        ("Glm4vForConditionalGeneration",),
+        image_placeholder="<|begin_of_image|><|image|><|end_of_image|>",
+        pad_token="<|image|>",
+        image_processor="glm4v",
+    )
+)
 register_adapter(
     ModelAdapter(
         "llava",
@@ -186,6 +204,10 @@ register_adapter(
         image_token_attr="image_token_id",
         grid_source="square",
         encode_once=False,
+        image_placeholder="<image>",
+        pad_token="<image>",
+        image_processor="clip",
+        token_types=False,
     )
 )
 
