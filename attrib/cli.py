@@ -65,13 +65,9 @@ def _add_difficulty(p: argparse.ArgumentParser) -> None:
 
 
 def _resolve_model(name: str | None) -> Path:
-    from attrib.shapes.model import _BUNDLED, bundled_model_path
+    from attrib.shapes.model import resolve_model
 
-    if name is None:
-        return bundled_model_path()
-    if name in _BUNDLED:
-        return bundled_model_path(name)
-    return Path(name)
+    return resolve_model(name)
 
 
 # ---------------------------------------------------------------------------- commands
@@ -207,6 +203,38 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_collect(args: argparse.Namespace) -> int:
+    from attrib.collect import CollectConfig, collect
+
+    cfg = CollectConfig(
+        model=args.model,
+        dataset=args.dataset,
+        n=args.n,
+        start=args.start,
+        k=args.k,
+        region_method=args.regions,
+        ablation_mode=args.ablation,
+        n_subsets=args.subsets,
+        loo=args.loo,
+        seed=args.seed,
+        shard_size=args.shard_size,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+    )
+    t0 = time.perf_counter()
+    with _progress() as prog:
+        task = prog.add_task("collect", total=None)
+        coll = collect(
+            cfg, args.out, threads=args.threads, on_progress=lambda d, t: prog.update(task, completed=d, total=t)
+        )
+    n_ok = sum(s["n_examples"] for s in coll.manifest["shards"])
+    console.print(
+        f"collection at {args.out}: {n_ok} examples, {len(coll.failures)} failures "
+        f"({time.perf_counter() - t0:.0f} s this run)"
+    )
+    return 0
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     import torch
     import transformers
@@ -238,6 +266,24 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--show", type=int, default=5, help="traces to print")
     d.add_argument("--out", default="out/demo", help="output directory")
     d.set_defaults(fn=_cmd_demo)
+
+    c = sub.add_parser("collect", help="generate traces, capture features, compute ablation targets (resumable)")
+    c.add_argument("--model", default="shapes-qwen25vl", help="bundled model name or local model directory")
+    c.add_argument("--dataset", default="shapes:train", help="shapes:<split> or a JSONL of image/question[/answer]")
+    c.add_argument("--n", type=int, default=100)
+    c.add_argument("--start", type=int, default=0)
+    c.add_argument("--k", type=int, default=32, help="regions per image")
+    c.add_argument("--regions", default="color", help="region method")
+    c.add_argument("--ablation", default="mask", choices=["mask", "mean", "repaint"])
+    c.add_argument("--subsets", type=int, default=32, help="random removal sets per example")
+    c.add_argument("--loo", action="store_true", help="also compute leave-one-out targets")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--shard-size", dest="shard_size", type=int, default=16)
+    c.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=200)
+    c.add_argument("--batch-size", dest="batch_size", type=int, default=16, help="removal sets per forward")
+    c.add_argument("--threads", type=int, default=0)
+    c.add_argument("--out", required=True)
+    c.set_defaults(fn=_cmd_collect)
 
     i = sub.add_parser("info", help="versions and bundled models")
     i.set_defaults(fn=_cmd_info)
@@ -294,7 +340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         return int(args.fn(args))
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:
         console.print(f"[bold red]error:[/bold red] {e}")
         return 2
 

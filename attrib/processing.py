@@ -295,6 +295,16 @@ class ShapesProcessor:
         drop = {int(self.tokenizer.pad_token_id), int(self.tokenizer.eos_token_id)}
         return str(self.tokenizer.decode([int(t) for t in ids if int(t) not in drop])).strip()
 
+    def grid_spec(self) -> Any:
+        """The :class:`~attrib.regions.geometry.GridSpec` of this processor's visual tokens."""
+        from attrib.regions.geometry import GridSpec
+
+        size = self.image_processor.size
+        lo = size["shortest_edge"] if isinstance(size, dict) else size.shortest_edge
+        hi = size["longest_edge"] if isinstance(size, dict) else size.longest_edge
+        patch = int(self.image_processor.patch_size)
+        return GridSpec("shapes_processor", patch, self.merge_size, "smart", min_pixels=int(lo), max_pixels=int(hi))
+
     def token_ids(self) -> dict[str, int]:
         """Ids of the special tokens, keyed by token."""
         return {t: _token_id(self.tokenizer, t) for t in SPECIAL_TOKENS}

@@ -20,6 +20,7 @@ __all__ = [
     "bundled_model_path",
     "load_bundled",
     "load_model",
+    "resolve_model",
 ]
 
 logger = logging.getLogger(__name__)
@@ -186,6 +187,19 @@ def bundled_model_path(name: str = "shapes-qwen25vl") -> Path:
     if not (p / "model.safetensors").is_file():
         raise FileNotFoundError(f"bundled model files missing at {p}; reinstall attrib or run `attrib shapes train`")
     return p
+
+
+def resolve_model(name: str | None) -> Path:
+    """A bundled model name (or ``None`` for the default) or a local directory, as a path.
+
+    Raises:
+        FileNotFoundError: If a bundled model's files are missing.
+    """
+    if name is None:
+        return bundled_model_path()
+    if name in _BUNDLED:
+        return bundled_model_path(name)
+    return Path(name)
 
 
 def load_bundled(

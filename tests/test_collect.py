@@ -1,0 +1,124 @@
+"""The resumable collection pipeline on the bundled model."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from attrib.collect import CollectConfig, Collection, collect
+
+SMALL = {"n": 6, "k": 8, "n_subsets": 4, "shard_size": 2, "max_new_tokens": 120, "dataset": "shapes:test"}
+
+
+def _arrays(path: Path) -> list[dict]:  # type: ignore[type-arg]
+    return list(Collection.open(path).examples())
+
+
+def _same(a: list[dict], b: list[dict]) -> None:  # type: ignore[type-arg]
+    assert [x["uid"] for x in a] == [x["uid"] for x in b]
+    for x, y in zip(a, b, strict=True):
+        for key in ("features", "subsets", "subset_deltas", "loo_deltas", "regions"):
+            if key in x:
+                np.testing.assert_allclose(x[key], y[key], atol=1e-5, err_msg=key)
+        assert x["output"] == y["output"] and x["spans"] == y["spans"]
+
+
+def test_collect_small_split(tmp_path: Path) -> None:
+    cfg = CollectConfig(**SMALL, loo=True)
+    coll = collect(cfg, tmp_path / "c")
+    exs = list(coll.examples())
+    assert len(exs) + len(coll.failures) == 6
+    assert coll.manifest["complete"] and len(coll.manifest["shards"]) == 3
+    for ex in exs:
+        s = len(ex["spans"])
+        assert ex["features"].shape == (s, 8, 4, 6)
+        assert ex["subsets"].shape == (4, 8) and ex["subset_deltas"].shape == (s, 4)
+        assert ex["loo_deltas"].shape == (s, 8)
+        assert ex["regions"].shape == (224, 224) and ex["regions"].max() == 7
+        assert isinstance(ex["correct"], bool)
+        assert len(ex["span_gt_regions"]) == s
+    # Rerunning a complete collection does nothing and changes nothing.
+    before = (tmp_path / "c" / "manifest.json").read_text()
+    collect(cfg, tmp_path / "c")
+    assert json.loads((tmp_path / "c" / "manifest.json").read_text())["shards"] == json.loads(before)["shards"]
+
+
+def test_resume_refuses_other_settings(tmp_path: Path) -> None:
+    collect(CollectConfig(**{**SMALL, "n": 2}), tmp_path / "c")
+    with pytest.raises(ValueError, match="another dataset/model/settings"):
+        collect(CollectConfig(**{**SMALL, "n": 2, "k": 16}), tmp_path / "c")
+
+
+def test_bad_examples_are_recorded_and_skipped(tmp_path: Path) -> None:
+    from attrib.shapes import make_example
+
+    make_example("test", 0).image().save(tmp_path / "ok.png")
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    lines = [
+        {"image": "ok.png", "question": "How many circles are there?", "answer": "1"},
+        {"image": "broken.png", "question": "Is there a red circle?"},
+        {"image": "missing.png", "question": "Is there a red circle?"},
+    ]
+    (tmp_path / "data.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    cfg = CollectConfig(**{**SMALL, "dataset": str(tmp_path / "data.jsonl"), "n": 0})
+    coll = collect(cfg, tmp_path / "c")
+    reasons = {f["uid"]: f["reason"] for f in coll.failures}
+    assert set(reasons) == {"1", "2"}
+    assert "broken.png" in reasons["1"] and "missing.png" in reasons["2"]
+    assert [e["uid"] for e in coll.examples()] == ["0"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
+def test_read_only_output_dir(tmp_path: Path) -> None:
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    with pytest.raises(OSError, match="not writable"):
+        collect(CollectConfig(**SMALL), ro / "c")
+
+
+def test_unwritable_output_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(OSError, match="not writable"):
+        collect(CollectConfig(**SMALL), blocker / "c")
+
+
+def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path: Path) -> None:
+    args = ["--dataset", "shapes:test", "--n", "6", "--k", "8", "--subsets", "4", "--shard-size", "2"]
+    args += ["--max-new-tokens", "120", "--loo", "--threads", "1"]
+    cmd = [sys.executable, "-m", "attrib.cli", "collect", *args]
+    ref = tmp_path / "ref"
+    subprocess.run([*cmd, "--out", str(ref)], check=True, capture_output=True)
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([*cmd, "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        mf = out / "manifest.json"
+        if mf.is_file() and json.loads(mf.read_text())["shards"]:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = json.loads((out / "manifest.json").read_text())
+    assert 1 <= len(partial["shards"]) < 3, "the kill must land mid-run"
+    subprocess.run([*cmd, "--out", str(out)], check=True, capture_output=True)
+    _same(_arrays(out), _arrays(ref))
+    assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
+
+
+def test_cli_collect_bad_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from attrib.cli import main
+
+    assert main(["collect", "--dataset", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "c")]) == 2
+    assert "dataset file not found" in capsys.readouterr().err
+    Image.new("RGB", (4, 4)).save(tmp_path / "x.png")
