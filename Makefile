@@ -31,7 +31,7 @@ typecheck: setup
 	$(BIN)/mypy
 
 docs: setup
-	$(BIN)/mkdocs build --strict --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 pytest: setup
 	$(BIN)/python -m pytest -m "not slow" -q
