@@ -235,6 +235,88 @@ def _cmd_collect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_fit(args: argparse.Namespace) -> int:
+    from attrib.collect import Collection
+    from attrib.faithfulness import fit_estimator
+
+    train = Collection.open(args.train)
+    t0 = time.perf_counter()
+    est, used = fit_estimator(train, loss=args.loss, only_correct=not args.all_examples, limit=args.limit)
+    cfg = train.manifest["config"]
+    est.save(
+        args.out,
+        model_id=cfg["model"],
+        region_method=cfg["region_method"],
+        k=cfg["k"],
+        ablation_mode=cfg["ablation_mode"],
+        feature_pooling="mean over span tokens, sum over region tokens",
+        n_train_examples=used,
+        train_collection=str(args.train),
+    )
+    console.print(f"fit {args.loss} estimator on {used} examples in {time.perf_counter() - t0:.1f} s -> {args.out}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from attrib.collect import Collection
+    from attrib.faithfulness import evaluate_methods
+    from attrib.io import atomic_write_json
+    from attrib.shapes.model import load_model, resolve_model
+    from estimators.baselines import best_layer_index
+    from estimators.linear import LinearHeadEstimator
+
+    test = Collection.open(args.test)
+    est = LinearHeadEstimator.load(args.estimator)
+    meta = getattr(est, "metadata_", {})
+    cfg = test.manifest["config"]
+    if meta.get("region_method") not in (None, cfg["region_method"]):
+        console.print(
+            f"[yellow]warning:[/yellow] estimator fit on {meta['region_method']!r} regions, "
+            f"test collection uses {cfg['region_method']!r}"
+        )
+    model, proc = load_model(resolve_model(cfg["model"]))
+    layer = best_layer_index(list(Collection.open(args.train).examples())[:200]) if args.train else 0
+    methods = args.methods.split(",")
+    with _progress() as prog:
+        task = prog.add_task("evaluate", total=None)
+        res = evaluate_methods(
+            test,
+            est,
+            model=model,
+            processor=proc,
+            methods=methods,
+            best_layer=layer,
+            limit=args.limit,
+            on_progress=lambda d, t: prog.update(task, completed=d, total=t),
+        )
+    res["best_layer"] = layer
+    t = Table(title=f"faithfulness on {args.test} (n_examples={res['n_examples']}, n_spans={res['n_spans']})")
+    for col in ("method", "LDS", "R2", "top5", "top5 norm", "pointing", "s/token"):
+        t.add_column(col, justify="right")
+
+    def f(d: dict[str, Any] | None) -> str:
+        return "-" if d is None else f"{d['value']:.3f}"
+
+    for name, r in res["methods"].items():
+        t.add_row(
+            name,
+            f(r.get("lds")),
+            f(r.get("r2")),
+            f(r.get("top5_drop")),
+            f(r.get("top5_drop_normalized")),
+            f(r.get("pointing")),
+            f"{r['seconds_per_token']:.2e}",
+        )
+    Console().print(t)
+    if args.json:
+        atomic_write_json(args.json, res)
+    if args.heatmap:
+        from attrib.plots import weight_heatmap
+
+        weight_heatmap(est.coef_, args.heatmap)
+    return 0
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     import torch
     import transformers
@@ -284,6 +366,27 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--threads", type=int, default=0)
     c.add_argument("--out", required=True)
     c.set_defaults(fn=_cmd_collect)
+
+    fp = sub.add_parser("fit", help="fit the L x H estimator on a collected train split")
+    fp.add_argument("--train", required=True, help="collection directory")
+    fp.add_argument("--out", required=True, help="estimator path stem (.safetensors + .json)")
+    fp.add_argument("--loss", default="pearson", choices=["pearson", "ridge"])
+    fp.add_argument("--limit", type=int, default=None, help="use at most this many examples")
+    fp.add_argument("--all-examples", action="store_true", help="also train on wrongly answered examples")
+    fp.set_defaults(fn=_cmd_fit)
+
+    ev = sub.add_parser("evaluate", help="score the estimator and baselines on a held-out collection")
+    ev.add_argument("--test", required=True, help="held-out collection (made with --loo)")
+    ev.add_argument("--estimator", required=True)
+    ev.add_argument("--train", default=None, help="train collection (chooses the best single layer)")
+    ev.add_argument(
+        "--methods",
+        default="estimator,raw_attention,best_layer,input_x_gradient,integrated_gradients,contextcite,leave_one_out",
+    )
+    ev.add_argument("--limit", type=int, default=None)
+    ev.add_argument("--json", default=None)
+    ev.add_argument("--heatmap", default=None, help="write the estimator's L x H weight heatmap (PNG)")
+    ev.set_defaults(fn=_cmd_evaluate)
 
     i = sub.add_parser("info", help="versions and bundled models")
     i.set_defaults(fn=_cmd_info)

@@ -394,6 +394,8 @@ def _one(cfg: CollectConfig, model: Any, proc: Any, item: CollectItem, index: in
         "question": item.question,
         "answer": item.answer,
         "output": proc.decode(res.generated_ids),
+        "generated_ids": res.generated_ids,
+        "image": item.image_path,
         "predicted": parsed.answer,
         "correct": correct,
         "spans": [{"text": s.text, "start": s.start, "end": s.end} for s in res.spans],

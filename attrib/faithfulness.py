@@ -1,0 +1,265 @@
+"""Fit the estimator on a collected train split and score every method on a held-out split.
+
+``fit_estimator`` builds the design rows (summed removed-region features per
+span and removal set) from correctly answered training examples and fits a
+:class:`~estimators.linear.LinearHeadEstimator`. ``evaluate_methods`` computes,
+for the estimator and every baseline, LDS on held-out removal sets, R² against
+leave-one-out, pointing accuracy against the benchmark's ground truth, the
+top-K drop (with real ablation forwards of each method's top-K regions) and the
+seconds per generated token each method costs.
+
+The held-out split must be collected with ``--loo`` and an even number of
+removal sets (64 by default here): the ContextCite surrogate fits on the first
+half of each example's sets and every method is scored on the second half, so
+no method sees the sets it is scored on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from attrib.collect import Collection
+from estimators.baselines import (
+    ModelContext,
+    best_layer_scores,
+    contextcite_scores,
+    gradient_scores,
+    loo_scores,
+    raw_attention_scores,
+)
+from estimators.linear import LinearHeadEstimator, subset_design
+from metrics.faithfulness import lds, pointing_accuracy, r2, topk_drop, topk_sets
+
+__all__ = ["DEFAULT_METHODS", "design_matrix", "evaluate_methods", "fit_estimator"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_METHODS: tuple[str, ...] = (
+    "estimator",
+    "raw_attention",
+    "best_layer",
+    "input_x_gradient",
+    "integrated_gradients",
+    "contextcite",
+    "leave_one_out",
+)
+
+
+def design_matrix(
+    examples: Sequence[dict[str, Any]], *, only_correct: bool = True, limit: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Design rows, targets and span groups from collected examples.
+
+    Args:
+        examples: Collected examples.
+        only_correct: Keep correctly answered examples only (the paper's choice).
+        limit: Use at most this many examples (after filtering), in order.
+
+    Returns:
+        ``(X, y, groups, n_examples_used)``.
+
+    Raises:
+        ValueError: If no example is left, or an example has NaN targets (named).
+    """
+    xs, ys, gs = [], [], []
+    used = 0
+    g = 0
+    for ex in examples:
+        if only_correct and ex.get("correct") is False:
+            continue
+        if limit is not None and used >= limit:
+            break
+        d = np.asarray(ex["subset_deltas"], dtype=np.float64)
+        if not np.isfinite(d).all():
+            raise ValueError(f"example {ex['uid']} has NaN/inf targets")
+        design = subset_design(ex["features"], ex["subsets"])  # (n_spans, M, F)
+        n_spans, m, f = design.shape
+        xs.append(design.reshape(-1, f))
+        ys.append(d.reshape(-1))
+        gs.append(np.repeat(np.arange(g, g + n_spans), m))
+        g += n_spans
+        used += 1
+    if not xs:
+        raise ValueError("no training examples left (all failed, or none answered correctly)")
+    return np.concatenate(xs), np.concatenate(ys), np.concatenate(gs), used
+
+
+def fit_estimator(
+    train: Collection,
+    *,
+    loss: str = "pearson",
+    only_correct: bool = True,
+    limit: int | None = None,
+    **params: Any,
+) -> tuple[LinearHeadEstimator, int]:
+    """Fit the L x H estimator on a collected train split.
+
+    Returns:
+        ``(estimator, n_examples_used)``.
+    """
+    exs = list(train.examples())
+    x, y, groups, used = design_matrix(exs, only_correct=only_correct, limit=limit)
+    shape = tuple(exs[0]["features"].shape[2:])
+    est = LinearHeadEstimator(loss=loss, layer_head_shape=shape, **params)  # type: ignore[arg-type]
+    est.fit(x, y, groups=groups)
+    return est, used
+
+
+def evaluate_methods(
+    test: Collection,
+    estimator: LinearHeadEstimator,
+    *,
+    model: Any = None,
+    processor: Any = None,
+    methods: Sequence[str] = DEFAULT_METHODS,
+    best_layer: int | None = None,
+    topk: int = 5,
+    limit: int | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Score every method on a held-out collection.
+
+    Args:
+        test: Held-out collection (made with ``--loo`` and an even number of removal sets).
+        estimator: The fitted estimator.
+        model: The model (needed for top-K drops and gradient baselines).
+        processor: Its processor.
+        methods: Methods to score.
+        best_layer: Layer of the ``best_layer`` baseline (chosen on training data).
+        topk: K of the top-K drop.
+        limit: Evaluate at most this many examples.
+        on_progress: Called as ``on_progress(done, total)``.
+
+    Returns:
+        ``{"methods": {name: {"lds", "top5_drop", "top5_drop_normalized", "r2", "pointing",
+        "seconds_per_token", ... with intervals}}, "n_examples", "n_spans"}``.
+    """
+    exs = list(test.examples())[:limit]
+    if not exs:
+        raise ValueError("the test collection holds no example")
+    if "loo_deltas" not in exs[0]:
+        raise ValueError("the test collection was made without --loo; leave-one-out targets are required")
+    m_total = exs[0]["subsets"].shape[0]
+    half = m_total // 2
+    fit_sl, eval_sl = slice(0, half), slice(half, m_total)
+    rows: dict[str, dict[str, list[Any]]] = {
+        name: {"act": [], "pred": [], "scores": [], "loo": [], "gt": [], "seconds": [], "tokens": []}
+        for name in methods
+    }
+    drops: dict[str, list[float]] = {name: [] for name in [*methods, "oracle"]}
+    for i, ex in enumerate(exs):
+        n_tokens = max(1, ex["spans"][-1]["end"]) if ex["spans"] else 1
+        ctx = _context(ex, model, processor) if model is not None else None
+        scores_by: dict[str, np.ndarray] = {}
+        for name in methods:
+            t0 = time.perf_counter()
+            s = _scores(name, ex, estimator, ctx, best_layer, fit_sl)
+            dt = time.perf_counter() - t0
+            if name == "contextcite" and ctx is not None:
+                dt += _ablation_seconds(ctx, half)
+            if name == "leave_one_out" and ctx is not None:
+                dt += _ablation_seconds(ctx, s.shape[1])
+            scores_by[name] = s
+            r = rows[name]
+            sub = ex["subsets"][eval_sl].astype(np.float64)
+            r["act"].append(np.asarray(ex["subset_deltas"])[:, eval_sl])
+            r["pred"].append(s @ sub.T)
+            r["scores"].append(s)
+            r["loo"].append(np.asarray(ex["loo_deltas"]))
+            r["gt"].extend(ex.get("span_gt_regions") or [None] * s.shape[0])
+            r["seconds"].append(dt)
+            r["tokens"].append(n_tokens)
+        if ctx is not None:
+            _topk_drops(ctx, scores_by, np.asarray(ex["loo_deltas"]), topk, drops)
+        if on_progress:
+            on_progress(i + 1, len(exs))
+    out: dict[str, Any] = {"methods": {}, "n_examples": len(exs), "n_spans": int(sum(len(e["spans"]) for e in exs))}
+    for name, r in rows.items():
+        act, pred = np.concatenate(r["act"]), np.concatenate(r["pred"])
+        sc, loo = np.concatenate(r["scores"]), np.concatenate(r["loo"])
+        res: dict[str, Any] = {
+            "lds": lds(act, pred).to_dict(),
+            "r2": r2(sc, loo).to_dict(),
+            "seconds_per_token": float(np.sum(r["seconds"]) / np.sum(r["tokens"])),
+        }
+        if any(r["gt"]):
+            res["pointing"] = pointing_accuracy(sc, r["gt"]).to_dict()
+        if drops[name]:
+            td = topk_drop(np.asarray(drops[name]), np.asarray(drops["oracle"]))
+            res[f"top{topk}_drop"] = td["raw"].to_dict()
+            res[f"top{topk}_drop_normalized"] = td["normalized"].to_dict()
+        out["methods"][name] = res
+    return out
+
+
+def _scores(
+    name: str,
+    ex: dict[str, Any],
+    est: LinearHeadEstimator,
+    ctx: ModelContext | None,
+    best_layer: int | None,
+    fit_sl: slice,
+) -> np.ndarray:
+    if name == "estimator":
+        return est.region_scores(ex["features"])
+    if name == "raw_attention":
+        return raw_attention_scores(ex)
+    if name == "best_layer":
+        return best_layer_scores(ex, layer=best_layer or 0)
+    if name == "leave_one_out":
+        return loo_scores(ex)
+    if name == "contextcite":
+        return contextcite_scores(ex, fit_subsets=fit_sl)
+    if name in ("integrated_gradients", "input_x_gradient"):
+        if ctx is None:
+            raise ValueError(f"{name} needs the model")
+        return gradient_scores(ctx, method=name)
+    raise ValueError(f"unknown method {name!r}; choose from {DEFAULT_METHODS}")
+
+
+def _context(ex: dict[str, Any], model: Any, proc: Any) -> ModelContext:
+    from attrib.processing import load_image
+    from attrib.shapes import make_example
+
+    if ex.get("image"):
+        image = load_image(ex["image"])
+    else:
+        split, idx = ex["uid"].rsplit("-", 1)
+        image = make_example(split, int(idx)).image()
+    x = proc([image], [ex["question"]])
+    from attrib.regions import RegionPartition
+
+    assign = RegionPartition(np.asarray(ex["regions"], dtype=np.int64)).assign_tokens(proc.grid_spec()).matrix
+    return ModelContext(model, x, list(ex["generated_ids"]), [(s["start"], s["end"]) for s in ex["spans"]], assign)
+
+
+def _ablation_seconds(ctx: ModelContext, n_forwards: int) -> float:
+    """Wall time of ``n_forwards`` ablation forwards (what a causal method pays per example)."""
+    from attrib.ablation import AblationRunner
+
+    r = AblationRunner(ctx.model, ctx.inputs, ctx.generated_ids, ctx.assignment, batch_size=16)
+    k = ctx.assignment.shape[0]
+    sets = np.zeros((n_forwards, k), dtype=bool)
+    t0 = time.perf_counter()
+    r.logprobs(sets)
+    return time.perf_counter() - t0
+
+
+def _topk_drops(
+    ctx: ModelContext, scores_by: dict[str, np.ndarray], loo: np.ndarray, topk: int, drops: dict[str, list[float]]
+) -> None:
+    from attrib.ablation import AblationRunner
+
+    names = [*scores_by, "oracle"]
+    sets = [topk_sets(scores_by[n] if n != "oracle" else loo, topk) for n in names]  # each (n_spans, K)
+    n_spans = loo.shape[0]
+    runner = AblationRunner(ctx.model, ctx.inputs, ctx.generated_ids, ctx.assignment, batch_size=16)
+    d = runner.deltas(np.concatenate(sets), ctx.spans)  # (n_names * n_spans, n_spans)
+    for i, n in enumerate(names):
+        block = d[i * n_spans : (i + 1) * n_spans]
+        drops[n].extend(np.diag(block).tolist())

@@ -1,0 +1,258 @@
+"""The amortized L x H linear estimator: ``score(S, k) = <w, f_{S,k}>``, fit once per model.
+
+Training samples are (span, removal set) pairs: the input is the summed
+features of the removed regions, ``x = Σ_{k∈V} f_{S,k}`` (flattened L·H), and
+the target is the measured drop ``Δ(S, V)``. Because the model is linear,
+``Δ̂(S, V) = Σ_{k∈V} score(S, k) + b``.
+
+Losses:
+
+- ``"pearson"`` (the paper's and AT2's): maximise the mean over spans of the
+  Pearson correlation between predicted and actual drops across that span's
+  removal sets (Adam, lr 1e-3 by default). Correlation ignores scale, so a final
+  least-squares calibration maps scores to drop units.
+- ``"ridge"``: closed-form ridge regression on the pooled samples.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+__all__ = ["LinearHeadEstimator", "subset_design"]
+
+VERSION = "0.1.0"
+
+
+def subset_design(features: np.ndarray, subsets: np.ndarray) -> np.ndarray:
+    """Design rows for one example.
+
+    Args:
+        features: ``(n_spans, K, L, H)`` span features.
+        subsets: ``(M, K)`` boolean removal sets.
+
+    Returns:
+        ``(n_spans, M, L*H)``: for span s and set j, the summed features of the removed regions.
+    """
+    f = np.asarray(features, dtype=np.float64)
+    s = np.asarray(subsets, dtype=np.float64)
+    n, k = f.shape[:2]
+    return np.einsum("mk,nkf->nmf", s, f.reshape(n, k, -1))
+
+
+class LinearHeadEstimator(RegressorMixin, BaseEstimator):  # type: ignore[misc]
+    """Linear map from L x H attention features to causal drops (scikit-learn conventions).
+
+    Args:
+        loss: ``"pearson"`` or ``"ridge"``.
+        alpha: Ridge penalty (``ridge``) or L2 weight decay (``pearson``).
+        lr: Adam learning rate (``pearson``).
+        n_iter: Full-batch Adam steps (``pearson``).
+        layer_head_shape: ``(L, H)``; ``coef_`` takes this shape. When ``None``, a 3-D
+            input ``(n, L, H)`` sets it, and 2-D input gives ``coef_`` of shape ``(1, F)``.
+        random_state: Initialisation seed (``pearson``).
+
+    Attributes:
+        coef_: ``(L, H)`` weights, in drop units.
+        intercept_: Bias ``b``.
+        n_features_in_: ``L * H``.
+    """
+
+    def __init__(
+        self,
+        *,
+        loss: Literal["pearson", "ridge"] = "pearson",
+        alpha: float = 1e-4,
+        lr: float = 1e-3,
+        n_iter: int = 2000,
+        layer_head_shape: tuple[int, int] | None = None,
+        random_state: int = 0,
+    ) -> None:
+        self.loss = loss
+        self.alpha = alpha
+        self.lr = lr
+        self.n_iter = n_iter
+        self.layer_head_shape = layer_head_shape
+        self.random_state = random_state
+
+    # ------------------------------------------------------------ fitting
+    def fit(self, X: Any, y: Any, groups: Any = None) -> LinearHeadEstimator:
+        """Fit on design rows ``X`` (``(n, F)`` or ``(n, L, H)``) and drops ``y``.
+
+        Args:
+            X: Summed removed-region features per (span, removal set).
+            y: Measured drops.
+            groups: Span ids; the Pearson loss correlates within each group
+                (all rows form one group when ``None``).
+
+        Returns:
+            self
+
+        Raises:
+            ValueError: On NaN/empty targets (naming the offending rows) or an unknown loss.
+        """
+        shape = self.layer_head_shape
+        x_arr = np.asarray(X)
+        if x_arr.ndim == 3:
+            shape = (int(x_arr.shape[1]), int(x_arr.shape[2]))
+            X = x_arr.reshape(x_arr.shape[0], -1)
+        y_arr = np.asarray(y, dtype=np.float64)
+        if y_arr.size == 0:
+            raise ValueError("empty targets: nothing to fit")
+        bad = np.nonzero(~np.isfinite(y_arr))[0]
+        if bad.size:
+            raise ValueError(f"targets hold NaN/inf at rows {bad[:10].tolist()}{'...' if bad.size > 10 else ''}")
+        X, y_arr = validate_data(self, X, y_arr, y_numeric=True)
+        if self.loss == "ridge":
+            w, b = self._ridge(X, y_arr)
+        elif self.loss == "pearson":
+            w, b = self._pearson(X, y_arr, groups)
+        else:
+            raise ValueError(f"unknown loss {self.loss!r}; choose 'pearson' or 'ridge'")
+        f = X.shape[1]
+        self._shape = shape if shape is not None and shape[0] * shape[1] == f else (1, f)
+        self.coef_ = w.reshape(self._shape)
+        self.intercept_ = float(b)
+        return self
+
+    def _ridge(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
+        xm, ym = x.mean(0), y.mean()
+        xc = x - xm
+        a = xc.T @ xc + self.alpha * len(y) * np.eye(x.shape[1])
+        w = np.linalg.solve(a, xc.T @ (y - ym))
+        return w, float(ym - xm @ w)
+
+    def _pearson(self, x: np.ndarray, y: np.ndarray, groups: Any) -> tuple[np.ndarray, float]:
+        import torch
+
+        g = (
+            np.zeros(len(y), dtype=np.int64)
+            if groups is None
+            else np.unique(np.asarray(groups), return_inverse=True)[1]
+        )
+        n_g = int(g.max()) + 1
+        xt = torch.as_tensor(x, dtype=torch.float64)
+        yt = torch.as_tensor(y, dtype=torch.float64)
+        gt = torch.as_tensor(g)
+        counts = torch.bincount(gt, minlength=n_g).double()
+        scale = xt.std(0).clamp_min(1e-12)
+        xs = xt / scale
+        gen = torch.Generator().manual_seed(self.random_state)
+        w = (torch.randn(x.shape[1], generator=gen, dtype=torch.float64) * 0.01).requires_grad_(True)
+        opt = torch.optim.Adam([w], lr=self.lr)
+
+        def gmean(v: torch.Tensor) -> torch.Tensor:
+            return torch.zeros(n_g, dtype=v.dtype).index_add_(0, gt, v) / counts
+
+        yc = yt - gmean(yt)[gt]
+        ysd = torch.sqrt(gmean(yc**2)).clamp_min(1e-12)
+        valid = (counts > 2) & (ysd > 1e-9)
+        if not bool(valid.any()):
+            raise ValueError("pearson loss needs groups with >= 3 rows and non-constant targets")
+        for _ in range(self.n_iter):
+            p = xs @ w
+            pc = p - gmean(p)[gt]
+            psd = torch.sqrt(gmean(pc**2)).clamp_min(1e-12)
+            corr = gmean(pc * yc) / (psd * ysd)
+            loss = -corr[valid].mean() + self.alpha * (w**2).sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        direction = (w.detach() / scale).numpy()
+        pred = x @ direction
+        # Calibrate scale and offset to drop units by least squares.
+        a = np.vstack([pred, np.ones_like(pred)]).T
+        (s, b), *_ = np.linalg.lstsq(a, y, rcond=None)
+        return direction * s, float(b)
+
+    # ------------------------------------------------------------ prediction
+    def predict(self, X: Any) -> np.ndarray:
+        """Predicted drops ``X @ w + b`` for design rows ``(n, F)`` or ``(n, L, H)``."""
+        check_is_fitted(self, "coef_")
+        x_arr = np.asarray(X)
+        if x_arr.ndim == 3:
+            X = x_arr.reshape(x_arr.shape[0], -1)
+        X = validate_data(self, X, reset=False)
+        return np.asarray(X @ self.coef_.ravel() + self.intercept_)
+
+    def region_scores(self, features: np.ndarray) -> np.ndarray:
+        """Per-region scores ``<w, f_{S,k}>`` for features ``(n_spans, K, L, H)`` -> ``(n_spans, K)``."""
+        check_is_fitted(self, "coef_")
+        f = np.asarray(features, dtype=np.float64)
+        if f.shape[2:] != tuple(self.coef_.shape):
+            raise ValueError(f"features have L x H = {f.shape[2:]}, the estimator expects {tuple(self.coef_.shape)}")
+        return np.einsum("sklh,lh->sk", f, self.coef_)
+
+    # ------------------------------------------------------------ persistence
+    def save(self, path: str | Path, **metadata: Any) -> None:
+        """Write ``<path>.safetensors`` (weights) and ``<path>.json`` (metadata).
+
+        Args:
+            path: Path stem.
+            **metadata: Recorded beside the weights, e.g. ``model_id``, ``region_method``,
+                ``ablation_mode``, ``feature_pooling``.
+        """
+        from safetensors.numpy import save_file
+
+        from attrib.io import atomic_write_text
+
+        check_is_fitted(self, "coef_")
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(p.name + ".tmp.safetensors")
+        save_file({"coef": np.ascontiguousarray(self.coef_, dtype=np.float64)}, str(tmp))
+        tmp.replace(p.with_suffix(".safetensors"))
+        meta = {
+            "L": int(self.coef_.shape[0]),
+            "H": int(self.coef_.shape[1]),
+            "intercept": self.intercept_,
+            "params": {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.get_params().items()},
+            "version": VERSION,
+            **metadata,
+        }
+        atomic_write_text(p.with_suffix(".json"), json.dumps(meta, indent=1) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path, *, expected_shape: tuple[int, int] | None = None) -> LinearHeadEstimator:
+        """Load an estimator saved by :meth:`save` (safetensors + JSON; nothing is unpickled).
+
+        Args:
+            path: Path stem.
+            expected_shape: ``(L, H)`` of the model it will be used with; a mismatch is refused.
+
+        Raises:
+            FileNotFoundError: If a file is missing.
+            ValueError: If the shape does not match ``expected_shape`` or the files disagree.
+        """
+        from safetensors.numpy import load_file
+
+        p = Path(path)
+        for f in (p.with_suffix(".safetensors"), p.with_suffix(".json")):
+            if not f.is_file():
+                raise FileNotFoundError(f"estimator file not found: {f}")
+        meta = json.loads(p.with_suffix(".json").read_text())
+        coef = load_file(str(p.with_suffix(".safetensors")))["coef"]
+        if coef.shape != (meta["L"], meta["H"]):
+            raise ValueError(
+                f"estimator {p}: weights {coef.shape} disagree with metadata L x H = {meta['L']} x {meta['H']}"
+            )
+        if expected_shape is not None and tuple(coef.shape) != tuple(expected_shape):
+            raise ValueError(
+                f"estimator {p} was fit for a model with L x H = {coef.shape[0]} x {coef.shape[1]} "
+                f"(model {meta.get('model_id', '?')}), but this model has {expected_shape[0]} x {expected_shape[1]}"
+            )
+        params = dict(meta["params"])
+        if params.get("layer_head_shape") is not None:
+            params["layer_head_shape"] = tuple(params["layer_head_shape"])
+        est = cls(**params)
+        est.coef_ = coef
+        est.intercept_ = float(meta["intercept"])
+        est.n_features_in_ = coef.size
+        est._shape = tuple(coef.shape)
+        est.metadata_ = {k: v for k, v in meta.items() if k not in ("params",)}
+        return est
