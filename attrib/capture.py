@@ -55,7 +55,6 @@ logger = logging.getLogger(__name__)
 #: Name under which the capturing attention function is registered.
 IMPLEMENTATION = "attrib_sdpa"
 _ACTIVE: contextvars.ContextVar[AttentionCapture | None] = contextvars.ContextVar("attrib_capture", default=None)
-_REGISTERED = False
 
 
 def _capturing_sdpa(
@@ -75,16 +74,23 @@ def _capturing_sdpa(
     return out
 
 
-def _ensure_registered() -> None:
-    global _REGISTERED
-    if _REGISTERED:
+_REGISTERED_NAMES: set[str] = set()
+
+
+def register_implementation(name: str, fn: Callable[..., Any]) -> None:
+    """Register ``fn`` as attention implementation ``name`` with SDPA's mask format (idempotent)."""
+    if name in _REGISTERED_NAMES:
         return
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-    AttentionInterface.register(IMPLEMENTATION, _capturing_sdpa)
-    AttentionMaskInterface.register(IMPLEMENTATION, sdpa_mask)
-    _REGISTERED = True
+    AttentionInterface.register(name, fn)
+    AttentionMaskInterface.register(name, sdpa_mask)
+    _REGISTERED_NAMES.add(name)
+
+
+def _ensure_registered() -> None:
+    register_implementation(IMPLEMENTATION, _capturing_sdpa)
 
 
 def last_row_probs(

@@ -19,12 +19,11 @@ from typing import Any
 
 import torch
 
-from attrib.capture import AttentionCapture, CaptureResult, last_row_probs
+from attrib.capture import AttentionCapture, CaptureResult, last_row_probs, register_implementation
 
 __all__ = ["ROWS_IMPLEMENTATION", "nnsight_capture_generate"]
 
 ROWS_IMPLEMENTATION = "attrib_rows"
-_REGISTERED = False
 
 
 def _rows_sdpa(
@@ -39,18 +38,6 @@ def _rows_sdpa(
 
     out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     return out, last_row_probs(query, key, attention_mask, kwargs.get("scaling"))[:, :, None, :]
-
-
-def _ensure_registered() -> None:
-    global _REGISTERED
-    if _REGISTERED:
-        return
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
-    AttentionInterface.register(ROWS_IMPLEMENTATION, _rows_sdpa)
-    AttentionMaskInterface.register(ROWS_IMPLEMENTATION, sdpa_mask)
-    _REGISTERED = True
 
 
 class _Collector:
@@ -102,7 +89,7 @@ def nnsight_capture_generate(
     cap = AttentionCapture(model, inputs, assignment, decode=decode, per_token=per_token)
     adapter = cap.adapter
     n_layers = cap.n_layers
-    _ensure_registered()
+    register_implementation(ROWS_IMPLEMENTATION, _rows_sdpa)
     tc = adapter.text_config(model)
     saved = tc._attn_implementation
     collector = _Collector()

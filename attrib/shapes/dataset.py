@@ -13,9 +13,11 @@ from PIL import Image
 from attrib.shapes.questions import AUX_FAMILIES, FAMILIES, Question, Sentence, UnsuitableSceneError, make_question
 from attrib.shapes.scene import Difficulty, Scene, render_blank, sample_scene
 
-__all__ = ["SPLITS", "Example", "example_seed", "iter_split", "make_example", "trace_text"]
+__all__ = ["BENCHMARK_VERSION", "SPLITS", "Example", "example_seed", "iter_split", "make_example", "trace_text"]
 
 Split = Literal["train", "validation", "test"]
+#: Bumped whenever a change to scenes, questions or traces changes what a seed produces.
+BENCHMARK_VERSION = 2
 #: Each split draws example seeds from its own disjoint range.
 SPLITS: dict[str, int] = {"train": 0, "validation": 1_000_000_000, "test": 2_000_000_000}
 _SPLIT_SIZE = 1_000_000_000

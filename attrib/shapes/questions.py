@@ -245,7 +245,7 @@ def _exist(scene: Scene, rng: np.random.Generator) -> Question:
 
 @register_family("inventory", auxiliary=True)
 def _inventory(scene: Scene, rng: np.random.Generator) -> Question:
-    """List every object in reading order, then count them (training-only)."""
+    """List every object in canonical order, then count them (training-only)."""
     n = len(scene.objects)
     sents = [Sentence("I need to list every object.")]
     sents += [_there_is(scene, i) for i in range(n)]

@@ -23,6 +23,7 @@ __all__ = [
     "Difficulty",
     "Scene",
     "ShapeObject",
+    "attribute_key",
     "check_image_size",
     "position_name",
     "render_blank",
@@ -219,7 +220,7 @@ class Scene:
     Attributes:
         width: Canvas width in pixels.
         height: Canvas height in pixels.
-        objects: The objects, in reading order (coarse row, coarse column, x).
+        objects: The objects, in canonical attribute order (colour, shape, size; see :func:`attribute_key`).
         difficulty: The difficulty it was sampled at.
         seed: The seed it was sampled from.
     """
@@ -294,9 +295,13 @@ class Scene:
         )
 
 
-def _reading_key(o: ShapeObject, width: int, height: int) -> tuple[int, int, float]:
-    cx, cy = o.center
-    return (min(2, int(3 * cy / height)), min(2, int(3 * cx / width)), cx)
+def attribute_key(o: ShapeObject) -> tuple[int, int, int]:
+    """Canonical order of objects in traces: colour (palette order), then shape, then size.
+
+    Traces list objects in this order, so that deciding what to say next needs
+    only *which* attribute combinations are in the image, not where they are.
+    """
+    return (list(COLOURS).index(o.colour), SHAPES.index(o.shape), SIZES.index(o.size))
 
 
 def sample_scene(
@@ -310,8 +315,8 @@ def sample_scene(
 ) -> Scene:
     """Sample a scene of non-overlapping objects.
 
-    Objects never share a (shape, colour, size) triple *and* a coarse position,
-    so that every description used in a trace picks out exactly one object.
+    No two objects share a (size, colour, shape) description, so that every
+    description used in a trace picks out exactly one object.
 
     Args:
         rng: Source of randomness.
@@ -322,7 +327,7 @@ def sample_scene(
         max_tries: Placement attempts before giving up.
 
     Returns:
-        The scene, objects in reading order.
+        The scene, objects in canonical attribute order.
 
     Raises:
         ValueError: If the size is invalid or the objects cannot be placed.
@@ -359,7 +364,7 @@ def sample_scene(
         if any(p.describe() == cand.describe() and position_name(*p.center, width, height) == pos for p in placed):
             continue
         placed.append(cand)
-    placed.sort(key=lambda o: _reading_key(o, width, height))
+    placed.sort(key=attribute_key)
     return Scene(width=width, height=height, objects=placed, difficulty=diff, seed=seed)
 
 

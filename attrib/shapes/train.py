@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from transformers import Qwen2_5_VLForConditionalGeneration
 
 from attrib.processing import ShapesProcessor
-from attrib.shapes.dataset import make_example
+from attrib.shapes.dataset import BENCHMARK_VERSION, make_example
 from attrib.shapes.model import ModelSize, build_config
 from attrib.shapes.questions import AUX_FAMILIES
 from attrib.shapes.scene import Difficulty
@@ -80,6 +80,7 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
         d = asdict(self)
+        d["benchmark_version"] = BENCHMARK_VERSION
         d["size"] = self.size.to_dict()
         d["difficulty"] = self.difficulty.to_dict()
         return d
