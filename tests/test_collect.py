@@ -122,3 +122,32 @@ def test_cli_collect_bad_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert main(["collect", "--dataset", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "c")]) == 2
     assert "dataset file not found" in capsys.readouterr().err
     Image.new("RGB", (4, 4)).save(tmp_path / "x.png")
+
+
+def test_full_disk_leaves_no_corrupt_shard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    import safetensors.numpy
+
+    calls = {"n": 0}
+    real = safetensors.numpy.save_file
+
+    def flaky(arrays, path, *a, **kw):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second shard hits a full disk half-way through writing
+            with open(path, "wb") as f:
+                f.write(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(arrays, path, *a, **kw)
+
+    monkeypatch.setattr(safetensors.numpy, "save_file", flaky)
+    cfg = CollectConfig(**{**SMALL, "n": 4})
+    with pytest.raises(OSError, match=r"could not write shard shard-00001.*No space left"):
+        collect(cfg, tmp_path / "c")
+    mf = json.loads((tmp_path / "c" / "manifest.json").read_text())
+    assert [s["name"] for s in mf["shards"]] == ["shard-00000"]
+    assert not (tmp_path / "c" / "shard-00001.safetensors").exists()
+    assert not list((tmp_path / "c").glob(".*tmp"))
+    monkeypatch.setattr(safetensors.numpy, "save_file", real)
+    coll = collect(cfg, tmp_path / "c")
+    assert len(list(coll.examples())) + len(coll.failures) == 4

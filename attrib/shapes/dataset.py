@@ -17,7 +17,7 @@ __all__ = ["BENCHMARK_VERSION", "SPLITS", "Example", "example_seed", "iter_split
 
 Split = Literal["train", "validation", "test"]
 #: Bumped whenever a change to scenes, questions or traces changes what a seed produces.
-BENCHMARK_VERSION = 2
+BENCHMARK_VERSION = 3
 #: Each split draws example seeds from its own disjoint range.
 SPLITS: dict[str, int] = {"train": 0, "validation": 1_000_000_000, "test": 2_000_000_000}
 _SPLIT_SIZE = 1_000_000_000

@@ -52,9 +52,10 @@ POSITIONS: tuple[tuple[str, str, str], ...] = (
 )
 BACKGROUND: tuple[int, int, int] = (128, 128, 128)
 
-# Object side lengths in pixels for a 224-px canvas; they scale with the canvas.
-_SIDE = {"small": 34, "large": 54}
-_MARGIN = 4
+# Objects sit on the 28-px merged-token grid: a small object fills one cell, a
+# large one a 2x2 block of cells, each inset by a few pixels.
+_CELLS = {"small": 1, "large": 2}
+_INSET = 3
 
 
 def check_image_size(width: int, height: int) -> None:
@@ -335,7 +336,8 @@ def sample_scene(
     check_image_size(width, height)
     diff = difficulty or Difficulty()
     n = int(rng.integers(diff.min_objects, diff.max_objects + 1))
-    scale = diff.size_scale * min(width, height) / 224
+    rows, cols = height // GRID, width // GRID
+    occupied = np.zeros((rows, cols), dtype=bool)
     placed: list[ShapeObject] = []
     tries = 0
     while len(placed) < n:
@@ -346,30 +348,29 @@ def sample_scene(
                 f"on a {width}x{height} canvas"
             )
         size = SIZES[int(rng.integers(len(SIZES)))]
-        side = max(8, round(_SIDE[size] * scale))
-        if side + 2 * _MARGIN > min(width, height):
+        cells = _CELLS[size]
+        if cells > min(rows, cols):
             continue
-        x0 = int(rng.integers(_MARGIN, width - side - _MARGIN + 1))
-        y0 = int(rng.integers(_MARGIN, height - side - _MARGIN + 1))
-        box = (x0, y0, x0 + side, y0 + side)
-        if any(_overlap(box, p.box, _MARGIN) for p in placed):
+        r = int(rng.integers(0, rows - cells + 1))
+        c = int(rng.integers(0, cols - cells + 1))
+        if occupied[r : r + cells, c : c + cells].any():
             continue
+        span = cells * GRID
+        side = min(span - 2, max(8, round((span - 2 * _INSET) * diff.size_scale)))
+        off = (span - side) // 2
+        x0, y0 = c * GRID + off, r * GRID + off
         cand = ShapeObject(
             shape=SHAPES[int(rng.integers(len(SHAPES)))],
             colour=list(COLOURS)[int(rng.integers(len(COLOURS)))],
             size=size,
-            box=box,
+            box=(x0, y0, x0 + side, y0 + side),
         )
-        pos = position_name(*cand.center, width, height)
-        if any(p.describe() == cand.describe() and position_name(*p.center, width, height) == pos for p in placed):
+        if any(p.describe() == cand.describe() for p in placed):
             continue
+        occupied[r : r + cells, c : c + cells] = True
         placed.append(cand)
     placed.sort(key=attribute_key)
     return Scene(width=width, height=height, objects=placed, difficulty=diff, seed=seed)
-
-
-def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int], margin: int) -> bool:
-    return not (a[2] + margin <= b[0] or b[2] + margin <= a[0] or a[3] + margin <= b[1] or b[3] + margin <= a[1])
 
 
 def render_blank(width: int = 224, height: int = 224) -> np.ndarray:
