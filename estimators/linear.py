@@ -101,13 +101,17 @@ class LinearHeadEstimator(RegressorMixin, BaseEstimator):  # type: ignore[misc]
         if x_arr.ndim == 3:
             shape = (int(x_arr.shape[1]), int(x_arr.shape[2]))
             X = x_arr.reshape(x_arr.shape[0], -1)
-        y_arr = np.asarray(y, dtype=np.float64)
+        if y is None:
+            raise ValueError(f"{type(self).__name__} requires y to be passed, but the target y is None")
+        y_arr = np.asarray(y)
         if y_arr.size == 0:
             raise ValueError("empty targets: nothing to fit")
-        bad = np.nonzero(~np.isfinite(y_arr))[0]
-        if bad.size:
-            raise ValueError(f"targets hold NaN/inf at rows {bad[:10].tolist()}{'...' if bad.size > 10 else ''}")
-        X, y_arr = validate_data(self, X, y_arr, y_numeric=True)
+        if np.issubdtype(y_arr.dtype, np.number) and not np.iscomplexobj(y_arr):
+            bad = np.nonzero(~np.isfinite(y_arr.astype(np.float64)))[0]
+            if bad.size:
+                raise ValueError(f"targets hold NaN/inf at rows {bad[:10].tolist()}{'...' if bad.size > 10 else ''}")
+        X, y_arr = validate_data(self, X, y, y_numeric=True)
+        y_arr = np.asarray(y_arr, dtype=np.float64)
         if self.loss == "ridge":
             w, b = self._ridge(X, y_arr)
         elif self.loss == "pearson":
@@ -153,7 +157,9 @@ class LinearHeadEstimator(RegressorMixin, BaseEstimator):  # type: ignore[misc]
         ysd = torch.sqrt(gmean(yc**2)).clamp_min(1e-12)
         valid = (counts > 2) & (ysd > 1e-9)
         if not bool(valid.any()):
-            raise ValueError("pearson loss needs groups with >= 3 rows and non-constant targets")
+            raise ValueError(
+                f"pearson loss needs a group with >= 3 samples and non-constant targets; got n_samples = {len(y)}"
+            )
         for _ in range(self.n_iter):
             p = xs @ w
             pc = p - gmean(p)[gt]
