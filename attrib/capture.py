@@ -47,6 +47,7 @@ __all__ = [
     "CaptureResult",
     "Span",
     "SpanSegmenter",
+    "TokenStreamer",
     "capture_generate",
 ]
 
@@ -435,9 +436,9 @@ class AttentionCapture:
             self._seen.clear()
 
     @property
-    def streamer(self) -> _CaptureStreamer:
+    def streamer(self) -> TokenStreamer:
         """Pass as ``streamer=`` to ``model.generate``."""
-        return _CaptureStreamer(self)
+        return TokenStreamer(self._on_token)
 
     def _on_token(self, token_id: int) -> None:
         if not self._pending:
@@ -492,11 +493,11 @@ class AttentionCapture:
         )
 
 
-class _CaptureStreamer:
-    """A transformers streamer that feeds generated tokens to the capture."""
+class TokenStreamer:
+    """A transformers streamer that passes each generated token id to ``on_token`` (the prompt is skipped)."""
 
-    def __init__(self, cap: AttentionCapture) -> None:
-        self.cap = cap
+    def __init__(self, on_token: Callable[[int], None]) -> None:
+        self.on_token = on_token
         self._first = True
 
     def put(self, value: torch.Tensor) -> None:
@@ -504,7 +505,7 @@ class _CaptureStreamer:
             self._first = False
             return
         for t in value.reshape(-1).tolist():
-            self.cap._on_token(int(t))
+            self.on_token(int(t))
 
     def end(self) -> None:
         return None

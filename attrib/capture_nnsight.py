@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from attrib.capture import AttentionCapture, CaptureResult, last_row_probs, register_implementation
+from attrib.capture import AttentionCapture, CaptureResult, TokenStreamer, last_row_probs, register_implementation
 
 __all__ = ["ROWS_IMPLEMENTATION", "nnsight_capture_generate"]
 
@@ -38,21 +38,6 @@ def _rows_sdpa(
 
     out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     return out, last_row_probs(query, key, attention_mask, kwargs.get("scaling"))[:, :, None, :]
-
-
-class _Collector:
-    def __init__(self) -> None:
-        self.ids: list[int] = []
-        self._first = True
-
-    def put(self, value: torch.Tensor) -> None:
-        if self._first:
-            self._first = False
-            return
-        self.ids.extend(int(t) for t in value.reshape(-1).tolist())
-
-    def end(self) -> None:
-        return None
 
 
 def nnsight_capture_generate(
@@ -92,7 +77,8 @@ def nnsight_capture_generate(
     register_implementation(ROWS_IMPLEMENTATION, _rows_sdpa)
     tc = adapter.text_config(model)
     saved = tc._attn_implementation
-    collector = _Collector()
+    ids: list[int] = []
+    collector = TokenStreamer(ids.append)
     tc._attn_implementation = ROWS_IMPLEMENTATION
     try:
         wrapped = NNsight(model)
@@ -107,7 +93,7 @@ def nnsight_capture_generate(
     finally:
         tc._attn_implementation = saved
     pos = cap.image_pos
-    for step, tok in zip(rows, collector.ids, strict=True):
+    for step, tok in zip(rows, ids, strict=True):
         probs = torch.stack([r[0, :, -1, :] for r in step])  # (L, H, T)
         cap._pending.append(probs[:, :, pos].cpu() @ cap._mt)
         cap._on_token(tok)

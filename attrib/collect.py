@@ -256,6 +256,7 @@ def collect(
     _check_writable(out)
     model_path = resolve_model(cfg.model)
     ident = _identity_hash(cfg, _model_fingerprint(model_path))
+    items = list(iter_items(cfg))  # a bad dataset fails here, before anything is written
     mf_path = out / "manifest.json"
     if mf_path.is_file():
         manifest = json.loads(mf_path.read_text())
@@ -276,7 +277,6 @@ def collect(
         }
         atomic_write_json(mf_path, manifest)
     model, proc = load_model(model_path)
-    items = list(iter_items(cfg))
     total = len(items)
     done_names = {s["name"] for s in manifest["shards"]}
     n_shards = (total + cfg.shard_size - 1) // cfg.shard_size
