@@ -27,6 +27,7 @@ from rich.table import Table
 __all__ = ["main"]
 
 console = Console(stderr=True)
+logger = logging.getLogger("attrib.cli")
 
 
 def _progress() -> Progress:
@@ -204,34 +205,45 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_collect(args: argparse.Namespace) -> int:
-    from attrib.collect import CollectConfig, collect
+    from attrib.collect import CollectConfig, collect_many
 
-    cfg = CollectConfig(
-        model=args.model,
-        dataset=args.dataset,
-        n=args.n,
-        start=args.start,
-        k=args.k,
-        region_method=args.regions,
-        ablation_mode=args.ablation,
-        n_subsets=args.subsets,
-        loo=args.loo,
-        seed=args.seed,
-        shard_size=args.shard_size,
-        max_new_tokens=args.max_new_tokens,
-        batch_size=args.batch_size,
-    )
+    methods = [m.strip() for m in str(args.regions).split(",") if m.strip()]
+    try:
+        ks = [int(k) for k in str(args.k).split(",") if k.strip()]
+    except ValueError:
+        raise ValueError(f"--k must be an integer or a comma-separated list of integers, got {args.k!r}") from None
+    if not methods or not ks:
+        raise ValueError("--regions and --k need at least one value each")
+    cfgs = [
+        CollectConfig(
+            model=args.model,
+            dataset=args.dataset,
+            n=args.n,
+            start=args.start,
+            k=k,
+            region_method=m,
+            ablation_mode=args.ablation,
+            n_subsets=args.subsets,
+            loo=args.loo,
+            seed=args.seed,
+            shard_size=args.shard_size,
+            max_new_tokens=args.max_new_tokens,
+            batch_size=args.batch_size,
+        )
+        for m in methods
+        for k in ks
+    ]
+    outs = [Path(args.out)] if len(cfgs) == 1 else [Path(args.out) / f"{c.region_method}-k{c.k}" for c in cfgs]
     t0 = time.perf_counter()
     with _progress() as prog:
         task = prog.add_task("collect", total=None)
-        coll = collect(
-            cfg, args.out, threads=args.threads, on_progress=lambda d, t: prog.update(task, completed=d, total=t)
+        colls = collect_many(
+            cfgs, outs, threads=args.threads, on_progress=lambda d, t: prog.update(task, completed=d, total=t)
         )
-    n_ok = sum(s["n_examples"] for s in coll.manifest["shards"])
-    console.print(
-        f"collection at {args.out}: {n_ok} examples, {len(coll.failures)} failures "
-        f"({time.perf_counter() - t0:.0f} s this run)"
-    )
+    for out, coll in zip(outs, colls, strict=True):
+        n_ok = sum(s["n_examples"] for s in coll.manifest["shards"])
+        console.print(f"collection at {out}: {n_ok} examples, {len(coll.failures)} failures")
+    console.print(f"{time.perf_counter() - t0:.0f} s this run")
     return 0
 
 
@@ -239,10 +251,10 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     from attrib.collect import Collection
     from attrib.faithfulness import fit_estimator
 
-    train = Collection.open(args.train)
+    trains = [Collection.open(t) for t in args.train]
     t0 = time.perf_counter()
-    est, used = fit_estimator(train, loss=args.loss, only_correct=not args.all_examples, limit=args.limit)
-    cfg = train.manifest["config"]
+    est, used = fit_estimator(trains, loss=args.loss, only_correct=not args.all_examples, limit=args.limit)
+    cfg = trains[0].manifest["config"]
     est.save(
         args.out,
         model_id=cfg["model"],
@@ -251,7 +263,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         ablation_mode=cfg["ablation_mode"],
         feature_pooling="mean over span tokens, sum over region tokens",
         n_train_examples=used,
-        train_collection=str(args.train),
+        train_collection=",".join(str(t) for t in args.train),
     )
     console.print(f"fit {args.loss} estimator on {used} examples in {time.perf_counter() - t0:.1f} s -> {args.out}")
     return 0
@@ -259,23 +271,28 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from attrib.collect import Collection
-    from attrib.faithfulness import evaluate_methods
+    from attrib.faithfulness import data_efficiency, evaluate_methods, region_comparison
     from attrib.io import atomic_write_json
     from attrib.shapes.model import load_model, resolve_model
     from estimators.baselines import best_layer_index
     from estimators.linear import LinearHeadEstimator
 
     test = Collection.open(args.test)
+    trains = [Collection.open(t) for t in (args.train or [])]
     est = LinearHeadEstimator.load(args.estimator)
     meta = getattr(est, "metadata_", {})
     cfg = test.manifest["config"]
     if meta.get("region_method") not in (None, cfg["region_method"]):
+        logger.warning(
+            "estimator fit on %r regions, test collection uses %r", meta["region_method"], cfg["region_method"]
+        )
         console.print(
             f"[yellow]warning:[/yellow] estimator fit on {meta['region_method']!r} regions, "
-            f"test collection uses {cfg['region_method']!r}"
+            f"test collection uses {cfg['region_method']!r}; its weights transfer, but its scores are not "
+            "the ones it was validated on"
         )
     model, proc = load_model(resolve_model(cfg["model"]))
-    layer = best_layer_index(list(Collection.open(args.train).examples())[:200]) if args.train else 0
+    layer = best_layer_index([ex for t in trains for ex in t.examples()][:200]) if trains else 0
     methods = args.methods.split(",")
     with _progress() as prog:
         task = prog.add_task("evaluate", total=None)
@@ -289,14 +306,65 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             limit=args.limit,
             on_progress=lambda d, t: prog.update(task, completed=d, total=t),
         )
-    res["best_layer"] = layer
-    t = Table(title=f"faithfulness on {args.test} (n_examples={res['n_examples']}, n_spans={res['n_spans']})")
-    for col in ("method", "LDS", "R2", "top5", "top5 norm", "pointing", "s/token"):
-        t.add_column(col, justify="right")
+        res["best_layer"] = layer
+        sizes = [int(v) for v in args.sizes.split(",") if v.strip()]
+        if trains and sizes:
+            task = prog.add_task("data efficiency", total=len(sizes))
+            res["data_efficiency"] = data_efficiency(
+                trains,
+                test,
+                sizes,
+                model=model,
+                processor=proc,
+                loss=est.loss,
+                limit=args.limit,
+                on_progress=lambda d, t: prog.update(task, completed=d, total=t),
+            )
+        if args.compare_train and args.compare_test:
+            pairs, names = [], []
+            for sub_dir in sorted(Path(args.compare_test).iterdir()):
+                tr = Path(args.compare_train) / sub_dir.name
+                if (sub_dir / "manifest.json").is_file() and (tr / "manifest.json").is_file():
+                    pairs.append((Collection.open(tr), Collection.open(sub_dir)))
+                    names.append(sub_dir.name)
+            if not pairs:
+                raise ValueError(
+                    f"no matching <method>-k<K> collections under {args.compare_train} and {args.compare_test}"
+                )
+            task = prog.add_task("regions", total=len(pairs))
+            res["region_comparison"] = region_comparison(
+                pairs,
+                model=model,
+                processor=proc,
+                loss=est.loss,
+                limit=args.limit,
+                on_progress=lambda d, t: prog.update(task, completed=d, total=t),
+            )
+    _print_faithfulness(args.test, res)
+    if args.json:
+        atomic_write_json(args.json, res)
+    figs = Path(args.figures) if args.figures else None
+    if figs is not None:
+        figs.mkdir(parents=True, exist_ok=True)
+    from attrib.plots import data_efficiency_plot, region_comparison_plot, weight_heatmap
 
+    heat = args.heatmap or (figs / "weights.png" if figs else None)
+    if heat:
+        weight_heatmap(est.coef_, heat)
+    if figs is not None and "data_efficiency" in res:
+        data_efficiency_plot(res["data_efficiency"], figs / "data_efficiency.png")
+    if figs is not None and "region_comparison" in res:
+        region_comparison_plot(res["region_comparison"], figs / "regions.png")
+    return 0
+
+
+def _print_faithfulness(test: str, res: dict[str, Any]) -> None:
     def f(d: dict[str, Any] | None) -> str:
-        return "-" if d is None else f"{d['value']:.3f}"
+        return "-" if d is None else f"{d['value']:.3f} [{d['ci_low']:.2f}, {d['ci_high']:.2f}]"
 
+    t = Table(title=f"faithfulness on {test} (n_examples={res['n_examples']}, n_spans={res['n_spans']})")
+    for col in ("method", "LDS", "R2", "top5", "top5 / LOO", "pointing", "s/token"):
+        t.add_column(col, justify="right")
     for name, r in res["methods"].items():
         t.add_row(
             name,
@@ -307,14 +375,30 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             f(r.get("pointing")),
             f"{r['seconds_per_token']:.2e}",
         )
-    Console().print(t)
-    if args.json:
-        atomic_write_json(args.json, res)
-    if args.heatmap:
-        from attrib.plots import weight_heatmap
-
-        weight_heatmap(est.coef_, args.heatmap)
-    return 0
+    out = Console()
+    out.print(t)
+    if res.get("data_efficiency"):
+        t = Table(title="data efficiency (estimator)")
+        for col in ("n_train", "LDS", "top5 / LOO"):
+            t.add_column(col, justify="right")
+        for r in res["data_efficiency"]:
+            t.add_row(str(r["n_train"]), r.get("skipped") or f(r.get("lds")), f(r.get("top5_drop_normalized")))
+        out.print(t)
+    if res.get("region_comparison"):
+        t = Table(title="region methods (estimator)")
+        for col in ("regions", "K", "n_train", "LDS", "R2", "top5 / LOO", "pointing"):
+            t.add_column(col, justify="right")
+        for r in res["region_comparison"]:
+            t.add_row(
+                r["region_method"],
+                str(r["k"]),
+                str(r["n_train"]),
+                f(r.get("lds")),
+                f(r.get("r2")),
+                f(r.get("top5_drop_normalized")),
+                f(r.get("pointing")),
+            )
+        out.print(t)
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -354,8 +438,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--dataset", default="shapes:train", help="shapes:<split> or a JSONL of image/question[/answer]")
     c.add_argument("--n", type=int, default=100)
     c.add_argument("--start", type=int, default=0)
-    c.add_argument("--k", type=int, default=32, help="regions per image")
-    c.add_argument("--regions", default="color", help="region method")
+    c.add_argument(
+        "--k", default="32", help="regions per image; a comma-separated list writes one collection per value"
+    )
+    c.add_argument(
+        "--regions",
+        default="color",
+        help="region method; a comma-separated list (with several --k values) collects every combination from "
+        "one generation per example, into OUT/<method>-k<K>/",
+    )
     c.add_argument("--ablation", default="mask", choices=["mask", "mean", "repaint"])
     c.add_argument("--subsets", type=int, default=32, help="random removal sets per example")
     c.add_argument("--loo", action="store_true", help="also compute leave-one-out targets")
@@ -368,7 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(fn=_cmd_collect)
 
     fp = sub.add_parser("fit", help="fit the L x H estimator on a collected train split")
-    fp.add_argument("--train", required=True, help="collection directory")
+    fp.add_argument("--train", required=True, nargs="+", help="collection directory (several are concatenated)")
     fp.add_argument("--out", required=True, help="estimator path stem (.safetensors + .json)")
     fp.add_argument("--loss", default="pearson", choices=["pearson", "ridge"])
     fp.add_argument("--limit", type=int, default=None, help="use at most this many examples")
@@ -378,7 +469,16 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="score the estimator and baselines on a held-out collection")
     ev.add_argument("--test", required=True, help="held-out collection (made with --loo)")
     ev.add_argument("--estimator", required=True)
-    ev.add_argument("--train", default=None, help="train collection (chooses the best single layer)")
+    ev.add_argument(
+        "--train",
+        default=None,
+        nargs="+",
+        help="train collection(s): choose the best single layer and run the data-efficiency curve",
+    )
+    ev.add_argument("--sizes", default="100,500,1000,2000", help="data-efficiency training sizes ('' skips the curve)")
+    ev.add_argument("--compare-train", default=None, help="directory of <method>-k<K> train collections")
+    ev.add_argument("--compare-test", default=None, help="directory of <method>-k<K> held-out collections (--loo)")
+    ev.add_argument("--figures", default=None, help="write weights.png, data_efficiency.png and regions.png here")
     ev.add_argument(
         "--methods",
         default="estimator,raw_attention,best_layer,input_x_gradient,integrated_gradients,contextcite,leave_one_out",

@@ -31,8 +31,8 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ from attrib.io import atomic_write_json
 from attrib.processing import load_image
 from attrib.regions import segment
 
-__all__ = ["CollectConfig", "CollectItem", "Collection", "collect", "iter_items"]
+__all__ = ["CollectConfig", "CollectItem", "Collection", "collect", "collect_many", "iter_items"]
 
 logger = logging.getLogger(__name__)
 FORMAT_VERSION = 1
@@ -248,59 +248,113 @@ def collect(
         ValueError: If ``out_dir`` holds a collection with a different identity.
         OSError: If ``out_dir`` is not writable (a clear message; no shard is left half-written).
     """
+    return collect_many([cfg], [out_dir], on_progress=on_progress, threads=threads)[0]
+
+
+def collect_many(
+    cfgs: Sequence[CollectConfig],
+    out_dirs: Sequence[str | Path],
+    *,
+    on_progress: Callable[[int, int], None] | None = None,
+    threads: int | None = None,
+) -> list[Collection]:
+    """Several collections that differ only in their regions, from one generation per example.
+
+    Greedy generation does not depend on the regions, and capture is linear in
+    the region -> token assignment, so every configuration's partition is
+    stacked into one assignment and captured in the same ``generate`` call; the
+    ablation targets are then computed per configuration. Each output directory
+    is an ordinary collection, the same as :func:`collect` would write for its
+    configuration (features agree to float rounding), and each resumes
+    independently.
+
+    Args:
+        cfgs: Settings; they must agree on everything except ``region_method`` and ``k``.
+        out_dirs: One output directory per configuration.
+        on_progress: Called as ``on_progress(done_examples, total_examples)``.
+        threads: torch CPU threads.
+
+    Returns:
+        The finished collections, in the order of ``cfgs``.
+
+    Raises:
+        ValueError: If the configurations differ in more than their regions, or an
+            output directory holds a collection with a different identity.
+        OSError: If an output directory is not writable.
+    """
     from attrib.shapes.model import load_model, resolve_model
 
+    if len(cfgs) != len(out_dirs) or not cfgs:
+        raise ValueError(f"need one output directory per configuration, got {len(cfgs)} and {len(out_dirs)}")
+    base = cfgs[0]
+    for c in cfgs[1:]:
+        if replace(c, region_method=base.region_method, k=base.k) != base:
+            raise ValueError("collect_many: configurations may differ only in region_method and k")
+    if len({str(Path(o).resolve()) for o in out_dirs}) != len(out_dirs):
+        raise ValueError("collect_many: output directories must be distinct")
     if threads:
         torch.set_num_threads(threads)
-    out = Path(out_dir)
-    _check_writable(out)
-    model_path = resolve_model(cfg.model)
-    ident = _identity_hash(cfg, _model_fingerprint(model_path))
-    items = list(iter_items(cfg))  # a bad dataset fails here, before anything is written
+    outs = [Path(o) for o in out_dirs]
+    for o in outs:
+        _check_writable(o)
+    model_path = resolve_model(base.model)
+    fingerprint = _model_fingerprint(model_path)
+    items = list(iter_items(base))  # a bad dataset fails here, before anything is written
+    manifests = [_open_manifest(c, o, fingerprint) for c, o in zip(cfgs, outs, strict=True)]
+    model, proc = load_model(model_path)
+    total = len(items)
+    n_shards = (total + base.shard_size - 1) // base.shard_size
+    done_names = [{s["name"] for s in m["shards"]} for m in manifests]
+    done = sum(s["n_examples"] + s["n_failed"] for s in manifests[0]["shards"])
+    if on_progress:
+        on_progress(done, total)
+    for si in range(n_shards):
+        name = f"shard-{si:05d}"
+        todo = [i for i in range(len(cfgs)) if name not in done_names[i]]
+        if not todo:
+            continue
+        chunk = items[si * base.shard_size : (si + 1) * base.shard_size]
+        results = _collect_chunk([cfgs[i] for i in todo], model, proc, chunk, si, on_progress, done, total)
+        done += len(chunk)
+        for i, (arrays, recs, failures) in zip(todo, results, strict=True):
+            _write_shard(outs[i], name, arrays, recs)
+            manifests[i]["shards"].append({"name": name, "n_examples": len(recs), "n_failed": len(failures)})
+            manifests[i]["failures"].extend(failures)
+            atomic_write_json(outs[i] / "manifest.json", manifests[i])
+    out = []
+    for m, o in zip(manifests, outs, strict=True):
+        m["complete"] = True
+        atomic_write_json(o / "manifest.json", m)
+        out.append(Collection.open(o))
+    return out
+
+
+def _open_manifest(cfg: CollectConfig, out: Path, fingerprint: dict[str, Any]) -> dict[str, Any]:
+    ident = _identity_hash(cfg, fingerprint)
     mf_path = out / "manifest.json"
     if mf_path.is_file():
-        manifest = json.loads(mf_path.read_text())
+        manifest: dict[str, Any] = json.loads(mf_path.read_text())
         if manifest.get("identity") != ident:
             raise ValueError(
                 f"{out} holds a collection of another dataset/model/settings "
                 f"(manifest config {manifest.get('config')}); use a new directory"
             )
-    else:
-        manifest = {
-            "version": FORMAT_VERSION,
-            "identity": ident,
-            "config": cfg.identity(),
-            "model_fingerprint": _model_fingerprint(model_path),
-            "shards": [],
-            "failures": [],
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        }
-        atomic_write_json(mf_path, manifest)
-    model, proc = load_model(model_path)
-    total = len(items)
-    done_names = {s["name"] for s in manifest["shards"]}
-    n_shards = (total + cfg.shard_size - 1) // cfg.shard_size
-    done = sum(s["n_examples"] + s["n_failed"] for s in manifest["shards"])
-    if on_progress:
-        on_progress(done, total)
-    for si in range(n_shards):
-        name = f"shard-{si:05d}"
-        if name in done_names:
-            continue
-        chunk = items[si * cfg.shard_size : (si + 1) * cfg.shard_size]
-        arrays, recs, failures = _collect_chunk(cfg, model, proc, chunk, si, on_progress, done, total)
-        done += len(chunk)
-        _write_shard(out, name, arrays, recs)
-        manifest["shards"].append({"name": name, "n_examples": len(recs), "n_failed": len(failures)})
-        manifest["failures"].extend(failures)
-        atomic_write_json(mf_path, manifest)
-    manifest["complete"] = True
+        return manifest
+    manifest = {
+        "version": FORMAT_VERSION,
+        "identity": ident,
+        "config": cfg.identity(),
+        "model_fingerprint": fingerprint,
+        "shards": [],
+        "failures": [],
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
     atomic_write_json(mf_path, manifest)
-    return Collection.open(out)
+    return manifest
 
 
 def _collect_chunk(
-    cfg: CollectConfig,
+    cfgs: list[CollectConfig],
     model: Any,
     proc: Any,
     chunk: list[CollectItem],
@@ -308,101 +362,138 @@ def _collect_chunk(
     on_progress: Callable[[int, int], None] | None,
     done: int,
     total: int,
-) -> tuple[dict[str, np.ndarray], list[dict[str, Any]], list[dict[str, str]]]:
-    feats, sub_d, loo_d, subsets, offsets, regions = [], [], [], [], [0], []
-    recs: list[dict[str, Any]] = []
-    failures: list[dict[str, str]] = []
+) -> list[tuple[dict[str, np.ndarray], list[dict[str, Any]], list[dict[str, str]]]]:
+    per: list[list[dict[str, Any]]] = [[] for _ in cfgs]
+    failures: list[list[dict[str, str]]] = [[] for _ in cfgs]
     for j, item in enumerate(chunk):
-        index = shard_index * cfg.shard_size + j
+        index = shard_index * cfgs[0].shard_size + j
         try:
-            r = _one(cfg, model, proc, item, index)
+            rs: list[dict[str, Any] | Exception] = list(_one_many(cfgs, model, proc, item, index))
         except (ValueError, OSError) as e:
-            failures.append({"uid": item.uid, "reason": f"{type(e).__name__}: {e}"})
-            logger.warning("example %s failed: %s", item.uid, e)
-        else:
-            feats.append(r["features"])
-            sub_d.append(r["subset_deltas"])
-            if cfg.loo:
-                loo_d.append(r["loo_deltas"])
-            subsets.append(r["subsets"])
-            regions.append(r["regions"])
-            offsets.append(offsets[-1] + r["features"].shape[0])
-            recs.append(r["record"])
+            rs = [e] * len(cfgs)
+        for c, r in enumerate(rs):
+            if isinstance(r, Exception):
+                failures[c].append({"uid": item.uid, "reason": f"{type(r).__name__}: {r}"})
+                logger.warning("example %s failed: %s", item.uid, r)
+            else:
+                per[c].append(r)
         if on_progress:
             on_progress(done + j + 1, total)
+    return [_shard_arrays(cfg, rs, fs) for cfg, rs, fs in zip(cfgs, per, failures, strict=True)]
+
+
+def _shard_arrays(
+    cfg: CollectConfig, results: list[dict[str, Any]], failures: list[dict[str, str]]
+) -> tuple[dict[str, np.ndarray], list[dict[str, Any]], list[dict[str, str]]]:
     k = cfg.k
+    offsets = np.cumsum([0] + [r["features"].shape[0] for r in results]).astype(np.int64)
     arrays: dict[str, np.ndarray] = {
-        "features": np.concatenate(feats).astype(np.float32) if feats else np.zeros((0, k, 1, 1), np.float32),
-        "span_offsets": np.asarray(offsets, dtype=np.int64),
-        "subsets": np.stack(subsets).astype(np.uint8) if subsets else np.zeros((0, cfg.n_subsets, k), np.uint8),
-        "subset_deltas": np.concatenate(sub_d).astype(np.float32)
-        if sub_d
+        "features": np.concatenate([r["features"] for r in results]).astype(np.float32)
+        if results
+        else np.zeros((0, k, 1, 1), np.float32),
+        "span_offsets": offsets,
+        "subsets": np.stack([r["subsets"] for r in results]).astype(np.uint8)
+        if results
+        else np.zeros((0, cfg.n_subsets, k), np.uint8),
+        "subset_deltas": np.concatenate([r["subset_deltas"] for r in results]).astype(np.float32)
+        if results
         else np.zeros((0, cfg.n_subsets), np.float32),
     }
     if cfg.loo:
-        arrays["loo_deltas"] = np.concatenate(loo_d).astype(np.float32) if loo_d else np.zeros((0, k), np.float32)
-    for i, reg in enumerate(regions):
-        arrays[f"regions_{i}"] = reg.astype(np.int16)
-    return arrays, recs, failures
+        arrays["loo_deltas"] = (
+            np.concatenate([r["loo_deltas"] for r in results]).astype(np.float32)
+            if results
+            else np.zeros((0, k), np.float32)
+        )
+    for i, r in enumerate(results):
+        arrays[f"regions_{i}"] = r["regions"].astype(np.int16)
+    return arrays, [r["record"] for r in results], failures
 
 
 def _one(cfg: CollectConfig, model: Any, proc: Any, item: CollectItem, index: int) -> dict[str, Any]:
+    r = _one_many([cfg], model, proc, item, index)[0]
+    if isinstance(r, Exception):
+        raise r
+    return r
+
+
+def _one_many(
+    cfgs: list[CollectConfig], model: Any, proc: Any, item: CollectItem, index: int
+) -> list[dict[str, Any] | Exception]:
+    """One generation, then per configuration: features, targets and the record (or the error)."""
     from attrib.shapes.parse import parse_output
 
+    base = cfgs[0]
     image = item.image if item.image is not None else load_image(str(item.image_path))
     x = proc([image], [item.question])
-    part = segment(image, cfg.k, method=cfg.region_method, seed=cfg.seed + index)
-    if part.k != cfg.k:
-        raise ValueError(f"region method gave K={part.k}, expected {cfg.k}")
-    assign = part.assign_tokens(proc.grid_spec())
+    grid = proc.grid_spec()
+    parts, assigns = [], []
+    for cfg in cfgs:
+        part = segment(image, cfg.k, method=cfg.region_method, seed=cfg.seed + index)
+        if part.k != cfg.k:
+            raise ValueError(f"region method {cfg.region_method} gave K={part.k}, expected {cfg.k}")
+        parts.append(part)
+        assigns.append(part.assign_tokens(grid))
+    stacked = np.concatenate([a.matrix for a in assigns]) if len(assigns) > 1 else assigns[0]
     res = capture_generate(
         model,
         x,
-        assign,
+        stacked,
         decode=lambda ids: proc.tokenizer.decode(ids),
-        max_new_tokens=cfg.max_new_tokens,
+        max_new_tokens=base.max_new_tokens,
         do_sample=False,
     )
     if not res.spans:
         raise ValueError("the generated trace has no complete span")
     spans = [(s.start, s.end) for s in res.spans]
-    runner = AblationRunner(
-        model,
-        x,
-        res.generated_ids,
-        assign,
-        mode=cfg.ablation_mode,
-        batch_size=cfg.batch_size,
-        image=image,
-        region_labels=part.labels,
-        encode_image=lambda im: proc([im], [item.question]),
-    )
-    rng_seed = int.from_bytes(hashlib.sha256(f"{cfg.seed}:{item.uid}".encode()).digest()[:4], "little")
-    subsets = random_subsets(cfg.k, cfg.n_subsets, seed=rng_seed)
-    out: dict[str, Any] = {
-        "features": res.features,
-        "subsets": subsets,
-        "subset_deltas": runner.deltas(subsets, spans).T,
-        "regions": part.labels,
-    }
-    if cfg.loo:
-        out["loo_deltas"] = runner.deltas(loo_subsets(cfg.k), spans).T
-    parsed = parse_output(proc.decode(res.generated_ids))
+    text = proc.decode(res.generated_ids)
+    parsed = parse_output(text)
     correct = None if item.answer is None else bool(parsed.ok and parsed.answer == item.answer)
-    rec: dict[str, Any] = {
-        "uid": item.uid,
-        "question": item.question,
-        "answer": item.answer,
-        "output": proc.decode(res.generated_ids),
-        "generated_ids": res.generated_ids,
-        "image": item.image_path,
-        "predicted": parsed.answer,
-        "correct": correct,
-        "spans": [{"text": s.text, "start": s.start, "end": s.end} for s in res.spans],
-    }
-    if item.gt_sentences is not None and item.object_masks is not None:
-        rec["span_gt_regions"] = _gt_regions(res.spans, item, part.labels, cfg.k)
-    out["record"] = rec
+    rng_seed = int.from_bytes(hashlib.sha256(f"{base.seed}:{item.uid}".encode()).digest()[:4], "little")
+    out: list[dict[str, Any] | Exception] = []
+    offset = 0
+    for cfg, part, assign in zip(cfgs, parts, assigns, strict=True):
+        feats = res.features[:, offset : offset + cfg.k]
+        offset += cfg.k
+        try:
+            runner = AblationRunner(
+                model,
+                x,
+                res.generated_ids,
+                assign,
+                mode=cfg.ablation_mode,
+                batch_size=cfg.batch_size,
+                image=image,
+                region_labels=part.labels,
+                encode_image=lambda im: proc([im], [item.question]),
+            )
+            subsets = random_subsets(cfg.k, cfg.n_subsets, seed=rng_seed)
+            r: dict[str, Any] = {
+                "features": np.ascontiguousarray(feats),
+                "subsets": subsets,
+                "subset_deltas": runner.deltas(subsets, spans).T,
+                "regions": part.labels,
+            }
+            if cfg.loo:
+                r["loo_deltas"] = runner.deltas(loo_subsets(cfg.k), spans).T
+        except (ValueError, OSError) as e:
+            out.append(e)
+            continue
+        rec: dict[str, Any] = {
+            "uid": item.uid,
+            "question": item.question,
+            "answer": item.answer,
+            "output": text,
+            "generated_ids": res.generated_ids,
+            "image": item.image_path,
+            "predicted": parsed.answer,
+            "correct": correct,
+            "spans": [{"text": s.text, "start": s.start, "end": s.end} for s in res.spans],
+        }
+        if item.gt_sentences is not None and item.object_masks is not None:
+            rec["span_gt_regions"] = _gt_regions(res.spans, item, part.labels, cfg.k)
+        r["record"] = rec
+        out.append(r)
     return out
 
 

@@ -35,7 +35,15 @@ from estimators.baselines import (
 from estimators.linear import LinearHeadEstimator, subset_design
 from metrics.faithfulness import lds, pointing_accuracy, r2, topk_drop, topk_sets
 
-__all__ = ["DEFAULT_METHODS", "design_matrix", "evaluate_methods", "fit_estimator"]
+__all__ = [
+    "DEFAULT_METHODS",
+    "data_efficiency",
+    "design_matrix",
+    "evaluate_methods",
+    "fit_estimator",
+    "region_comparison",
+    "train_examples",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -69,14 +77,19 @@ def design_matrix(
     xs, ys, gs = [], [], []
     used = 0
     g = 0
+    bad: list[str] = []
     for ex in examples:
         if only_correct and ex.get("correct") is False:
             continue
         if limit is not None and used >= limit:
             break
         d = np.asarray(ex["subset_deltas"], dtype=np.float64)
+        if d.size == 0:
+            bad.append(f"{ex['uid']} (empty targets)")
+            continue
         if not np.isfinite(d).all():
-            raise ValueError(f"example {ex['uid']} has NaN/inf targets")
+            bad.append(f"{ex['uid']} (NaN/inf targets)")
+            continue
         design = subset_design(ex["features"], ex["subsets"])  # (n_spans, M, F)
         n_spans, m, f = design.shape
         xs.append(design.reshape(-1, f))
@@ -84,13 +97,16 @@ def design_matrix(
         gs.append(np.repeat(np.arange(g, g + n_spans), m))
         g += n_spans
         used += 1
+    if bad:
+        shown = ", ".join(bad[:20]) + (f" and {len(bad) - 20} more" if len(bad) > 20 else "")
+        raise ValueError(f"{len(bad)} training example(s) have unusable targets: {shown}")
     if not xs:
         raise ValueError("no training examples left (all failed, or none answered correctly)")
     return np.concatenate(xs), np.concatenate(ys), np.concatenate(gs), used
 
 
 def fit_estimator(
-    train: Collection,
+    train: Collection | Sequence[Collection],
     *,
     loss: str = "pearson",
     only_correct: bool = True,
@@ -99,15 +115,41 @@ def fit_estimator(
 ) -> tuple[LinearHeadEstimator, int]:
     """Fit the L x H estimator on a collected train split.
 
+    Args:
+        train: One collected train split, or several (their examples are concatenated, in order).
+        loss: ``"pearson"`` (the paper's) or ``"ridge"``.
+        only_correct: Fit on correctly answered examples only.
+        limit: Use at most this many examples.
+        **params: Further :class:`~estimators.linear.LinearHeadEstimator` hyper-parameters.
+
     Returns:
         ``(estimator, n_examples_used)``.
+
+    Raises:
+        ValueError: If no usable example is left, or some have empty or NaN targets (named).
     """
-    exs = list(train.examples())
+    exs = train_examples(train)
     x, y, groups, used = design_matrix(exs, only_correct=only_correct, limit=limit)
     shape = tuple(exs[0]["features"].shape[2:])
     est = LinearHeadEstimator(loss=loss, layer_head_shape=shape, **params)  # type: ignore[arg-type]
     est.fit(x, y, groups=groups)
     return est, used
+
+
+def train_examples(train: Collection | Sequence[Collection]) -> list[dict[str, Any]]:
+    """The examples of one or several train collections; several must share model, regions and ablation.
+
+    Raises:
+        ValueError: If the collections disagree on model, region method, K or ablation mode.
+    """
+    colls = [train] if isinstance(train, Collection) else list(train)
+    keys = ("model", "region_method", "k", "ablation_mode")
+    ref = {k: colls[0].manifest["config"].get(k) for k in keys}
+    for c in colls[1:]:
+        other = {k: c.manifest["config"].get(k) for k in keys}
+        if other != ref:
+            raise ValueError(f"train collections disagree: {colls[0].path} has {ref}, {c.path} has {other}")
+    return [ex for c in colls for ex in c.examples()]
 
 
 def evaluate_methods(
@@ -263,3 +305,103 @@ def _topk_drops(
     for i, n in enumerate(names):
         block = d[i * n_spans : (i + 1) * n_spans]
         drops[n].extend(np.diag(block).tolist())
+
+
+def data_efficiency(
+    train: Collection | Sequence[Collection],
+    test: Collection,
+    sizes: Sequence[int] = (100, 500, 1000, 2000),
+    *,
+    model: Any = None,
+    processor: Any = None,
+    loss: str = "pearson",
+    topk: int = 5,
+    limit: int | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> list[dict[str, Any]]:
+    """LDS and top-K drop of estimators fit on the first ``n`` correct training examples, per ``n``.
+
+    Args:
+        train: The train collection(s).
+        test: Held-out collection (``--loo``).
+        sizes: Training-set sizes; a size above the number of usable examples is
+            reported with ``"skipped"`` and the number available.
+        model: The model (for the top-K drop's ablation forwards; without it only LDS is reported).
+        processor: Its processor.
+        loss: Estimator loss.
+        topk: K of the top-K drop.
+        limit: Evaluate on at most this many test examples.
+        on_progress: Called as ``on_progress(done, total)`` over sizes.
+
+    Returns:
+        One dict per size: ``n_train``, ``lds``, ``top{K}_drop``, ``top{K}_drop_normalized`` (with intervals).
+    """
+    exs = train_examples(train)
+    available = sum(1 for e in exs if e.get("correct") is not False)
+    out: list[dict[str, Any]] = []
+    for i, n in enumerate(sizes):
+        if n > available:
+            out.append({"n_train": int(n), "skipped": f"only {available} usable training examples"})
+            continue
+        shape = tuple(exs[0]["features"].shape[2:])
+        x, y, groups, used = design_matrix(exs, limit=n)
+        est = LinearHeadEstimator(loss=loss, layer_head_shape=shape)  # type: ignore[arg-type]
+        est.fit(x, y, groups=groups)
+        res = evaluate_methods(
+            test, est, model=model, processor=processor, methods=("estimator",), topk=topk, limit=limit
+        )
+        row = {"n_train": int(used), **res["methods"]["estimator"]}
+        row.pop("seconds_per_token", None)
+        out.append(row)
+        if on_progress:
+            on_progress(i + 1, len(sizes))
+    return out
+
+
+def region_comparison(
+    pairs: Sequence[tuple[Collection | Sequence[Collection], Collection]],
+    *,
+    model: Any = None,
+    processor: Any = None,
+    loss: str = "pearson",
+    topk: int = 5,
+    limit: int | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Fit and score one estimator per region configuration.
+
+    Args:
+        pairs: ``(train, test)`` collections per configuration (same examples, other regions).
+        model: The model (for the top-K drop).
+        processor: Its processor.
+        loss: Estimator loss.
+        topk: K of the top-K drop.
+        limit: Evaluate on at most this many test examples.
+        on_progress: Called as ``on_progress(done, total)`` over configurations.
+
+    Returns:
+        One dict per configuration: ``region_method``, ``k``, ``n_train``, ``lds``, ``r2``,
+        ``pointing``, ``top{K}_drop`` and ``top{K}_drop_normalized``.
+
+    Raises:
+        ValueError: If a pair's train and test collections use different regions.
+    """
+    rows = []
+    for i, (train, test) in enumerate(pairs):
+        est, used = fit_estimator(train, loss=loss)
+        tc = (train if isinstance(train, Collection) else train[0]).manifest["config"]
+        cfg = test.manifest["config"]
+        if (tc["region_method"], tc["k"]) != (cfg["region_method"], cfg["k"]):
+            raise ValueError(
+                f"train uses {tc['region_method']} K={tc['k']} but test uses {cfg['region_method']} K={cfg['k']}"
+            )
+        res = evaluate_methods(
+            test, est, model=model, processor=processor, methods=("estimator",), topk=topk, limit=limit
+        )
+        row = {"region_method": cfg["region_method"], "k": int(cfg["k"]), "n_train": int(used)}
+        row.update(res["methods"]["estimator"])
+        row.pop("seconds_per_token", None)
+        rows.append(row)
+        if on_progress:
+            on_progress(i + 1, len(pairs))
+    return rows

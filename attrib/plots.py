@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["weight_heatmap"]
+__all__ = ["data_efficiency_plot", "region_comparison_plot", "weight_heatmap"]
 
 
 def weight_heatmap(coef: np.ndarray, path: str | Path | None = None, *, ax: Any = None) -> Any:
@@ -37,6 +37,91 @@ def weight_heatmap(coef: np.ndarray, path: str | Path | None = None, *, ax: Any 
     ax.set_ylabel("layer")
     ax.set_title("estimator weights w (L x H)")
     fig.colorbar(im, ax=ax)
+    if path is not None:
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+    return fig
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def data_efficiency_plot(rows: list[dict[str, Any]], path: str | Path | None = None, *, topk: int = 5) -> Any:
+    """LDS and normalised top-K drop against the number of training examples, with 95 % intervals.
+
+    Args:
+        rows: Output of :func:`attrib.faithfulness.data_efficiency` (skipped sizes are left out).
+        path: Save the figure here when given.
+        topk: K of the top-K drop in ``rows``.
+
+    Returns:
+        The matplotlib figure.
+    """
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.0, 3.4))
+    done = [r for r in rows if "lds" in r]
+    n = np.array([r["n_train"] for r in done], dtype=float)
+    for key, label in (("lds", "LDS"), (f"top{topk}_drop_normalized", f"top-{topk} drop / LOO")):
+        have = [r for r in done if key in r]
+        if not have:
+            continue
+        x = np.array([r["n_train"] for r in have], dtype=float)
+        v = np.array([r[key]["value"] for r in have])
+        lo = np.array([r[key]["ci_low"] for r in have])
+        hi = np.array([r[key]["ci_high"] for r in have])
+        ax.errorbar(x, v, yerr=[v - lo, hi - v], marker="o", capsize=3, label=label)
+    if n.size:
+        ax.set_xscale("log")
+        ax.set_xticks(n, [str(int(v)) for v in n])
+    ax.set_xlabel("training examples (correct only)")
+    ax.set_ylabel("score")
+    ax.set_title("estimator data efficiency")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    if path is not None:
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+    return fig
+
+
+def region_comparison_plot(rows: list[dict[str, Any]], path: str | Path | None = None, *, topk: int = 5) -> Any:
+    """Grouped bars of estimator LDS and normalised top-K drop per region method and K.
+
+    Args:
+        rows: Output of :func:`attrib.faithfulness.region_comparison`.
+        path: Save the figure here when given.
+        topk: K of the top-K drop in ``rows``.
+
+    Returns:
+        The matplotlib figure.
+    """
+    plt = _plt()
+    methods = sorted({r["region_method"] for r in rows})
+    ks = sorted({int(r["k"]) for r in rows})
+    keys = [("lds", "LDS"), (f"top{topk}_drop_normalized", f"top-{topk} drop / LOO")]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.2), squeeze=False)
+    width = 0.8 / max(1, len(methods))
+    for ax, (key, label) in zip(axes[0], keys, strict=True):
+        for j, m in enumerate(methods):
+            xs, vs, errs = [], [], []
+            for i, k in enumerate(ks):
+                r = next((r for r in rows if r["region_method"] == m and int(r["k"]) == k and key in r), None)
+                if r is None:
+                    continue
+                xs.append(i + (j - (len(methods) - 1) / 2) * width)
+                vs.append(r[key]["value"])
+                errs.append([r[key]["value"] - r[key]["ci_low"], r[key]["ci_high"] - r[key]["value"]])
+            if xs:
+                ax.bar(xs, vs, width, yerr=np.array(errs).T, capsize=2, label=m)
+        ax.set_xticks(range(len(ks)), [f"K={k}" for k in ks])
+        ax.set_title(label)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
     if path is not None:
         fig.savefig(path, dpi=120, bbox_inches="tight")
     return fig

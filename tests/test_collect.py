@@ -150,3 +150,39 @@ def test_full_disk_leaves_no_corrupt_shard(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setattr(safetensors.numpy, "save_file", real)
     coll = collect(cfg, tmp_path / "c")
     assert len(list(coll.examples())) + len(coll.failures) == 4
+
+
+def test_collect_many_matches_separate_collections(tmp_path: Path) -> None:
+    from attrib.collect import collect_many
+
+    base = {**SMALL, "n": 3, "loo": True}
+    cfgs = [
+        CollectConfig(**base),
+        CollectConfig(**{**base, "region_method": "voronoi"}),
+        CollectConfig(**{**base, "region_method": "blocks", "k": 4}),
+    ]
+    # One configuration is collected alone first: collect_many must skip it and fill in the others.
+    collect(cfgs[1], tmp_path / "solo-voronoi")
+    outs = [tmp_path / "m-color", tmp_path / "solo-voronoi", tmp_path / "m-blocks"]
+    before = (outs[1] / "manifest.json").read_text()
+    colls = collect_many(cfgs, outs)
+    assert json.loads((outs[1] / "manifest.json").read_text())["shards"] == json.loads(before)["shards"]
+    for cfg, coll in zip(cfgs, colls, strict=True):
+        assert coll.manifest["config"]["region_method"] == cfg.region_method
+        assert coll.manifest["config"]["k"] == cfg.k
+    collect(cfgs[0], tmp_path / "solo-color")
+    collect(cfgs[2], tmp_path / "solo-blocks")
+    _same(_arrays(outs[0]), _arrays(tmp_path / "solo-color"))
+    _same(_arrays(outs[2]), _arrays(tmp_path / "solo-blocks"))
+    assert _arrays(outs[2])[0]["features"].shape[1] == 4
+
+
+def test_collect_many_refuses_configs_differing_beyond_regions(tmp_path: Path) -> None:
+    from attrib.collect import collect_many
+
+    a = CollectConfig(**SMALL)
+    with pytest.raises(ValueError, match="differ only in region_method and k"):
+        collect_many([a, CollectConfig(**{**SMALL, "n_subsets": 8})], [tmp_path / "a", tmp_path / "b"])
+    with pytest.raises(ValueError, match="distinct"):
+        collect_many([a, CollectConfig(**{**SMALL, "k": 4})], [tmp_path / "a", tmp_path / "a"])
+    assert not (tmp_path / "a").exists()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from attrib.cli import main
-from attrib.collect import CollectConfig, Collection, collect
+from attrib.collect import CollectConfig, Collection, collect_many
 from attrib.faithfulness import design_matrix, evaluate_methods, fit_estimator
 from estimators.baselines import BASELINES, best_layer_index, contextcite_scores, register_baseline
 
@@ -18,8 +18,14 @@ from estimators.baselines import BASELINES, best_layer_index, contextcite_scores
 def colls(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     d = tmp_path_factory.mktemp("faith")
     base = {"k": 8, "shard_size": 4, "max_new_tokens": 120}
-    collect(CollectConfig(dataset="shapes:train", n=8, n_subsets=8, **base), d / "train")
-    collect(CollectConfig(dataset="shapes:test", n=3, n_subsets=8, loo=True, **base), d / "test")
+    for split, extra, name in (("train", {"n": 8}, "train"), ("test", {"n": 3, "loo": True}, "test")):
+        cfgs = [
+            CollectConfig(dataset=f"shapes:{split}", n_subsets=8, region_method=m, **base, **extra)  # type: ignore[arg-type]
+            for m in ("color", "voronoi")
+        ]
+        collect_many(cfgs, [d / name, d / f"cmp-{name}" / "voronoi-k8"])
+        (d / f"cmp-{name}").mkdir(exist_ok=True)
+        (d / f"cmp-{name}" / "color-k8").symlink_to(d / name)
     return d / "train", d / "test"
 
 
@@ -32,8 +38,11 @@ def test_design_matrix_and_fit(colls: tuple[Path, Path]) -> None:
     est, used = fit_estimator(train, loss="ridge", only_correct=False)
     assert est.coef_.shape == (4, 6) and used == len(exs)
     bad = [dict(exs[0], subset_deltas=np.full_like(exs[0]["subset_deltas"], np.nan))]
-    with pytest.raises(ValueError, match=f"example {exs[0]['uid']} has NaN"):
+    with pytest.raises(ValueError, match=f"{exs[0]['uid']} \\(NaN/inf targets\\)"):
         design_matrix(bad, only_correct=False)
+    empty = [dict(exs[1], subset_deltas=np.zeros((0, 8))), *bad]
+    with pytest.raises(ValueError, match=f"2 training example.*{exs[1]['uid']} \\(empty targets\\)"):
+        design_matrix(empty, only_correct=False)
     with pytest.raises(ValueError, match="no training examples"):
         design_matrix([], only_correct=False)
     assert 0 <= best_layer_index(exs) < 4
@@ -70,6 +79,27 @@ def test_cli_fit_evaluate(colls: tuple[Path, Path], tmp_path: Path) -> None:
     d = json.loads(out.read_text())
     assert set(d["methods"]) == {"estimator", "raw_attention", "leave_one_out"} and d["n_spans"] > 0
     assert (tmp_path / "w.png").stat().st_size > 1000
+
+
+def test_cli_evaluate_curves_and_region_comparison(colls: tuple[Path, Path], tmp_path: Path) -> None:
+    d = colls[0].parent
+    assert main(["fit", "--train", str(colls[0]), "--out", str(tmp_path / "est"), "--loss", "ridge"]) == 0
+    out = tmp_path / "eval.json"
+    args = ["evaluate", "--test", str(colls[1]), "--estimator", str(tmp_path / "est"), "--json", str(out)]
+    args += ["--methods", "estimator,leave_one_out", "--train", str(colls[0]), "--sizes", "2,3,1000"]
+    args += ["--compare-train", str(d / "cmp-train"), "--compare-test", str(d / "cmp-test")]
+    args += ["--figures", str(tmp_path / "figs")]
+    assert main(args) == 0
+    res = json.loads(out.read_text())
+    eff = res["data_efficiency"]
+    assert [r["n_train"] for r in eff[:2]] == [2, 3] and "skipped" in eff[2]
+    assert all(-1 <= r["lds"]["value"] <= 1 and "top5_drop_normalized" in r for r in eff[:2])
+    cmp = {r["region_method"]: r for r in res["region_comparison"]}
+    assert set(cmp) == {"color", "voronoi"} and all(r["k"] == 8 for r in cmp.values())
+    # The colour row re-fits the same estimator on the same data as the main table: same LDS.
+    assert cmp["color"]["lds"]["value"] == pytest.approx(res["methods"]["estimator"]["lds"]["value"], abs=1e-6)
+    for f in ("weights.png", "data_efficiency.png", "regions.png"):
+        assert (tmp_path / "figs" / f).stat().st_size > 1000
 
 
 def test_contextcite_recovers_additive_effects() -> None:

@@ -9,6 +9,7 @@ final directory is written to a temporary path and renamed into place.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -31,7 +32,7 @@ from attrib.shapes.questions import AUX_FAMILIES
 from attrib.shapes.scene import Difficulty
 from attrib.shapes.vocab import benchmark_words
 
-__all__ = ["TrainConfig", "TrainResult", "set_generation_defaults", "train"]
+__all__ = ["TrainConfig", "TrainResult", "set_generation_defaults", "train", "weight_digest"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ class TrainConfig:
             family (list every object, then count), for dense grounding supervision.
     """
 
-    steps: int = 5000
+    steps: int = 3600
     batch_size: int = 16
     lr: float = 2e-3
     warmup: int = 200
@@ -150,7 +151,7 @@ def train(
     model = Qwen2_5_VLForConditionalGeneration(build_config(processor, cfg.size))
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
-    start, losses, prior_seconds = _maybe_resume(ckpt, cfg, model, opt)
+    start, losses, prior_seconds, digests = _maybe_resume(ckpt, cfg, model, opt)
     t0 = time.perf_counter()
     for step in range(start, cfg.steps):
         for g in opt.param_groups:
@@ -170,7 +171,7 @@ def train(
         if on_step is not None:
             on_step(step + 1, cfg.steps, lv)
         if cfg.ckpt_every and (step + 1) % cfg.ckpt_every == 0 and step + 1 < cfg.steps:
-            _save_ckpt(ckpt, cfg, model, opt, step + 1, losses, prior_seconds + time.perf_counter() - t0)
+            _save_ckpt(ckpt, cfg, model, opt, step + 1, losses, prior_seconds + time.perf_counter() - t0, digests)
     seconds = time.perf_counter() - t0
     model.eval()
     set_generation_defaults(model, processor)
@@ -182,6 +183,8 @@ def train(
         "config": cfg.to_dict(),
         "losses": losses,
         "train_seconds": prior_seconds + seconds,
+        "checkpoint_digests": digests,
+        "final_digest": weight_digest(model),
         "torch": torch.__version__,
         "parameters": sum(p.numel() for p in model.parameters()),
     }
@@ -205,6 +208,15 @@ def set_generation_defaults(model: Qwen2_5_VLForConditionalGeneration, processor
     gc.max_new_tokens = 200
 
 
+def weight_digest(model: torch.nn.Module) -> str:
+    """SHA-256 of every parameter and buffer, in ``state_dict`` order (a bitwise reproducibility check)."""
+    h = hashlib.sha256()
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
 def _save_ckpt(
     ckpt: Path,
     cfg: TrainConfig,
@@ -213,6 +225,7 @@ def _save_ckpt(
     step: int,
     losses: list[tuple[int, float]],
     seconds: float,
+    digests: list[tuple[int, str]],
 ) -> None:
     tmp = ckpt.with_name(ckpt.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -221,7 +234,9 @@ def _save_ckpt(
         {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors")
     )
     torch.save(opt.state_dict(), tmp / "optimizer.pt")
-    meta = {"step": step, "config": cfg.to_dict(), "losses": losses, "seconds": seconds}
+    digests.append((step, weight_digest(model)))
+    logger.info("checkpoint at step %d, weights sha256 %s", step, digests[-1][1][:16])
+    meta = {"step": step, "config": cfg.to_dict(), "losses": losses, "seconds": seconds, "digests": digests}
     (tmp / "meta.json").write_text(json.dumps(meta) + "\n")
     shutil.rmtree(ckpt, ignore_errors=True)
     os.replace(tmp, ckpt)
@@ -229,9 +244,9 @@ def _save_ckpt(
 
 def _maybe_resume(
     ckpt: Path, cfg: TrainConfig, model: torch.nn.Module, opt: torch.optim.Optimizer
-) -> tuple[int, list[tuple[int, float]], float]:
+) -> tuple[int, list[tuple[int, float]], float, list[tuple[int, str]]]:
     if not (ckpt / "meta.json").is_file():
-        return 0, [], 0.0
+        return 0, [], 0.0, []
     meta = json.loads((ckpt / "meta.json").read_text())
     if meta["config"] != json.loads(json.dumps(cfg.to_dict())):
         raise ValueError(f"checkpoint {ckpt} was written with a different training config; delete it to start afresh")
@@ -239,4 +254,5 @@ def _maybe_resume(
     model.load_state_dict(state, strict=True)
     opt.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
     logger.info("resuming from step %d (%s)", meta["step"], ckpt)
-    return int(meta["step"]), [tuple(x) for x in meta["losses"]], float(meta["seconds"])
+    digests = [(int(a), str(b)) for a, b in meta.get("digests", [])]
+    return int(meta["step"]), [tuple(x) for x in meta["losses"]], float(meta["seconds"]), digests
