@@ -8,7 +8,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.attrib-installed
 
-.PHONY: setup demo test lint typecheck docs pytest bench clean
+.PHONY: setup demo test lint typecheck docs pytest browser bench clean
 
 setup: $(STAMP)
 
@@ -33,7 +33,15 @@ typecheck: setup
 docs: setup
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
-pytest: setup
+# The browser tests drive Debian's chromium + chromedriver (same package version, no download by
+# selenium-manager). Installed with apt when missing and we may; otherwise those tests skip, saying why.
+browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  apt-get install -y -qq chromium chromium-driver >/dev/null || echo "warning: could not install chromium"; \
+	else echo "warning: chromium/chromedriver missing; browser tests will skip (apt-get install chromium chromium-driver)"; fi
+
+pytest: setup browser
 	$(BIN)/python -m pytest -m "not slow" -q
 
 test: lint typecheck docs pytest

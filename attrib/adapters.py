@@ -19,6 +19,7 @@ __all__ = [
     "CHECKPOINTS",
     "ModelAdapter",
     "adapter_for",
+    "adapter_for_config",
     "get_adapter",
     "register_adapter",
     "register_checkpoint",
@@ -182,6 +183,25 @@ def adapter_for(model: Any) -> ModelAdapter:
     raise ValueError(
         f"unsupported model class {name}; supported families: "
         + ", ".join(f"{a.family} ({'/'.join(a.classes)})" for a in ADAPTERS.values())
+    )
+
+
+def adapter_for_config(config: Any) -> ModelAdapter:
+    """The adapter for a model *config* (before loading any weights).
+
+    Raises:
+        ValueError: For an unsupported architecture (the message lists the supported families).
+    """
+    for name in getattr(config, "architectures", None) or []:
+        for a in ADAPTERS.values():
+            if name in a.classes:
+                return a
+    mt = getattr(config, "model_type", None)
+    if mt in ADAPTERS:
+        return ADAPTERS[mt]
+    raise ValueError(
+        f"unsupported model (model_type={mt!r}, architectures={getattr(config, 'architectures', None)}); "
+        "supported families: " + ", ".join(f"{a.family} ({'/'.join(a.classes)})" for a in ADAPTERS.values())
     )
 
 

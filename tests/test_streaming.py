@@ -1,0 +1,212 @@
+"""Streaming attributions on the bundled model with the bundled estimator."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from attrib.cli import main
+from attrib.shapes import make_example
+from attrib.streaming import Attributor, FinalEvent, SpanEvent, StreamResult
+from estimators.linear import LinearHeadEstimator
+
+
+@pytest.fixture(scope="module")
+def attributor() -> Attributor:
+    return Attributor.load()
+
+
+def test_events_arrive_while_generation_runs(attributor: Attributor) -> None:
+    ex = make_example("test", 0)
+    # A long generation (min_new_tokens) so "during" and "after" are far apart.
+    stream = attributor.stream(ex.image(), ex.question.text, max_new_tokens=400, min_new_tokens=400)
+    received: list[float] = []
+    final = None
+    with stream:
+        for ev in stream:
+            received.append(time.perf_counter() - stream._t0)
+            if isinstance(ev, FinalEvent):
+                final = ev
+            else:
+                assert isinstance(ev, SpanEvent)
+                assert ev.scores.shape == (attributor.k,) and len(ev.top_regions) == 3
+                assert ev.top_regions[0][1] == pytest.approx(float(ev.scores.max()))
+                assert 0 <= ev.latency_ms < 5000 and ev.end > ev.start
+    assert final is not None and isinstance(final.result, StreamResult)
+    done = stream.generation_done_s
+    assert done is not None and len(received) >= 3
+    # The first span event reached the consumer well before generate() returned.
+    assert received[0] < 0.5 * done
+    res = final.result
+    assert res.generated_tokens == 400
+    assert [s.index for s in res.spans] == list(range(len(res.spans)))
+    assert res.scores.shape == (len(res.spans), attributor.k)
+    assert "<canvas" not in res._repr_html_() and "attrib-data-" in res._repr_html_()
+
+
+def test_streamed_scores_equal_the_estimator_on_captured_features(attributor: Attributor) -> None:
+    from attrib.capture import capture_generate
+
+    ex = make_example("test", 3)
+    res = attributor.stream(ex.image(), ex.question.text, truth=ex.answer).run()
+    x = attributor.make_inputs(ex.image(), ex.question.text)
+    cap = capture_generate(
+        attributor.model,
+        x,
+        attributor.assignment(attributor.partition(ex.image()), x),
+        decode=attributor.decode,
+        max_new_tokens=200,
+        do_sample=False,
+    )
+    np.testing.assert_allclose(res.scores, attributor.estimator.region_scores(cap.features), rtol=1e-4, atol=1e-5)
+    assert res.correct == (res.answer == ex.answer)
+    f = attributor.verify(res)
+    assert f["n_spans"] == len(res.spans) and -1 <= f["pearson_vs_loo"] <= 1
+    assert f["topk_drop_oracle"] > f["random_drop"]
+
+
+def test_worker_exception_surfaces_and_stops_generation(
+    attributor: Attributor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ex = make_example("test", 1)
+
+    def boom(features: np.ndarray) -> np.ndarray:
+        raise RuntimeError("estimator exploded")
+
+    monkeypatch.setattr(attributor.estimator, "region_scores", boom)
+    stream = attributor.stream(ex.image(), ex.question.text, max_new_tokens=1500, min_new_tokens=1500)
+    t0 = time.perf_counter()
+    with pytest.raises(RuntimeError, match="estimator exploded"), stream:
+        for _ in stream:
+            pass
+    # Closing stopped generation long before its 1,500 tokens; the model is free again.
+    assert attributor.lock.acquire(timeout=20)
+    attributor.lock.release()
+    assert time.perf_counter() - t0 < 20
+    assert attributor.model.config.text_config._attn_implementation == "sdpa"
+
+
+def test_generation_exception_surfaces(attributor: Attributor, monkeypatch: pytest.MonkeyPatch) -> None:
+    ex = make_example("test", 1)
+
+    def bad_generate(*a: object, **k: object) -> None:
+        raise MemoryError("out of memory in generate")
+
+    monkeypatch.setattr(attributor.model, "generate", bad_generate)
+    with pytest.raises(MemoryError, match="out of memory"):
+        attributor.stream(ex.image(), ex.question.text).run()
+
+
+def test_bad_inputs(attributor: Attributor, tmp_path: Path) -> None:
+    ex = make_example("test", 0)
+    with pytest.raises(ValueError, match="past the model's context of 4096"):
+        attributor.stream(ex.image(), "word " * 4000)
+    # An estimator of another shape (another model) is refused.
+    other = LinearHeadEstimator(layer_head_shape=(7, 3))
+    other.coef_, other.intercept_ = np.ones((7, 3)), 0.0
+    other.save(tmp_path / "other", model_id="some-7b")
+    with pytest.raises(ValueError, match=r"7 x 3 .*some-7b.*4 layers x 6 heads"):
+        Attributor.load(estimator=tmp_path / "other")
+    # Same shape, but a recorded signature of another model.
+    same = LinearHeadEstimator(layer_head_shape=(4, 6))
+    same.coef_, same.intercept_ = np.ones((4, 6)), 0.0
+    sig = {"class": "Qwen2_5_VLForConditionalGeneration", "L": 4, "H": 6, "config_sha": "x", "embeddings_sha": "y"}
+    same.save(tmp_path / "same", model_id="other-model", model_signature=sig)
+    with pytest.raises(ValueError, match="fit on another model"):
+        Attributor.load(estimator=tmp_path / "same")
+    # An unsupported model class.
+    import torch
+
+    with pytest.raises(ValueError, match="unsupported model class Linear"):
+        Attributor(torch.nn.Linear(2, 2), lambda i, p: {}, None, str, attributor.estimator)
+    # Missing and corrupt images (CLI).
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    for img in (tmp_path / "missing.png", tmp_path / "bad.png"):
+        assert main(["stream", "--image", str(img), "--prompt", "How many circles are there?"]) == 2
+    with pytest.raises(FileNotFoundError, match="model directory not found"):
+        Attributor.load(model=str(tmp_path / "nope"), estimator=tmp_path / "same")
+
+
+def test_cli_stream_and_demo(tmp_path: Path) -> None:
+    ex = make_example("test", 2)
+    ex.image().save(tmp_path / "img.png")
+    args = ["stream", "--image", str(tmp_path / "img.png"), "--prompt", ex.question.text, "--truth", ex.answer]
+    args += ["--html", str(tmp_path / "r.html"), "--json", str(tmp_path / "r.json")]
+    assert main(args) == 0
+    d = json.loads((tmp_path / "r.json").read_text())
+    assert d["spans"] and d["faithfulness"]["n_spans"] == len(d["spans"]) and d["correct"] in (True, False)
+    html = (tmp_path / "r.html").read_text()
+    assert html.startswith("<!DOCTYPE html>") and "http://" not in html and "https://" not in html
+    assert main(["demo", "--n", "2", "--out", str(tmp_path / "demo")]) == 0
+    demo = json.loads((tmp_path / "demo" / "demo.json").read_text())
+    assert len(demo["results"]) == 2 and all(r["spans"] for r in demo["results"])
+    assert (tmp_path / "demo" / "report.html").stat().st_size > 10_000
+
+
+def test_report_escapes_user_text(attributor: Attributor) -> None:
+    from attrib.report import json_for_script, render_report
+
+    res = StreamResult(
+        image=Image.new("RGB", (56, 56)),
+        prompt="</script><script>alert(1)</script>",
+        regions=np.zeros((56, 56), dtype=np.int64),
+        spans=[],
+        output="<b>x</b>",
+        answer="<img src=x onerror=alert(1)>",
+        generated_tokens=0,
+        generation_s=0.0,
+        model="<m>",
+    )
+    html = render_report([res], title="<title>")
+    assert "<script>alert" not in html and "</script><script>alert" not in html
+    assert "<img src=x" not in html and "&lt;title&gt;" in html
+    assert json.loads(json_for_script({"a": "</script>"})) == {"a": "</script>"}
+
+
+def test_server_stops_generation_when_the_client_disconnects(attributor: Attributor) -> None:
+    from attrib.serve import make_server
+
+    srv = make_server(attributor, port=0, max_new_tokens=1500, min_new_tokens=1500)
+    assert srv.server_address[0] == "127.0.0.1"
+    th = threading.Thread(target=srv.serve_forever, daemon=True)
+    th.start()
+    try:
+        host, port = srv.server_address[:2]
+        sock = socket.create_connection((str(host), port), timeout=30)
+        q = "How many circles are there?".replace(" ", "%20")
+        sock.sendall(f"GET /api/stream?image=test-1&prompt={q} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        seen = b""
+        while b"event: span" not in seen:
+            chunk = sock.recv(65536)
+            assert chunk, "server closed the stream early"
+            seen += chunk
+        assert b"text/event-stream" in seen and b"event: start" in seen
+        t0 = time.perf_counter()
+        sock.close()
+        # Generation of 1,500 tokens takes far longer than this; the disconnect must stop it.
+        deadline = time.time() + 30
+        while srv.disconnects == 0 and time.time() < deadline:  # type: ignore[attr-defined]
+            time.sleep(0.05)
+        assert srv.disconnects == 1  # type: ignore[attr-defined]
+        assert attributor.lock.acquire(timeout=10)
+        attributor.lock.release()
+        assert time.perf_counter() - t0 < 15
+        # Bad input over HTTP: an error event, and the server keeps serving.
+        conn = http.client.HTTPConnection(str(host), port, timeout=30)
+        conn.request("GET", "/api/stream?image=nope&prompt=hi")
+        body = conn.getresponse().read().decode()
+        assert "event: error" in body and "unknown image" in body
+        conn.request("POST", "/api/upload", body=b"garbage", headers={"Content-Length": "7"})
+        r = conn.getresponse()
+        assert r.status == 400 and "not a readable image" in r.read().decode()
+    finally:
+        srv.shutdown()
+        srv.server_close()
