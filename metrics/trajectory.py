@@ -1,0 +1,831 @@
+"""Reasoning trajectories in attribution space, as pure functions over arrays.
+
+A reasoning chain with ``n`` spans and an image cut into ``K`` regions gives
+per-span region scores ``(n, K)``. Each span becomes a point (its *effect
+vector*, :func:`effect_vectors`), and the chain becomes a path through those
+points. Geometry of that path (:func:`path_length`, :func:`net_displacement`,
+:func:`tortuosity`) and the peakedness of each span's attribution
+(:func:`concentration`) separate successful chains from failures; the
+tortuosity of a chain's first spans flags failures early
+(:func:`auc_by_progress`, :class:`TortuosityFlagger`).
+
+Choices made here (see ``docs/trajectories.md``):
+
+- **Effect vectors** keep all ``K`` coordinates, so region ``k`` stays
+  coordinate ``k`` along a chain; all but the ``top`` entries of largest
+  absolute value are zeroed, and each vector is L2-normalised by default, so
+  that the path follows *which* regions matter rather than how long a span is
+  (span drops are sums over the span's tokens).
+- **Geometry is measured in the full effect-vector space**; PCA
+  (:class:`TrajectoryPCA`) is for pictures only.
+- **Concentration** is ``1 - H(p) / log K`` with ``p = |s| / sum |s|``: 1 for a
+  one-hot span, 0 for a uniform one.
+- **Prefixes** keep the first ``ceil(fraction * n)`` spans, at least 2.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from scipy.stats import mannwhitneyu, rankdata
+
+__all__ = [
+    "DEFAULT_FRACTIONS",
+    "EPS",
+    "OUTCOMES",
+    "STRAIGHT_TOL",
+    "TortuosityFlagger",
+    "TrajectoryPCA",
+    "auc_by_progress",
+    "bonferroni",
+    "compare_outcomes",
+    "concentration",
+    "effect_vectors",
+    "net_displacement",
+    "path_length",
+    "persistence",
+    "prefix",
+    "progress_curve",
+    "roc_auc",
+    "step_lengths",
+    "three_outcome",
+    "tortuosity",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Reasoning progress at which :func:`auc_by_progress` scores prefixes: 0.1, 0.2, ..., 1.0.
+DEFAULT_FRACTIONS: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(1, 11))
+#: Floor of the net displacement in :func:`tortuosity`.
+EPS = 1e-6
+#: Tortuosities below ``1 + STRAIGHT_TOL`` are rounding noise around a straight path and read as 1.
+STRAIGHT_TOL = 1e-9
+#: The three outcome classes of :func:`three_outcome`.
+OUTCOMES: tuple[str, ...] = ("success", "reasoning_error", "hallucination")
+
+
+def _as_2d(points: np.ndarray, name: str = "points") -> np.ndarray:
+    p = np.asarray(points, dtype=np.float64)
+    if p.ndim == 1:
+        p = p[None, :]
+    if p.ndim != 2:
+        raise ValueError(f"{name} must be (n_spans, D), got shape {p.shape}")
+    return p
+
+
+# ---------------------------------------------------------------------------- representation
+def effect_vectors(scores: np.ndarray, top: int = 32, *, normalize: bool = True) -> np.ndarray:
+    """Per-span effect vectors of one chain, in a fixed-length representation.
+
+    Each row keeps its ``K`` coordinates (region ``k`` stays coordinate ``k``,
+    so consecutive spans of one chain are comparable), with every entry outside
+    the row's ``top`` largest by absolute value set to 0 (the paper keeps the
+    top 32). Ties at the cut are broken by region index (lower index kept). With
+    ``normalize`` each row is scaled to unit L2 norm; an all-zero row stays zero.
+    Normalising removes span length from the geometry: a span's drop is a sum
+    over its tokens, so long spans would otherwise look like long steps.
+
+    Args:
+        scores: ``(n_spans, K)`` per-span per-region scores (estimator scores or
+            leave-one-out drops) of one chain.
+        top: Entries kept per row; ``top >= K`` keeps every entry.
+        normalize: Scale each row to unit L2 norm.
+
+    Returns:
+        ``(n_spans, K)`` float64 effect vectors.
+
+    Raises:
+        ValueError: If ``scores`` is not 2-D, holds NaN/inf, or ``top < 1``.
+    """
+    s = _as_2d(scores, "scores")
+    if top < 1:
+        raise ValueError(f"top must be >= 1, got {top}")
+    if not np.isfinite(s).all():
+        raise ValueError(f"scores hold {int((~np.isfinite(s)).sum())} NaN/inf values")
+    out = s.copy()
+    k = s.shape[1]
+    if top < k:
+        order = np.argsort(-np.abs(s), axis=1, kind="stable")
+        drop = order[:, top:]
+        np.put_along_axis(out, drop, 0.0, axis=1)
+    if normalize:
+        norm = np.linalg.norm(out, axis=1, keepdims=True)
+        out = np.divide(out, norm, out=np.zeros_like(out), where=norm > 0)
+    return out
+
+
+def prefix(points: np.ndarray, fraction: float) -> np.ndarray:
+    """The first ``ceil(fraction * n)`` spans of a chain, at least 2 (or all, if fewer).
+
+    Args:
+        points: ``(n, D)`` chain.
+        fraction: Reasoning progress in ``(0, 1]``.
+
+    Returns:
+        ``(m, D)`` with ``m = min(n, max(2, ceil(fraction * n)))``.
+
+    Raises:
+        ValueError: If ``fraction`` is outside ``(0, 1]``.
+    """
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    p = _as_2d(points)
+    n = p.shape[0]
+    # round() guards against 0.3 * 10 = 3.0000000000000004 -> 4.
+    m = min(n, max(2, math.ceil(round(fraction * n, 9))))
+    return p[:m]
+
+
+# ---------------------------------------------------------------------------- geometry
+def step_lengths(points: np.ndarray) -> np.ndarray:
+    """Euclidean lengths of the ``n - 1`` steps ``||e_{s+1} - e_s||`` (empty for ``n < 2``)."""
+    p = _as_2d(points)
+    if p.shape[0] < 2:
+        return np.zeros(0)
+    return np.asarray(np.linalg.norm(np.diff(p, axis=0), axis=1))
+
+
+def path_length(points: np.ndarray) -> float:
+    """Path length ``sum_s ||e_{s+1} - e_s||``; 0 for fewer than 2 points."""
+    return float(step_lengths(points).sum())
+
+
+def net_displacement(points: np.ndarray) -> float:
+    """Net displacement ``||e_last - e_first||``; 0 for fewer than 2 points."""
+    p = _as_2d(points)
+    if p.shape[0] < 2:
+        return 0.0
+    return float(np.linalg.norm(p[-1] - p[0]))
+
+
+def tortuosity(points: np.ndarray, *, eps: float = EPS) -> float:
+    """Tortuosity: path length / net displacement (1 for a straight path, larger when it wanders).
+
+    Conventions: fewer than 2 points gives NaN (undefined; statistics drop it);
+    a path that does not move (length < ``eps``) gives 1; otherwise the
+    displacement is floored at ``eps``, so a path that returns exactly to its
+    start gets a very large but finite value (rank-based statistics treat it
+    as "most tortuous"). Ratios within ``1e-9`` of 1 are reported as exactly
+    1: two points always make a straight path, and rounding noise must not
+    break ties in rank statistics.
+
+    Args:
+        points: ``(n, D)`` chain.
+        eps: Displacement floor and no-movement tolerance.
+
+    Returns:
+        The tortuosity, ``>= 1`` (up to rounding) or NaN.
+    """
+    p = _as_2d(points)
+    if p.shape[0] < 2:
+        return float("nan")
+    return _ratio(path_length(p), net_displacement(p), eps)
+
+
+def _ratio(length: float, displacement: float, eps: float) -> float:
+    """Path length / displacement with the conventions of :func:`tortuosity`."""
+    if length < eps:
+        return 1.0
+    t = length / max(displacement, eps)
+    return 1.0 if t < 1.0 + STRAIGHT_TOL else t
+
+
+def concentration(scores: np.ndarray, *, method: Literal["entropy", "topk"] = "entropy", k: int = 3) -> np.ndarray:
+    """How peaked each span's attribution is, in ``[0, 1]``, per step.
+
+    With ``p = |s| / sum |s|`` over the ``K`` regions of a span:
+
+    - ``"entropy"`` (default): ``1 - H(p) / log K``; 1 for a one-hot span, 0 for
+      a uniform one. ``K = 1`` gives 1.
+    - ``"topk"``: the share of absolute mass in the ``k`` largest regions;
+      ``min(k, K) / K`` for a uniform span.
+
+    A span whose scores are all zero has no distribution: NaN.
+
+    Args:
+        scores: ``(n_spans, K)`` raw scores (or one ``(K,)`` vector).
+        method: ``"entropy"`` or ``"topk"``.
+        k: Regions counted by ``"topk"``.
+
+    Returns:
+        ``(n_spans,)`` concentrations.
+
+    Raises:
+        ValueError: For an unknown method or ``k < 1``.
+    """
+    a = np.abs(_as_2d(scores, "scores"))
+    total = a.sum(axis=1)
+    ok = total > 0
+    p = np.divide(a, total[:, None], out=np.zeros_like(a), where=ok[:, None])
+    kk = a.shape[1]
+    if method == "entropy":
+        if kk == 1:
+            out = np.ones(a.shape[0])
+        else:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                h = -np.where(p > 0, p * np.log(p), 0.0).sum(axis=1)
+            out = 1.0 - h / math.log(kk)
+    elif method == "topk":
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        out = -np.sort(-p, axis=1)[:, :k].sum(axis=1)
+    else:
+        raise ValueError(f"unknown concentration method {method!r}; choose 'entropy' or 'topk'")
+    return np.where(ok, np.clip(out, 0.0, 1.0), np.nan)
+
+
+def persistence(scores: np.ndarray) -> float:
+    """Share of steps whose top region (largest ``|score|``) is the previous span's top region.
+
+    A fixation measure: 1 when the chain never leaves one region. NaN for
+    fewer than 2 spans.
+    """
+    s = _as_2d(scores, "scores")
+    if s.shape[0] < 2:
+        return float("nan")
+    top = np.argmax(np.abs(s), axis=1)
+    return float(np.mean(top[1:] == top[:-1]))
+
+
+def progress_curve(per_step: Sequence[np.ndarray], n_bins: int = 10) -> dict[str, list[float]]:
+    """Mean ± SEM of a per-step quantity over normalised reasoning progress.
+
+    Step ``s`` of a chain of ``n`` sits at progress ``(s + 0.5) / n`` and falls
+    into one of ``n_bins`` equal bins of ``[0, 1]``. Each chain contributes the
+    mean of its finite values in a bin (one value per chain per bin, so long
+    chains do not dominate); the curve is the mean over chains, with the
+    standard error of that mean (0 when one chain contributes).
+
+    Args:
+        per_step: Per chain, a 1-D array of per-step values (e.g. :func:`concentration`).
+        n_bins: Number of progress bins.
+
+    Returns:
+        ``{"progress": bin centres, "mean": ..., "sem": ..., "n": chains per bin}``;
+        empty bins hold NaN.
+    """
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
+    rows = []
+    for v in per_step:
+        x = np.asarray(v, dtype=np.float64).ravel()
+        if x.size == 0:
+            continue
+        pos = (np.arange(x.size) + 0.5) / x.size
+        b = np.minimum((pos * n_bins).astype(int), n_bins - 1)
+        row = np.full(n_bins, np.nan)
+        for i in range(n_bins):
+            sel = x[(b == i) & np.isfinite(x)]
+            if sel.size:
+                row[i] = sel.mean()
+        rows.append(row)
+    centres = [(i + 0.5) / n_bins for i in range(n_bins)]
+    if not rows:
+        nan = [float("nan")] * n_bins
+        return {"progress": centres, "mean": nan, "sem": list(nan), "n": [0.0] * n_bins}
+    m = np.vstack(rows)
+    n = np.isfinite(m).sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(n > 0, np.nansum(m, axis=0) / np.maximum(n, 1), np.nan)
+        dev = np.where(np.isfinite(m), (m - mean) ** 2, 0.0).sum(axis=0)
+        sd = np.sqrt(dev / np.maximum(n - 1, 1))
+        sem = np.where(n > 1, sd / np.sqrt(np.maximum(n, 1)), np.where(n == 1, 0.0, np.nan))
+    return {
+        "progress": centres,
+        "mean": [float(x) for x in mean],
+        "sem": [float(x) for x in sem],
+        "n": [float(x) for x in n],
+    }
+
+
+# ---------------------------------------------------------------------------- PCA
+class TrajectoryPCA:
+    """PCA of effect vectors to a few components, for drawing chains in 3-D.
+
+    Fit on the points of a reference set of chains (all spans stacked),
+    then project any chain. Component signs are fixed (largest absolute loading
+    positive), so refits on the same data give the same picture. When the data
+    has fewer than ``n_components`` directions, the missing components are zero.
+
+    Args:
+        n_components: Output dimension ``d``.
+
+    Attributes:
+        mean_: ``(D,)`` mean of the reference points.
+        components_: ``(d, D)`` orthonormal directions (zero rows when rank-deficient).
+        explained_variance_ratio_: ``(d,)`` share of variance per component.
+    """
+
+    def __init__(self, n_components: int = 3) -> None:
+        if n_components < 1:
+            raise ValueError(f"n_components must be >= 1, got {n_components}")
+        self.n_components = n_components
+
+    def fit(self, chains: Sequence[np.ndarray]) -> TrajectoryPCA:
+        """Fit on a reference set of chains, each ``(n_spans, D)``.
+
+        Returns:
+            self
+
+        Raises:
+            ValueError: If there are no points or the chains disagree on ``D``.
+        """
+        arrs = [_as_2d(c) for c in chains if np.asarray(c).size]
+        if not arrs:
+            raise ValueError("TrajectoryPCA.fit needs at least one non-empty chain")
+        dims = {a.shape[1] for a in arrs}
+        if len(dims) != 1:
+            raise ValueError(f"chains have different dimensions {sorted(dims)}; effect vectors must share K")
+        x = np.vstack(arrs)
+        self.mean_ = x.mean(axis=0)
+        _, sv, vt = np.linalg.svd(x - self.mean_, full_matrices=False)
+        d, dim = self.n_components, x.shape[1]
+        comps = np.zeros((d, dim))
+        var = np.zeros(d)
+        # Directions with (numerically) zero variance are arbitrary; leave them as zero components.
+        tol = (sv[0] if sv.size else 0.0) * max(x.shape) * np.finfo(np.float64).eps
+        r = min(d, int((sv > tol).sum()))
+        comps[:r] = vt[:r]
+        var[:r] = sv[:r] ** 2
+        for i in range(r):
+            j = int(np.argmax(np.abs(comps[i])))
+            if comps[i, j] < 0:
+                comps[i] = -comps[i]
+        total = float((sv**2).sum())
+        self.components_ = comps
+        self.explained_variance_ratio_ = var / total if total > 0 else np.zeros(d)
+        return self
+
+    def _check(self) -> None:
+        if not hasattr(self, "components_"):
+            raise ValueError("TrajectoryPCA is not fitted; call fit() or load() first")
+
+    def transform(self, points: np.ndarray) -> np.ndarray:
+        """Project one chain ``(n, D)`` to ``(n, d)``.
+
+        Raises:
+            ValueError: If not fitted or ``D`` differs from the fit.
+        """
+        self._check()
+        p = _as_2d(points)
+        if p.shape[1] != self.mean_.shape[0]:
+            raise ValueError(f"points have D = {p.shape[1]}, the PCA was fit on D = {self.mean_.shape[0]}")
+        return np.asarray((p - self.mean_) @ self.components_.T)
+
+    def fit_transform(self, chains: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """:meth:`fit`, then :meth:`transform` every chain."""
+        self.fit(chains)
+        return [self.transform(c) for c in chains]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready state."""
+        self._check()
+        return {
+            "n_components": self.n_components,
+            "mean": self.mean_.tolist(),
+            "components": self.components_.tolist(),
+            "explained_variance_ratio": self.explained_variance_ratio_.tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TrajectoryPCA:
+        """Inverse of :meth:`to_dict`.
+
+        Raises:
+            ValueError: If the arrays' shapes disagree.
+        """
+        pca = cls(int(d["n_components"]))
+        pca.mean_ = np.asarray(d["mean"], dtype=np.float64)
+        pca.components_ = np.asarray(d["components"], dtype=np.float64).reshape(pca.n_components, -1)
+        pca.explained_variance_ratio_ = np.asarray(d["explained_variance_ratio"], dtype=np.float64)
+        if pca.components_.shape[1] != pca.mean_.shape[0]:
+            raise ValueError(f"PCA state: components {pca.components_.shape} do not match mean {pca.mean_.shape}")
+        return pca
+
+    def save(self, path: str | Path) -> None:
+        """Write the state as JSON (atomically; no pickle)."""
+        _atomic_write(Path(path), json.dumps(self.to_dict()) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> TrajectoryPCA:
+        """Read a state written by :meth:`save`."""
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ---------------------------------------------------------------------------- statistics
+def _finite(values: Sequence[float] | np.ndarray) -> np.ndarray:
+    x = np.asarray(values, dtype=np.float64).ravel()
+    return x[np.isfinite(x)]
+
+
+def roc_auc(scores: Sequence[float] | np.ndarray, labels: Sequence[bool] | np.ndarray) -> float:
+    """ROC AUC of ``scores`` for positive ``labels``, from ranks (ties count one half).
+
+    Equals the probability that a random positive scores above a random
+    negative. NaN when either class is empty. Non-finite scores are dropped.
+    """
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    y = np.asarray(labels, dtype=bool).ravel()
+    if s.shape != y.shape:
+        raise ValueError(f"scores {s.shape} and labels {y.shape} differ in length")
+    keep = np.isfinite(s)
+    s, y = s[keep], y[keep]
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    r = rankdata(s)
+    return float((r[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def compare_outcomes(
+    values_success: Sequence[float] | np.ndarray, values_failure: Sequence[float] | np.ndarray
+) -> dict[str, float]:
+    """Two-sided Mann–Whitney U test of a per-chain metric, success vs failure.
+
+    Non-finite values are dropped (and not counted).
+
+    Args:
+        values_success: The metric on successful chains.
+        values_failure: The metric on failed chains.
+
+    Returns:
+        ``success_median``, ``failure_median``, ``n_success``, ``n_failure``,
+        ``u_statistic`` (U of the success sample), ``p_value`` and ``auc`` (the
+        probability that a failure exceeds a success, ``1 - U / (n_s n_f)``).
+        Statistics are NaN when a group is empty.
+    """
+    a, b = _finite(values_success), _finite(values_failure)
+    out: dict[str, float] = {
+        "success_median": float(np.median(a)) if a.size else float("nan"),
+        "failure_median": float(np.median(b)) if b.size else float("nan"),
+        "n_success": float(a.size),
+        "n_failure": float(b.size),
+        "u_statistic": float("nan"),
+        "p_value": float("nan"),
+        "auc": float("nan"),
+    }
+    if a.size and b.size:
+        res = mannwhitneyu(a, b, alternative="two-sided")
+        out["u_statistic"] = float(res.statistic)
+        out["p_value"] = float(res.pvalue)
+        out["auc"] = 1.0 - float(res.statistic) / (a.size * b.size)
+    return out
+
+
+def bonferroni(pvalues: Sequence[float] | np.ndarray) -> list[float]:
+    """Bonferroni-corrected p-values ``min(1, m * p)``.
+
+    ``m`` is the number of tests actually run: NaN p-values (a test that could
+    not run, e.g. an empty group) neither count nor change, and stay NaN.
+    """
+    p = np.asarray(pvalues, dtype=np.float64).ravel()
+    m = int(np.isfinite(p).sum())
+    return [float(x) for x in np.minimum(1.0, p * m)]
+
+
+def auc_by_progress(
+    chains: Sequence[np.ndarray],
+    labels: Sequence[bool] | np.ndarray,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    n_boot: int = 1000,
+    seed: int = 0,
+    *,
+    level: float = 0.95,
+    eps: float = EPS,
+) -> dict[float, dict[str, float]]:
+    """ROC AUC of prefix tortuosity predicting failure, per reasoning progress.
+
+    For each fraction ``p``, every chain is cut to :func:`prefix` ``(chain, p)``
+    and scored by its :func:`tortuosity`; the AUC treats failures as positives
+    (higher tortuosity = predicted failure). Chains whose prefix tortuosity is
+    undefined (fewer than 2 spans) are left out. The interval is a stratified
+    percentile bootstrap: successes and failures are resampled separately, so
+    every resample holds both classes in their observed numbers.
+
+    Args:
+        chains: Effect-vector chains ``(n_spans, D)`` (see :func:`effect_vectors`).
+        labels: True for a failed chain.
+        fractions: Progress values in ``(0, 1]``.
+        n_boot: Bootstrap resamples (0 skips the interval).
+        seed: Resampling seed.
+        level: Interval coverage.
+        eps: See :func:`tortuosity`.
+
+    Returns:
+        ``{fraction: {"auc", "ci_low", "ci_high", "n_success", "n_failure", "mean_prefix_spans"}}``
+        (NaN where a class is empty). Where every prefix has 2 spans the
+        tortuosities all equal 1 and the AUC is exactly 0.5: no information yet.
+
+    Raises:
+        ValueError: If ``chains`` and ``labels`` differ in length.
+    """
+    y = np.asarray(labels, dtype=bool).ravel()
+    if len(chains) != y.size:
+        raise ValueError(f"{len(chains)} chains but {y.size} labels")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    rng = np.random.default_rng(seed)
+    out: dict[float, dict[str, float]] = {}
+    for frac in fractions:
+        pre = [prefix(c, frac) for c in chains]
+        t = np.array([tortuosity(q, eps=eps) for q in pre]) if pre else np.zeros(0)
+        n_pre = np.array([q.shape[0] for q in pre], dtype=np.float64)
+        keep = np.isfinite(t)
+        pos, neg = t[keep & y], t[keep & ~y]
+        auc = roc_auc(np.concatenate([pos, neg]), np.r_[np.ones(pos.size, bool), np.zeros(neg.size, bool)])
+        lo = hi = float("nan")
+        if n_boot > 0 and pos.size and neg.size:
+            lab = np.r_[np.ones(pos.size, bool), np.zeros(neg.size, bool)]
+            boots = np.empty(n_boot)
+            for i in range(n_boot):
+                bp = pos[rng.integers(0, pos.size, pos.size)]
+                bn = neg[rng.integers(0, neg.size, neg.size)]
+                boots[i] = roc_auc(np.concatenate([bp, bn]), lab)
+            a = (1 - level) / 2
+            lo, hi = float(np.quantile(boots, a)), float(np.quantile(boots, 1 - a))
+        out[float(frac)] = {
+            "auc": auc,
+            "ci_low": lo,
+            "ci_high": hi,
+            "n_success": float(neg.size),
+            "n_failure": float(pos.size),
+            "mean_prefix_spans": float(n_pre[keep].mean()) if keep.any() else float("nan"),
+        }
+    return out
+
+
+def three_outcome(
+    score_chains: Sequence[np.ndarray],
+    outcomes: Sequence[str],
+    *,
+    top: int = 32,
+    normalize: bool = True,
+    eps: float = EPS,
+) -> dict[str, Any]:
+    """Fixation vs wandering: per-chain statistics by outcome, and pairwise tests.
+
+    Per chain (raw scores ``(n, K)``): ``concentration`` (mean of
+    :func:`concentration` over spans), ``concentration_sd`` (its standard
+    deviation across spans: instability), ``persistence`` (:func:`persistence`),
+    ``step_size`` (mean :func:`step_lengths` of the effect vectors),
+    ``path_length`` and ``tortuosity``. Hallucinations are expected to
+    *fixate* (high, steady concentration, high persistence, small steps) and
+    reasoning errors to *wander* (low, unstable concentration, large steps).
+
+    Args:
+        score_chains: Per chain, raw scores ``(n_spans, K)``.
+        outcomes: Per chain, ``"success"``, ``"reasoning_error"`` or
+            ``"hallucination"``; other labels are ignored.
+        top: See :func:`effect_vectors`.
+        normalize: See :func:`effect_vectors`.
+        eps: See :func:`tortuosity`.
+
+    Returns:
+        ``{"by_outcome": {outcome: {"n", metric: {"median", "mean", "sem"}}},
+        "tests": {"<a>_vs_<b>": {metric: {"median_a", "median_b", "u_statistic",
+        "p_value", "p_value_bonferroni"}}}}``; Bonferroni runs over every test
+        in the block (3 pairs x 6 metrics).
+
+    Raises:
+        ValueError: If the two sequences differ in length.
+    """
+    if len(score_chains) != len(outcomes):
+        raise ValueError(f"{len(score_chains)} chains but {len(outcomes)} outcomes")
+    names = ("concentration", "concentration_sd", "persistence", "step_size", "path_length", "tortuosity")
+    per: dict[str, dict[str, list[float]]] = {o: {m: [] for m in names} for o in OUTCOMES}
+    for s, o in zip(score_chains, outcomes, strict=True):
+        if o not in per:
+            continue
+        c = concentration(s)
+        cf = c[np.isfinite(c)]
+        e = effect_vectors(s, top, normalize=normalize)
+        st = step_lengths(e)
+        vals = {
+            "concentration": float(cf.mean()) if cf.size else float("nan"),
+            "concentration_sd": float(cf.std()) if cf.size > 1 else float("nan"),
+            "persistence": persistence(s),
+            "step_size": float(st.mean()) if st.size else float("nan"),
+            "path_length": path_length(e),
+            "tortuosity": tortuosity(e, eps=eps),
+        }
+        for m in names:
+            per[o][m].append(vals[m])
+    by: dict[str, Any] = {}
+    for o in OUTCOMES:
+        entry: dict[str, Any] = {"n": len(per[o]["concentration"])}
+        for m in names:
+            x = _finite(per[o][m])
+            entry[m] = {
+                "median": float(np.median(x)) if x.size else float("nan"),
+                "mean": float(x.mean()) if x.size else float("nan"),
+                "sem": float(x.std(ddof=1) / math.sqrt(x.size)) if x.size > 1 else float("nan"),
+                "n": x.size,
+            }
+        by[o] = entry
+    pairs = (("hallucination", "reasoning_error"), ("hallucination", "success"), ("reasoning_error", "success"))
+    tests: dict[str, dict[str, dict[str, float]]] = {}
+    flat: list[tuple[str, str]] = []
+    pvals: list[float] = []
+    for a, b in pairs:
+        key = f"{a}_vs_{b}"
+        tests[key] = {}
+        for m in names:
+            r = compare_outcomes(per[a][m], per[b][m])
+            tests[key][m] = {
+                "median_a": r["success_median"],
+                "median_b": r["failure_median"],
+                "n_a": r["n_success"],
+                "n_b": r["n_failure"],
+                "u_statistic": r["u_statistic"],
+                "p_value": r["p_value"],
+            }
+            flat.append((key, m))
+            pvals.append(r["p_value"])
+    for (key, m), pb in zip(flat, bonferroni(pvals), strict=True):
+        tests[key][m]["p_value_bonferroni"] = pb
+    return {"by_outcome": by, "tests": tests}
+
+
+# ---------------------------------------------------------------------------- online flagging
+class TortuosityFlagger:
+    """Online early-failure flag: raise when a chain's prefix tortuosity crosses a calibrated threshold.
+
+    Calibration (:meth:`fit`) runs every reference chain (successful chains)
+    through the same online rule and records, per chain, the largest prefix
+    tortuosity seen from ``min_spans`` spans on; the threshold is the
+    ``1 - fpr`` quantile of those maxima. So about a fraction ``fpr`` of
+    reference chains would be flagged at some point: ``fpr`` is a per-chain
+    false-positive rate, not a per-span one.
+
+    Online use: :meth:`update` takes one span's raw region scores at a time,
+    maps it to its effect vector (:func:`effect_vectors` with the same ``top``
+    and ``normalize``), and updates path length, first and last point in O(K).
+    Once it flags, it stays flagged until :meth:`reset`.
+
+    Args:
+        fpr: Target per-chain false-positive rate on the reference, in (0, 1).
+        min_spans: Spans needed before a flag can be raised (>= 3; two points
+            always have tortuosity 1).
+        top: See :func:`effect_vectors`.
+        normalize: See :func:`effect_vectors`.
+        eps: See :func:`tortuosity`.
+
+    Attributes:
+        threshold_: The calibrated threshold.
+        n_reference_: Reference chains long enough to calibrate on.
+        flagged_at: Index (0-based) of the span whose arrival raised the flag, or ``None``.
+        n_seen: Spans seen since the last reset.
+    """
+
+    def __init__(
+        self, *, fpr: float = 0.1, min_spans: int = 3, top: int = 32, normalize: bool = True, eps: float = EPS
+    ) -> None:
+        if not 0 < fpr < 1:
+            raise ValueError(f"fpr must be in (0, 1), got {fpr}")
+        if min_spans < 3:
+            raise ValueError(f"min_spans must be >= 3 (two points always have tortuosity 1), got {min_spans}")
+        self.fpr = fpr
+        self.min_spans = min_spans
+        self.top = top
+        self.normalize = normalize
+        self.eps = eps
+        self.reset()
+
+    # -------------------------------------------------------------- calibration
+    def max_prefix_tortuosity(self, scores: np.ndarray) -> float:
+        """Largest prefix tortuosity of a whole chain from ``min_spans`` spans on (NaN if shorter)."""
+        e = effect_vectors(scores, self.top, normalize=self.normalize)
+        n = e.shape[0]
+        if n < self.min_spans:
+            return float("nan")
+        cum = np.concatenate([[0.0], np.cumsum(step_lengths(e))])
+        disp = np.linalg.norm(e - e[0], axis=1)
+        m = np.arange(self.min_spans - 1, n)
+        return max(_ratio(float(cum[i]), float(disp[i]), self.eps) for i in m)
+
+    def fit(self, reference: Sequence[np.ndarray]) -> TortuosityFlagger:
+        """Calibrate the threshold on reference (successful) chains of raw scores ``(n_spans, K)``.
+
+        Returns:
+            self
+
+        Raises:
+            ValueError: If no reference chain has at least ``min_spans`` spans.
+        """
+        vals = _finite([self.max_prefix_tortuosity(s) for s in reference])
+        if vals.size == 0:
+            raise ValueError(
+                f"no reference chain has >= {self.min_spans} spans; cannot calibrate the tortuosity flagger"
+            )
+        self.threshold_ = float(np.quantile(vals, 1 - self.fpr))
+        self.n_reference_ = int(vals.size)
+        if vals.size < 1 / self.fpr:
+            logger.warning(
+                "flagger calibrated on %d reference chains; the %.3g quantile is poorly determined",
+                vals.size,
+                1 - self.fpr,
+            )
+        self.reset()
+        return self
+
+    def _check(self) -> None:
+        if not hasattr(self, "threshold_"):
+            raise ValueError("TortuosityFlagger is not calibrated; call fit() or from_dict() first")
+
+    # -------------------------------------------------------------- online
+    def reset(self) -> None:
+        """Start a new chain."""
+        self.flagged_at: int | None = None
+        self.n_seen = 0
+        self._first: np.ndarray | None = None
+        self._last: np.ndarray | None = None
+        self._length = 0.0
+
+    @property
+    def current_tortuosity(self) -> float:
+        """Tortuosity of the spans seen so far (NaN before 2 spans)."""
+        if self._first is None or self._last is None or self.n_seen < 2:
+            return float("nan")
+        return _ratio(self._length, float(np.linalg.norm(self._last - self._first)), self.eps)
+
+    def update(self, score_vector: np.ndarray) -> bool:
+        """Add one span's raw region scores ``(K,)``; return whether the chain is flagged.
+
+        Raises:
+            ValueError: If not calibrated, or ``K`` changes within a chain.
+        """
+        self._check()
+        e = effect_vectors(
+            np.asarray(score_vector, dtype=np.float64).reshape(1, -1), self.top, normalize=self.normalize
+        )[0]
+        if self._first is None:
+            self._first = e
+        else:
+            assert self._last is not None
+            if e.shape != self._last.shape:
+                raise ValueError(f"span has K = {e.shape[0]}, earlier spans of this chain had {self._last.shape[0]}")
+            self._length += float(np.linalg.norm(e - self._last))
+        self._last = e
+        self.n_seen += 1
+        if self.flagged_at is None and self.n_seen >= self.min_spans and self.current_tortuosity > self.threshold_:
+            self.flagged_at = self.n_seen - 1
+        return self.flagged_at is not None
+
+    def run(self, scores: np.ndarray) -> int | None:
+        """Feed a whole chain ``(n_spans, K)`` from a fresh start; return :attr:`flagged_at`.
+
+        The state after the chain stays readable (:attr:`flagged_at`,
+        :attr:`current_tortuosity`) until the next :meth:`reset` or :meth:`run`.
+        """
+        self.reset()
+        for row in _as_2d(scores, "scores"):
+            self.update(row)
+        return self.flagged_at
+
+    # -------------------------------------------------------------- persistence
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready calibrated state (settings and threshold; not the current chain)."""
+        self._check()
+        return {
+            "fpr": self.fpr,
+            "min_spans": self.min_spans,
+            "top": self.top,
+            "normalize": self.normalize,
+            "eps": self.eps,
+            "threshold": self.threshold_,
+            "n_reference": self.n_reference_,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TortuosityFlagger:
+        """Inverse of :meth:`to_dict`."""
+        f = cls(
+            fpr=float(d["fpr"]),
+            min_spans=int(d["min_spans"]),
+            top=int(d["top"]),
+            normalize=bool(d["normalize"]),
+            eps=float(d["eps"]),
+        )
+        f.threshold_ = float(d["threshold"])
+        f.n_reference_ = int(d["n_reference"])
+        return f
