@@ -173,34 +173,131 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from attrib.io import atomic_write_json
-    from attrib.shapes.evaluate import evaluate
-    from attrib.shapes.model import load_model
+def _print_event(out: Console, ev: Any) -> None:
+    from rich.markup import escape
 
-    path = _resolve_model(args.model)
-    t0 = time.perf_counter()
-    model, processor = load_model(path)
-    console.print(f"loaded bundled model {path.name} in {time.perf_counter() - t0:.1f} s")
-    with _progress() as prog:
-        task = prog.add_task("demo eval", total=2 * args.n)
-        res = evaluate(
-            model,
-            processor,
-            split="test",
-            n=args.n,
-            batch_size=25,
-            on_progress=lambda d, t: prog.update(task, completed=d, total=t),
+    from attrib.streaming import SpanEvent
+
+    if isinstance(ev, SpanEvent):
+        tops = "  ".join(f"r{r}:{v:+.3f}" for r, v in ev.top_regions)
+        flag = " [red bold]FLAG[/red bold]" if ev.flagged else ""
+        out.print(
+            f"  [dim]{ev.index:>2} @{ev.span_end_s:5.2f}s +{ev.latency_ms:4.1f}ms[/dim] {escape(ev.text)}"
+            f"  [cyan]-> {tops}[/cyan]{flag}"
         )
+
+
+def _run_stream(out: Console, attributor: Any, image: Any, prompt: str, truth: str | None, args: Any) -> Any:
+    from rich.markup import escape
+
+    from attrib.streaming import FinalEvent
+
+    flagger = _load_flagger(getattr(args, "flagger", None), attributor)
+    with attributor.stream(
+        image, prompt, truth=truth, max_new_tokens=args.max_new_tokens, flagger=flagger, top=args.top
+    ) as stream:
+        for ev in stream:
+            if isinstance(ev, FinalEvent):
+                res = ev.result
+                verdict = ""
+                if res.correct is not None:
+                    verdict = (
+                        " [green]right[/green]" if res.correct else f" [red]wrong[/red] (truth {escape(truth or '')})"
+                    )
+                out.print(f"  answer: [bold]{escape(str(res.answer))}[/bold]{verdict}")
+            else:
+                _print_event(out, ev)
+    if not getattr(args, "no_verify", False):
+        f = attributor.verify(res)
+        if f.get("n_spans"):
+            out.print(
+                f"  [dim]check against ablation: Pearson vs leave-one-out {f['pearson_vs_loo']:.3f}; "
+                f"top-{f['k']} drop {f['topk_drop']:.3f} vs oracle {f['topk_drop_oracle']:.3f} "
+                f"vs random {f['random_drop']:.3f}[/dim]"
+            )
+    return res
+
+
+def _load_flagger(path: str | None, attributor: Any) -> Any:
+    import json
+
+    from metrics.trajectory import TortuosityFlagger
+
+    if path == "none":
+        return None
+    if path is None:
+        from attrib.shapes.model import _BUNDLED
+
+        if attributor.name not in _BUNDLED:
+            return None
+        from attrib.shapes.model import bundled_model_path
+
+        p = bundled_model_path(attributor.name) / "flagger.json"
+        if not p.is_file():
+            return None
+        path = str(p)
+    return TortuosityFlagger.from_dict(json.loads(Path(path).read_text()))
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from attrib.io import atomic_write_json, atomic_write_text
+    from attrib.report import render_report
+    from attrib.shapes import make_example
+    from attrib.streaming import Attributor
+
+    t0 = time.perf_counter()
+    attributor = Attributor.load(args.model, args.estimator)
+    console.print(
+        f"loaded {attributor.name} and its estimator ({attributor.region_method} regions, K={attributor.k}) "
+        f"in {time.perf_counter() - t0:.1f} s"
+    )
     out = Console()
-    for o in res.outcomes[: args.show]:
-        mark = "[green]right[/green]" if o.correct else "[red]wrong[/red]"
-        out.print(f"[bold]{o.uid}[/bold] ({o.family}) truth={o.answer} {mark}\n  {o.output}")
-    d = res.to_dict(with_outcomes=True)
-    d["model"] = str(path)
-    _print_eval(d)
-    atomic_write_json(Path(args.out) / "demo_eval.json", d)
-    console.print(f"wrote {Path(args.out) / 'demo_eval.json'}")
+    results = []
+    for i in range(args.n):
+        ex = make_example("test", args.start + i)
+        out.print(f"\n[bold]{ex.uid}[/bold] ({ex.question.family}): {ex.question.text}")
+        results.append(_run_stream(out, attributor, ex.image(), ex.question.text, ex.answer, args))
+    outdir = Path(args.out)
+    html_path = outdir / "report.html"
+    atomic_write_text(html_path, render_report(results, title="attrib demo: the bundled model, streamed"))
+    atomic_write_json(outdir / "demo.json", {"results": [r.to_dict() for r in results]})
+    n_right = sum(bool(r.correct) for r in results)
+    console.print(f"\n{n_right}/{len(results)} answered right; wrote {html_path} and {outdir / 'demo.json'}")
+    return 0
+
+
+def _cmd_stream(args: argparse.Namespace) -> int:
+    from attrib.io import atomic_write_json, atomic_write_text
+    from attrib.processing import load_image
+    from attrib.report import render_report
+    from attrib.streaming import Attributor
+
+    image = load_image(args.image)
+    attributor = Attributor.load(args.model, args.estimator, region_method=args.regions, k=args.k)
+    out = Console()
+    res = _run_stream(out, attributor, image, args.prompt, args.truth, args)
+    if args.html:
+        atomic_write_text(args.html, render_report([res], title="attrib stream"))
+        console.print(f"wrote {args.html}")
+    if args.json:
+        atomic_write_json(args.json, res.to_dict())
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from attrib.serve import make_server
+    from attrib.streaming import Attributor
+
+    attributor = Attributor.load(args.model, args.estimator)
+    srv = make_server(attributor, host=args.host, port=args.port, flagger=_load_flagger(args.flagger, attributor))
+    host, port = srv.server_address[:2]
+    console.print(f"attrib serve: open http://{host!s}:{port}/  (Ctrl-C stops)")
+    try:
+        srv.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        srv.server_close()
     return 0
 
 
@@ -234,12 +331,45 @@ def _cmd_collect(args: argparse.Namespace) -> int:
         for k in ks
     ]
     outs = [Path(args.out)] if len(cfgs) == 1 else [Path(args.out) / f"{c.region_method}-k{c.k}" for c in cfgs]
+    backend = getattr(args, "backend", "local")
+    address = getattr(args, "address", None)
+    workers = getattr(args, "workers", None)
+    gpus = getattr(args, "gpus_per_worker", None)
+    if backend != "ray" and (address is not None or workers is not None or gpus is not None):
+        raise ValueError("--address, --workers and --gpus-per-worker need --backend ray")
     t0 = time.perf_counter()
     with _progress() as prog:
         task = prog.add_task("collect", total=None)
-        colls = collect_many(
-            cfgs, outs, threads=args.threads, on_progress=lambda d, t: prog.update(task, completed=d, total=t)
-        )
+
+        def on_progress(d: int, t: int) -> None:
+            prog.update(task, completed=d, total=t)
+
+        if backend == "ray":
+            from rich.markup import escape
+
+            from attrib.collect_ray import RayCollectError, RayUnavailableError, collect_ray
+
+            try:
+                colls = collect_ray(
+                    cfgs,
+                    outs,
+                    address=address,
+                    num_workers=workers,
+                    num_gpus_per_worker=gpus or 0.0,
+                    num_cpus_per_worker=max(1, args.threads),
+                    threads=args.threads or None,
+                    on_progress=on_progress,
+                )
+            except RayUnavailableError as e:
+                console.print(f"[bold red]error:[/bold red] {escape(str(e))}")
+                return 2
+            except RayCollectError as e:
+                console.print(
+                    f"[bold red]error:[/bold red] {escape(str(e))} (finished shards are kept; rerun to resume)"
+                )
+                return 1
+        else:
+            colls = collect_many(cfgs, outs, threads=args.threads, on_progress=on_progress)
     for out, coll in zip(outs, colls, strict=True):
         n_ok = sum(s["n_examples"] for s in coll.manifest["shards"])
         console.print(f"collection at {out}: {n_ok} examples, {len(coll.failures)} failures")
@@ -264,6 +394,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         feature_pooling="mean over span tokens, sum over region tokens",
         n_train_examples=used,
         train_collection=",".join(str(t) for t in args.train),
+        model_signature=trains[0].manifest.get("model_signature"),
     )
     console.print(f"fit {args.loss} estimator on {used} examples in {time.perf_counter() - t0:.1f} s -> {args.out}")
     return 0
@@ -343,6 +474,23 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     _print_faithfulness(args.test, res)
     if args.json:
         atomic_write_json(args.json, res)
+    if args.record_validation:
+        import json as _json
+
+        from attrib.io import atomic_write_text
+
+        meta_path = Path(str(args.estimator) + ".json")
+        meta_d = _json.loads(meta_path.read_text())
+        mine = res["methods"].get("estimator", {})
+        meta_d["validation"] = {
+            key: round(float(mine[key]["value"]), 4)
+            for key in ("lds", "r2", "top5_drop_normalized", "pointing")
+            if key in mine
+        }
+        meta_d["validation"]["n_test_examples"] = int(res["n_examples"])
+        meta_d["validation"]["test_collection"] = str(args.test)
+        atomic_write_text(meta_path, _json.dumps(meta_d, indent=1) + "\n")
+        console.print(f"recorded held-out metrics in {meta_path}")
     figs = Path(args.figures) if args.figures else None
     if figs is not None:
         figs.mkdir(parents=True, exist_ok=True)
@@ -401,6 +549,57 @@ def _print_faithfulness(test: str, res: dict[str, Any]) -> None:
         out.print(t)
 
 
+def _cmd_norms(args: argparse.Namespace) -> int:
+    from rich.table import Table as _Table
+
+    from attrib.io import atomic_write_json
+    from attrib.norms import measure_norms
+    from attrib.shapes import make_example
+    from attrib.shapes.model import _BUNDLED, load_model, resolve_model
+
+    is_bundled = args.model is None or args.model in _BUNDLED
+    path = resolve_model(args.model) if is_bundled else Path(str(args.model))
+    exs = [make_example(args.split, args.start + i) for i in range(args.n)]
+    if (path / "attrib_processor.json").is_file():
+        model, proc = load_model(path)
+
+        def inputs() -> Any:
+            for ex in exs:  # the question and the reference trace, teacher-forced
+                x = proc([ex.image()], [ex.question.text], [ex.target_text()])
+                yield {k: v for k, v in x.items() if k != "labels"}
+
+    else:
+        from attrib.streaming import load_hf
+
+        model, build = load_hf(str(path) if path.exists() else str(args.model))
+
+        def inputs() -> Any:
+            for ex in exs:
+                yield build(ex.image(), ex.question.text)
+
+    rep = measure_norms(model, inputs(), name=str(args.model or path.name))
+    t = _Table(title=f"hidden-state norms by token type ({rep.model}, {rep.n_inputs} inputs)")
+    t.add_column("layer", justify="right")
+    for ty in rep.mean_norm:
+        t.add_column(f"{ty} norm", justify="right")
+        t.add_column(f"{ty} / {ty} input", justify="right")
+        if ty != "text":
+            t.add_column(f"{ty} / text input", justify="right")
+    for row in rep.table():
+        cells = [str(row["layer"])]
+        for ty in rep.mean_norm:
+            cells += [f"{row[f'{ty}_norm']:.3g}", f"{row[f'{ty}_ratio']:.3g}"]
+            if ty != "text":
+                cells.append(f"{row[f'{ty}_ratio_to_text_input']:.3g}")
+        t.add_row(*cells)
+    Console().print(t)
+    if args.json:
+        atomic_write_json(args.json, rep.to_dict())
+    if args.plot:
+        rep.plot(args.plot)
+    return 0
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     import torch
     import transformers
@@ -426,12 +625,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = p.add_subparsers(dest="command", required=True)
 
-    d = sub.add_parser("demo", help="run the main job on the bundled model")
+    def stream_opts(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=200)
+        q.add_argument("--top", type=int, default=3, help="top regions per span")
+        q.add_argument("--no-verify", dest="no_verify", action="store_true", help="skip the ablation check")
+        q.add_argument(
+            "--flagger", default=None, help="failure-flagger JSON ('none' disables; default: the bundled one)"
+        )
+
+    d = sub.add_parser("demo", help="stream attributions on the bundled model (the main job)")
     d.add_argument("--model", default=None, help="bundled model name or a local model directory")
-    d.add_argument("--n", type=int, default=100, help="test examples")
-    d.add_argument("--show", type=int, default=5, help="traces to print")
-    d.add_argument("--out", default="out/demo", help="output directory")
+    d.add_argument("--estimator", default=None, help="estimator path stem (default: the bundled one)")
+    d.add_argument("--n", type=int, default=4, help="test examples to stream")
+    d.add_argument("--start", type=int, default=0, help="first test example")
+    d.add_argument("--out", default="out/demo", help="output directory (report.html, demo.json)")
+    stream_opts(d)
     d.set_defaults(fn=_cmd_demo)
+
+    st = sub.add_parser("stream", help="stream attributions for one image and prompt, on any supported model")
+    st.add_argument("--model", default=None, help="bundled name, local directory or hub id (default: bundled)")
+    st.add_argument("--estimator", default=None, help="estimator path stem (required unless the model is bundled)")
+    st.add_argument("--image", required=True)
+    st.add_argument("--prompt", required=True)
+    st.add_argument("--truth", default=None, help="expected answer, if known")
+    st.add_argument("--regions", default=None, help="region method (default: the estimator's)")
+    st.add_argument("--k", type=int, default=None, help="regions (default: the estimator's)")
+    st.add_argument("--html", default=None, help="write a self-contained HTML report here")
+    st.add_argument("--json", default=None)
+    stream_opts(st)
+    st.set_defaults(fn=_cmd_stream)
+
+    sv = sub.add_parser("serve", help="a local web view that streams attributions live")
+    sv.add_argument("--model", default=None)
+    sv.add_argument("--estimator", default=None)
+    sv.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    sv.add_argument("--port", type=int, default=8765)
+    sv.add_argument("--flagger", default=None)
+    sv.set_defaults(fn=_cmd_serve)
 
     c = sub.add_parser("collect", help="generate traces, capture features, compute ablation targets (resumable)")
     c.add_argument("--model", default="shapes-qwen25vl", help="bundled model name or local model directory")
@@ -454,8 +684,21 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--shard-size", dest="shard_size", type=int, default=16)
     c.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=200)
     c.add_argument("--batch-size", dest="batch_size", type=int, default=16, help="removal sets per forward")
-    c.add_argument("--threads", type=int, default=0)
+    c.add_argument(
+        "--threads", type=int, default=0, help="torch threads (with --backend ray: per worker, and its CPUs; default 1)"
+    )
     c.add_argument("--out", required=True)
+    c.add_argument(
+        "--backend",
+        default="local",
+        choices=["local", "ray"],
+        help="local: this process; ray: model replicas on a Ray cluster (pip install 'attrib[ray]'; see docs/ray.md)",
+    )
+    c.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray instance)")
+    c.add_argument("--workers", type=int, default=None, help="Ray workers (default: as many as the cluster holds)")
+    c.add_argument(
+        "--gpus-per-worker", dest="gpus_per_worker", type=float, default=None, help="GPUs per Ray worker (num_gpus)"
+    )
     c.set_defaults(fn=_cmd_collect)
 
     fp = sub.add_parser("fit", help="fit the L x H estimator on a collected train split")
@@ -480,6 +723,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--compare-test", default=None, help="directory of <method>-k<K> held-out collections (--loo)")
     ev.add_argument("--figures", default=None, help="write weights.png, data_efficiency.png and regions.png here")
     ev.add_argument(
+        "--record-validation",
+        dest="record_validation",
+        action="store_true",
+        help="write the estimator's held-out LDS/R2/top-5/pointing into its JSON metadata (shown in reports)",
+    )
+    ev.add_argument(
         "--methods",
         default="estimator,raw_attention,best_layer,input_x_gradient,integrated_gradients,contextcite,leave_one_out",
     )
@@ -487,6 +736,19 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", default=None)
     ev.add_argument("--heatmap", default=None, help="write the estimator's L x H weight heatmap (PNG)")
     ev.set_defaults(fn=_cmd_evaluate)
+
+    from attrib.trajectories import add_parser as add_trajectories
+
+    add_trajectories(sub)
+
+    nm = sub.add_parser("norms", help="layer-wise hidden-state norms by token type vs the input embeddings")
+    nm.add_argument("--model", default=None, help="bundled name, local directory or hub id (default: bundled)")
+    nm.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    nm.add_argument("--n", type=int, default=16, help="benchmark examples to measure on")
+    nm.add_argument("--start", type=int, default=0)
+    nm.add_argument("--json", default=None)
+    nm.add_argument("--plot", default=None, help="write the norms plot (PNG)")
+    nm.set_defaults(fn=_cmd_norms)
 
     i = sub.add_parser("info", help="versions and bundled models")
     i.set_defaults(fn=_cmd_info)

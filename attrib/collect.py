@@ -302,6 +302,13 @@ def collect_many(
     items = list(iter_items(base))  # a bad dataset fails here, before anything is written
     manifests = [_open_manifest(c, o, fingerprint) for c, o in zip(cfgs, outs, strict=True)]
     model, proc = load_model(model_path)
+    from attrib.streaming import model_signature
+
+    sig = model_signature(model)
+    for m, o in zip(manifests, outs, strict=True):
+        if m.get("model_signature") != sig:
+            m["model_signature"] = sig
+            atomic_write_json(o / "manifest.json", m)
     total = len(items)
     n_shards = (total + base.shard_size - 1) // base.shard_size
     done_names = [{s["name"] for s in m["shards"]} for m in manifests]

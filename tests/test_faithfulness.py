@@ -88,9 +88,12 @@ def test_cli_evaluate_curves_and_region_comparison(colls: tuple[Path, Path], tmp
     args = ["evaluate", "--test", str(colls[1]), "--estimator", str(tmp_path / "est"), "--json", str(out)]
     args += ["--methods", "estimator,leave_one_out", "--train", str(colls[0]), "--sizes", "2,3,1000"]
     args += ["--compare-train", str(d / "cmp-train"), "--compare-test", str(d / "cmp-test")]
-    args += ["--figures", str(tmp_path / "figs")]
+    args += ["--figures", str(tmp_path / "figs"), "--record-validation"]
     assert main(args) == 0
     res = json.loads(out.read_text())
+    val = json.loads((tmp_path / "est.json").read_text())["validation"]
+    assert val["lds"] == pytest.approx(res["methods"]["estimator"]["lds"]["value"], abs=1e-4)
+    assert val["n_test_examples"] == 3
     eff = res["data_efficiency"]
     assert [r["n_train"] for r in eff[:2]] == [2, 3] and "skipped" in eff[2]
     assert all(-1 <= r["lds"]["value"] <= 1 and "top5_drop_normalized" in r for r in eff[:2])

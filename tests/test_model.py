@@ -106,6 +106,11 @@ def test_training_is_deterministic_and_resumes_after_interruption(tmp_path: Path
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+    # The logs carry the same per-checkpoint weight digests (what a full-size rerun is compared on).
+    la = json.loads((tmp_path / "a" / "train_log.json").read_text())
+    lb = json.loads((tmp_path / "b" / "train_log.json").read_text())
+    assert la["checkpoint_digests"] == lb["checkpoint_digests"] and len(la["checkpoint_digests"]) >= 1
+    assert la["final_digest"] == lb["final_digest"] != la["checkpoint_digests"][0][1]
     stale = tmp_path / "c.ckpt"
     stale.mkdir()
     (stale / "meta.json").write_text(

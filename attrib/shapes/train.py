@@ -57,7 +57,7 @@ class TrainConfig:
             family (list every object, then count), for dense grounding supervision.
     """
 
-    steps: int = 3600
+    steps: int = 5000
     batch_size: int = 16
     lr: float = 2e-3
     warmup: int = 200
