@@ -11,6 +11,8 @@ import argparse
 import itertools
 import json
 import math
+import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -502,11 +504,17 @@ def test_cli_and_plots(collection_dir: Path, tmp_path: Path) -> None:
         "concentration.png",
     }
     page = (plots / "trajectories_3d.html").read_text()
-    assert "http://" not in page and "https://" not in page and "test-0" in page  # self-contained
+    # Self-contained: no external script or stylesheet (plotly.js, when used, is inlined).
+    assert not re.search(r"<(script|link)[^>]+(src|href)=[\"']?https?:", page) and "test-0" in page
 
 
-def test_html_escapes_user_text(tmp_path: Path) -> None:
+def test_html_escapes_user_text(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     evil = '</script><img src=x onerror="alert(1)">'
+    # The plotly page escapes the text too.
+    pp = trajectories_html([(evil, "success", np.zeros((3, 3)))], tmp_path / "p.html", title=evil).read_text()
+    assert evil not in pp and "<img src=x" not in pp and 'onerror="alert' not in pp
+    # The built-in canvas page (used without plotly).
+    monkeypatch.setitem(sys.modules, "plotly.graph_objects", None)
     p = trajectories_html([(evil, "success", np.zeros((3, 3)))], tmp_path / "x.html", title=evil)
     page = p.read_text()
     assert evil not in page and "<img" not in page
