@@ -285,19 +285,14 @@ def _cmd_stream(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from attrib.serve import make_server
+    from attrib.serve import make_server, run_until_interrupted
     from attrib.streaming import Attributor
 
     attributor = Attributor.load(args.model, args.estimator)
     srv = make_server(attributor, host=args.host, port=args.port, flagger=_load_flagger(args.flagger, attributor))
     host, port = srv.server_address[:2]
     console.print(f"attrib serve: open http://{host!s}:{port}/  (Ctrl-C stops)")
-    try:
-        srv.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        srv.server_close()
+    run_until_interrupted(srv)
     return 0
 
 

@@ -284,14 +284,8 @@ def collect_many(
     """
     from attrib.shapes.model import load_model, resolve_model
 
-    if len(cfgs) != len(out_dirs) or not cfgs:
-        raise ValueError(f"need one output directory per configuration, got {len(cfgs)} and {len(out_dirs)}")
+    check_configs(cfgs, out_dirs, "collect_many")
     base = cfgs[0]
-    for c in cfgs[1:]:
-        if replace(c, region_method=base.region_method, k=base.k) != base:
-            raise ValueError("collect_many: configurations may differ only in region_method and k")
-    if len({str(Path(o).resolve()) for o in out_dirs}) != len(out_dirs):
-        raise ValueError("collect_many: output directories must be distinct")
     if threads:
         torch.set_num_threads(threads)
     outs = [Path(o) for o in out_dirs]
@@ -334,6 +328,22 @@ def collect_many(
         atomic_write_json(o / "manifest.json", m)
         out.append(Collection.open(o))
     return out
+
+
+def check_configs(cfgs: Sequence[CollectConfig], out_dirs: Sequence[str | Path], who: str) -> None:
+    """Refuse configurations that differ in more than their regions, or outputs that are not one per config.
+
+    Raises:
+        ValueError: Naming ``who`` (the caller) and the problem.
+    """
+    if len(cfgs) != len(out_dirs) or not cfgs:
+        raise ValueError(f"need one output directory per configuration, got {len(cfgs)} and {len(out_dirs)}")
+    base = cfgs[0]
+    for c in cfgs[1:]:
+        if replace(c, region_method=base.region_method, k=base.k) != base:
+            raise ValueError(f"{who}: configurations may differ only in region_method and k")
+    if len({str(Path(o).resolve()) for o in out_dirs}) != len(out_dirs):
+        raise ValueError(f"{who}: output directories must be distinct")
 
 
 def _open_manifest(cfg: CollectConfig, out: Path, fingerprint: dict[str, Any]) -> dict[str, Any]:

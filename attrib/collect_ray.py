@@ -50,6 +50,7 @@ from attrib.collect import (
     _model_fingerprint,
     _open_manifest,
     _write_shard,
+    check_configs,
     iter_items,
 )
 from attrib.io import atomic_write_json
@@ -195,14 +196,7 @@ def _validate(
     num_gpus_per_worker: float,
     max_retries: int,
 ) -> None:
-    if len(cfgs) != len(out_dirs) or not cfgs:
-        raise ValueError(f"need one output directory per configuration, got {len(cfgs)} and {len(out_dirs)}")
-    base = cfgs[0]
-    for c in cfgs[1:]:
-        if replace(c, region_method=base.region_method, k=base.k) != base:
-            raise ValueError("collect_ray: configurations may differ only in region_method and k")
-    if len({str(Path(o).resolve()) for o in out_dirs}) != len(out_dirs):
-        raise ValueError("collect_ray: output directories must be distinct")
+    check_configs(cfgs, out_dirs, "collect_ray")
     if num_workers is not None and num_workers < 1:
         raise ValueError(f"num_workers must be >= 1, got {num_workers}")
     if num_cpus_per_worker < 0 or num_gpus_per_worker < 0 or max_retries < 0:

@@ -347,12 +347,7 @@ def data_efficiency(
         x, y, groups, used = design_matrix(exs, limit=n)
         est = LinearHeadEstimator(loss=loss, layer_head_shape=shape)  # type: ignore[arg-type]
         est.fit(x, y, groups=groups)
-        res = evaluate_methods(
-            test, est, model=model, processor=processor, methods=("estimator",), topk=topk, limit=limit
-        )
-        row = {"n_train": int(used), **res["methods"]["estimator"]}
-        row.pop("seconds_per_token", None)
-        out.append(row)
+        out.append({"n_train": int(used), **_estimator_scores(test, est, model, processor, topk, limit)})
         if on_progress:
             on_progress(i + 1, len(sizes))
     return out
@@ -395,13 +390,18 @@ def region_comparison(
             raise ValueError(
                 f"train uses {tc['region_method']} K={tc['k']} but test uses {cfg['region_method']} K={cfg['k']}"
             )
-        res = evaluate_methods(
-            test, est, model=model, processor=processor, methods=("estimator",), topk=topk, limit=limit
-        )
         row = {"region_method": cfg["region_method"], "k": int(cfg["k"]), "n_train": int(used)}
-        row.update(res["methods"]["estimator"])
-        row.pop("seconds_per_token", None)
-        rows.append(row)
+        rows.append({**row, **_estimator_scores(test, est, model, processor, topk, limit)})
         if on_progress:
             on_progress(i + 1, len(pairs))
     return rows
+
+
+def _estimator_scores(
+    test: Collection, est: LinearHeadEstimator, model: Any, processor: Any, topk: int, limit: int | None
+) -> dict[str, Any]:
+    """The estimator's faithfulness row on ``test`` (without its timing, which these tables do not compare)."""
+    res = evaluate_methods(test, est, model=model, processor=processor, methods=("estimator",), topk=topk, limit=limit)
+    row = dict(res["methods"]["estimator"])
+    row.pop("seconds_per_token", None)
+    return row

@@ -36,7 +36,7 @@ from PIL import Image, UnidentifiedImageError
 from attrib.report import _CSS, HEATMAP_JS, _labels_payload, _png_data_uri
 from attrib.streaming import Attributor, FinalEvent, SpanEvent
 
-__all__ = ["make_server", "serve"]
+__all__ = ["make_server", "run_until_interrupted", "serve"]
 
 logger = logging.getLogger(__name__)
 
@@ -317,6 +317,11 @@ def serve(attributor: Attributor, *, host: str = "127.0.0.1", port: int = 8765, 
     srv = make_server(attributor, host=host, port=port, flagger=flagger)
     h, p = srv.server_address[:2]
     logger.warning("attrib serve: open http://%s:%d/ (Ctrl-C stops)", h, p)
+    run_until_interrupted(srv)
+
+
+def run_until_interrupted(srv: ThreadingHTTPServer) -> None:
+    """``serve_forever`` until Ctrl-C, then close the socket."""
     try:
         srv.serve_forever()
     except KeyboardInterrupt:

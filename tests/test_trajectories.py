@@ -124,6 +124,9 @@ def test_square_path_hand_values() -> None:
     # A 3-4-5 zigzag: length 3 + 4 = 7, displacement 5.
     z = np.array([[0.0, 0.0], [3.0, 0.0], [3.0, 4.0]])
     assert tortuosity(z) == pytest.approx(7 / 5)
+    # Back and forth on a line: 0 -> 2 -> 0 -> 1 has length 2 + 2 + 1 = 5 and displacement 1.
+    bf = np.array([[0.0], [2.0], [0.0], [1.0]])
+    assert path_length(bf) == pytest.approx(5.0) and tortuosity(bf) == pytest.approx(5.0)
 
 
 def test_tortuosity_edge_cases() -> None:
