@@ -68,7 +68,15 @@ def test_missing_and_corrupt_model_dirs(bundled_path: Path, tmp_path: Path) -> N
 
 
 def _tiny_cfg(**kw: object) -> TrainConfig:
-    base: dict[str, object] = {"steps": 4, "batch_size": 2, "size": ModelSize.tiny(), "ckpt_every": 2, "warmup": 2}
+    base: dict[str, object] = {
+        "steps": 4,
+        "batch_size": 2,
+        "size": ModelSize.tiny(),
+        "ckpt_every": 2,
+        "warmup": 2,
+        "compile": False,
+        "workers": 0,
+    }
     base.update(kw)
     return TrainConfig(**base)  # type: ignore[arg-type]
 
@@ -118,6 +126,22 @@ def test_training_is_deterministic_and_resumes_after_interruption(tmp_path: Path
     )
     with pytest.raises(ValueError, match="different training config"):
         train(_tiny_cfg(lr=1e-2), tmp_path / "c")
+
+
+def test_prefetch_worker_gives_the_same_weights(tmp_path: Path) -> None:
+    train(_tiny_cfg(ckpt_every=0), tmp_path / "a")
+    train(_tiny_cfg(ckpt_every=0, workers=1), tmp_path / "b")
+    la = json.loads((tmp_path / "a" / "train_log.json").read_text())
+    lb = json.loads((tmp_path / "b" / "train_log.json").read_text())
+    assert la["final_digest"] == lb["final_digest"]
+
+
+@pytest.mark.slow
+def test_compiled_training_tracks_eager(tmp_path: Path) -> None:
+    a = train(_tiny_cfg(ckpt_every=0), tmp_path / "a")
+    b = train(_tiny_cfg(ckpt_every=0, compile=True), tmp_path / "b")
+    for (sa, la), (sb, lb) in zip(a.losses, b.losses, strict=True):
+        assert sa == sb and abs(la - lb) < 1e-3 * max(1.0, abs(la))
 
 
 def test_cli_eval_writes_json(tmp_path: Path) -> None:
