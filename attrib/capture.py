@@ -218,6 +218,11 @@ class CaptureResult:
         text: Decoded generated text.
         per_token: ``(T, K, L, H)`` per generated token (only with ``per_token=True``).
         meta: Model class, family, L, H, K, number of image tokens.
+        copy_features: ``(n_spans, K, L, H)``: the part of :attr:`features` that
+            reached the regions through copy tokens (point-and-copy models only;
+            the direct part is ``features - copy_features``).
+        per_token_copy: ``(T, K, L, H)`` via-copy part of :attr:`per_token`
+            (point-and-copy models with ``per_token=True``).
     """
 
     spans: list[Span]
@@ -226,6 +231,16 @@ class CaptureResult:
     text: str
     per_token: np.ndarray | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    copy_features: np.ndarray | None = None
+    per_token_copy: np.ndarray | None = None
+
+    def copy_share(self) -> np.ndarray:
+        """Per span, the share of region attention mass that flows through copy tokens (zeros without copies)."""
+        if self.copy_features is None or not len(self.spans):
+            return np.zeros(len(self.spans))
+        total = self.features.sum(axis=(1, 2, 3))
+        via = self.copy_features.sum(axis=(1, 2, 3))
+        return np.divide(via, total, out=np.zeros_like(via), where=total > 0)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -243,6 +258,8 @@ class CaptureResult:
         arrays = {"features": np.ascontiguousarray(self.features, dtype=np.float32)}
         if self.per_token is not None:
             arrays["per_token"] = np.ascontiguousarray(self.per_token, dtype=np.float32)
+        if self.copy_features is not None:
+            arrays["copy_features"] = np.ascontiguousarray(self.copy_features, dtype=np.float32)
         tmp = p.with_name(p.name + ".tmp.safetensors")
         save_file(arrays, str(tmp))
         tmp.replace(p.with_suffix(".safetensors"))
@@ -274,7 +291,15 @@ class CaptureResult:
         feats = arrays["features"]
         if feats.shape[0] != len(spans):
             raise ValueError(f"capture {p}: {feats.shape[0]} feature rows for {len(spans)} spans")
-        return cls(spans, feats, doc["generated_ids"], doc["text"], arrays.get("per_token"), doc["meta"])
+        return cls(
+            spans,
+            feats,
+            doc["generated_ids"],
+            doc["text"],
+            arrays.get("per_token"),
+            doc["meta"],
+            arrays.get("copy_features"),
+        )
 
     def to_dataframe(self, *, reduce: str = "mean") -> Any:
         """A long pandas DataFrame.
@@ -323,6 +348,11 @@ class AttentionCapture:
         per_token: Also keep per-token features (O(T · K · L · H) memory).
         segmenter: A custom :class:`SpanSegmenter`.
         on_span: Called with ``(span, features[K, L, H])`` as each span completes.
+        aliases: For models that feed image embeddings back as tokens (v1
+            point-and-copy): returns the ``(positions, sources)`` of the copy
+            tokens in the sequence so far. A copy token is an alias of its source
+            image token: attention to it counts for the source's regions, and is
+            also kept apart as the *via-copy* part (:attr:`CaptureResult.copy_features`).
 
     Raises:
         ValueError: For an unsupported model, a prompt with no image or too many images,
@@ -339,8 +369,10 @@ class AttentionCapture:
         per_token: bool = False,
         segmenter: SpanSegmenter | None = None,
         on_span: Callable[[Span, np.ndarray], None] | None = None,
+        aliases: Callable[[], tuple[list[int], list[int]]] | None = None,
     ) -> None:
         self.model = model
+        self.aliases = aliases
         self.adapter: ModelAdapter = adapter_for(model)
         ids = inputs["input_ids"]
         if ids.shape[0] != 1:
@@ -373,11 +405,16 @@ class AttentionCapture:
     # ------------------------------------------------------------ lifecycle
     def _reset_buffers(self) -> None:
         self._step = torch.zeros(self.n_layers, self.n_heads, self.k)
+        self._step_via = torch.zeros(self.n_layers, self.n_heads, self.k)
+        self._pending_via: list[torch.Tensor] = []
+        self._span_via = torch.zeros(self.n_layers, self.n_heads, self.k, dtype=torch.float64)
+        self._span_via_feats: list[np.ndarray] = []
         self._seen: set[int] = set()
         self._pending: list[torch.Tensor] = []
         self._span_sum = torch.zeros(self.n_layers, self.n_heads, self.k, dtype=torch.float64)
         self._span_n = 0
         self._tokens: list[torch.Tensor] = []
+        self._tokens_via: list[torch.Tensor] = []
         self._spans: list[Span] = []
         self._span_feats: list[np.ndarray] = []
         self._generated: list[int] = []
@@ -429,10 +466,20 @@ class AttentionCapture:
             return
         probs = last_row_probs(query, key, attention_mask, scaling)[0]  # (H, T)
         mass = probs[:, self.image_pos.to(probs.device)].cpu() @ self._mt  # (H, K)
-        self._step[layer] = mass
+        via = torch.zeros_like(mass)
+        if self.aliases is not None:
+            pos, src = self.aliases()
+            if pos:
+                p = torch.tensor(pos, dtype=torch.long)
+                ok = p < probs.shape[1]
+                if bool(ok.any()):
+                    via = probs[:, p[ok].to(probs.device)].cpu() @ self._mt[torch.tensor(src, dtype=torch.long)[ok]]
+        self._step[layer] = mass + via
+        self._step_via[layer] = via
         self._seen.add(layer)
         if len(self._seen) == self.n_layers:
             self._pending.append(self._step.clone())
+            self._pending_via.append(self._step_via.clone())
             self._seen.clear()
 
     @property
@@ -444,22 +491,27 @@ class AttentionCapture:
         if not self._pending:
             raise RuntimeError("a token arrived without a captured attention row (is the capture active?)")
         row = self._pending.pop(0)
+        via = self._pending_via.pop(0)
         self._generated.append(token_id)
         if self.per_token:
             self._tokens.append(row)
+            self._tokens_via.append(via)
         idx = len(self._generated) - 1
         if idx >= self.segmenter.open_start:
             self._span_sum += row.double()
+            self._span_via += via.double()
             self._span_n += 1
         span = self.segmenter.push(token_id)
         if span is not None:
             feats = (self._span_sum / max(1, self._span_n)).float().permute(2, 0, 1).numpy()  # (K, L, H)
             self._spans.append(span)
             self._span_feats.append(feats)
+            self._span_via_feats.append((self._span_via / max(1, self._span_n)).float().permute(2, 0, 1).numpy())
             if self.on_span is not None:
                 self.on_span(span, feats)
         if self.segmenter.open_start == idx + 1:  # a span closed, or a think tag moved the start
             self._span_sum.zero_()
+            self._span_via.zero_()
             self._span_n = 0
 
     def result(self) -> CaptureResult:
@@ -476,9 +528,23 @@ class AttentionCapture:
                 if self._tokens
                 else np.zeros((0, self.k, self.n_layers, self.n_heads), dtype=np.float32)
             )
+        copy_feats = None
+        per_token_copy = None
+        if self.aliases is not None and self.per_token:
+            per_token_copy = (
+                torch.stack(self._tokens_via).permute(0, 3, 1, 2).numpy()
+                if self._tokens_via
+                else np.zeros((0, self.k, self.n_layers, self.n_heads), dtype=np.float32)
+            )
+        if self.aliases is not None:
+            copy_feats = (
+                np.stack(self._span_via_feats).astype(np.float32) if self._span_via_feats else np.zeros_like(feats)
+            )
         return CaptureResult(
             spans=list(self._spans),
             features=feats,
+            copy_features=copy_feats,
+            per_token_copy=per_token_copy,
             generated_ids=list(self._generated),
             text=self.decode(self._generated),
             per_token=per_token,

@@ -104,6 +104,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     size = ModelSize.tiny() if args.tiny else ModelSize()
     overrides = {k: getattr(args, k) for k in ("steps", "batch_size", "lr") if getattr(args, k) is not None}
+    overrides["variant"] = args.variant
     cfg = TrainConfig(seed=args.seed, size=size, difficulty=_difficulty(args), threads=args.threads, **overrides)
     with _progress() as prog:
         task = prog.add_task("train", total=cfg.steps)
@@ -131,6 +132,7 @@ def _print_eval(d: dict[str, Any]) -> None:
     Console().print(
         f"parse_rate {d['parse_rate']:.3f}  n_failures {d['n_failures']}  "
         f"seconds_per_example {d['seconds_per_example']:.3f}"
+        + (f"  pointing_accuracy {d['pointing_accuracy']:.3f}" if d.get("pointing_accuracy") is not None else "")
     )
 
 
@@ -139,12 +141,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     from attrib.io import atomic_write_json
     from attrib.shapes.evaluate import evaluate
-    from attrib.shapes.model import load_model
+    from attrib.shapes.model import load_any
 
     if args.threads:
         torch.set_num_threads(args.threads)
     path = _resolve_model(args.model)
-    model, processor = load_model(path)
+    model, processor = load_any(path)
     with _progress() as prog:
         task = prog.add_task("eval", total=args.n * (1 if args.no_blank else 2))
 
@@ -399,7 +401,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from attrib.collect import Collection
     from attrib.faithfulness import data_efficiency, evaluate_methods, region_comparison
     from attrib.io import atomic_write_json
-    from attrib.shapes.model import load_model, resolve_model
+    from attrib.shapes.model import load_any, resolve_model
     from estimators.baselines import best_layer_index
     from estimators.linear import LinearHeadEstimator
 
@@ -417,7 +419,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             f"test collection uses {cfg['region_method']!r}; its weights transfer, but its scores are not "
             "the ones it was validated on"
         )
-    model, proc = load_model(resolve_model(cfg["model"]))
+    model, proc = load_any(resolve_model(cfg["model"]))
     layer = best_layer_index([ex for t in trains for ex in t.examples()][:200]) if trains else 0
     methods = args.methods.split(",")
     with _progress() as prog:
@@ -736,6 +738,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_trajectories(sub)
 
+    from attrib.v1analysis import add_parser as add_v1
+
+    add_v1(sub)
+
     nm = sub.add_parser("norms", help="layer-wise hidden-state norms by token type vs the input embeddings")
     nm.add_argument("--model", default=None, help="bundled name, local directory or hub id (default: bundled)")
     nm.add_argument("--split", default="test", choices=["train", "validation", "test"])
@@ -771,6 +777,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=2)
     t.add_argument("--tiny", action="store_true", help="tiny architecture (smoke tests)")
+    t.add_argument(
+        "--variant", default="base", choices=["base", "v1"], help="plain model, or v1 point-and-copy on the same base"
+    )
     _add_difficulty(t)
     t.set_defaults(fn=_cmd_train)
 

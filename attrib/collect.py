@@ -43,8 +43,11 @@ from PIL import Image
 from attrib.ablation import AblationRunner, loo_subsets, random_subsets
 from attrib.capture import capture_generate
 from attrib.io import atomic_write_json
+from attrib.pointcopy import PointCopyModel
+from attrib.pointcopy_attribution import PointCopyAblation, capture_pointcopy
 from attrib.processing import load_image
 from attrib.regions import segment
+from attrib.shapes.pointing import strip_pointing
 
 __all__ = ["CollectConfig", "CollectItem", "Collection", "collect", "collect_many", "iter_items"]
 
@@ -212,7 +215,10 @@ def _identity_hash(cfg: CollectConfig, model_files: dict[str, Any]) -> str:
 
 
 def _model_fingerprint(path: Path) -> dict[str, Any]:
-    st = (path / "model.safetensors").stat()
+    weights = path / "model.safetensors"
+    if not weights.is_file() and (path / "base" / "model.safetensors").is_file():  # v1 point-and-copy layout
+        weights = path / "base" / "model.safetensors"
+    st = weights.stat()
     return {"path": str(path.resolve()), "weights_bytes": st.st_size}
 
 
@@ -282,7 +288,7 @@ def collect_many(
             output directory holds a collection with a different identity.
         OSError: If an output directory is not writable.
     """
-    from attrib.shapes.model import load_model, resolve_model
+    from attrib.shapes.model import load_any, resolve_model
 
     check_configs(cfgs, out_dirs, "collect_many")
     base = cfgs[0]
@@ -295,7 +301,7 @@ def collect_many(
     fingerprint = _model_fingerprint(model_path)
     items = list(iter_items(base))  # a bad dataset fails here, before anything is written
     manifests = [_open_manifest(c, o, fingerprint) for c, o in zip(cfgs, outs, strict=True)]
-    model, proc = load_model(model_path)
+    model, proc = load_any(model_path)
     from attrib.streaming import model_signature
 
     sig = model_signature(model)
@@ -452,19 +458,32 @@ def _one_many(
         parts.append(part)
         assigns.append(part.assign_tokens(grid))
     stacked = np.concatenate([a.matrix for a in assigns]) if len(assigns) > 1 else assigns[0]
-    res = capture_generate(
-        model,
-        x,
-        stacked,
-        decode=lambda ids: proc.tokenizer.decode(ids),
-        max_new_tokens=base.max_new_tokens,
-        do_sample=False,
-    )
+    pointcopy = isinstance(model, PointCopyModel)
+    copy_sources: list[int] = []
+    if pointcopy:
+        res, gen = capture_pointcopy(
+            model,
+            x,
+            stacked,
+            decode=lambda ids: proc.tokenizer.decode(ids),
+            max_new_tokens=base.max_new_tokens,
+            eos_token_id=int(proc.tokenizer.eos_token_id),
+        )
+        copy_sources = gen.generated(0)[1]
+    else:
+        res = capture_generate(
+            model,
+            x,
+            stacked,
+            decode=lambda ids: proc.tokenizer.decode(ids),
+            max_new_tokens=base.max_new_tokens,
+            do_sample=False,
+        )
     if not res.spans:
         raise ValueError("the generated trace has no complete span")
     spans = [(s.start, s.end) for s in res.spans]
     text = proc.decode(res.generated_ids)
-    parsed = parse_output(text)
+    parsed = parse_output(strip_pointing(text))
     correct = None if item.answer is None else bool(parsed.ok and parsed.answer == item.answer)
     rng_seed = int.from_bytes(hashlib.sha256(f"{base.seed}:{item.uid}".encode()).digest()[:4], "little")
     out: list[dict[str, Any] | Exception] = []
@@ -473,17 +492,23 @@ def _one_many(
         feats = res.features[:, offset : offset + cfg.k]
         offset += cfg.k
         try:
-            runner = AblationRunner(
-                model,
-                x,
-                res.generated_ids,
-                assign,
-                mode=cfg.ablation_mode,
-                batch_size=cfg.batch_size,
-                image=image,
-                region_labels=part.labels,
-                encode_image=lambda im: proc([im], [item.question]),
-            )
+            runner: AblationRunner | PointCopyAblation
+            if pointcopy:
+                runner = PointCopyAblation(
+                    model, x, res.generated_ids, copy_sources, assign, mode=cfg.ablation_mode, batch_size=cfg.batch_size
+                )
+            else:
+                runner = AblationRunner(
+                    model,
+                    x,
+                    res.generated_ids,
+                    assign,
+                    mode=cfg.ablation_mode,
+                    batch_size=cfg.batch_size,
+                    image=image,
+                    region_labels=part.labels,
+                    encode_image=lambda im: proc([im], [item.question]),
+                )
             subsets = random_subsets(cfg.k, cfg.n_subsets, seed=rng_seed)
             r: dict[str, Any] = {
                 "features": np.ascontiguousarray(feats),
@@ -507,6 +532,13 @@ def _one_many(
             "correct": correct,
             "spans": [{"text": s.text, "start": s.start, "end": s.end} for s in res.spans],
         }
+        if pointcopy:
+            rec["copy_sources"] = copy_sources
+            rec["ablation_mode"] = cfg.ablation_mode
+            assert res.copy_features is not None
+            via = res.copy_features[:, offset - cfg.k : offset].sum(axis=(1, 2, 3))
+            tot = feats.sum(axis=(1, 2, 3))
+            rec["span_copy_share"] = [float(a / b) if b > 0 else 0.0 for a, b in zip(via, tot, strict=True)]
         if item.gt_sentences is not None and item.object_masks is not None:
             rec["span_gt_regions"] = _gt_regions(res.spans, item, part.labels, cfg.k)
         r["record"] = rec
@@ -525,7 +557,7 @@ def _gt_regions(spans: list[Any], item: CollectItem, labels: np.ndarray, k: int)
     out: list[list[int] | None] = []
     area = np.bincount(labels.ravel(), minlength=k)
     for s in spans:
-        objs = by_text.get(s.text)
+        objs = by_text.get(strip_pointing(s.text))
         if objs is None:
             out.append(None)
             continue

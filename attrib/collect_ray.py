@@ -137,14 +137,14 @@ class _ShardWorker:
     """
 
     def __init__(self, model: str, threads: int, use_gpu: bool, workdir: str | None) -> None:
-        from attrib.shapes.model import load_model, resolve_model
+        from attrib.shapes.model import load_any, resolve_model
         from attrib.streaming import model_signature
 
         if workdir and os.path.isdir(workdir):
             os.chdir(workdir)
         self.threads = threads
         torch.set_num_threads(threads)
-        loaded = load_model(resolve_model(model))
+        loaded = load_any(resolve_model(model))
         net: Any = loaded[0]
         proc: Any = loaded[1]
         self.device = "cpu"

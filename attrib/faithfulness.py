@@ -277,14 +277,39 @@ def _context(ex: dict[str, Any], model: Any, proc: Any) -> ModelContext:
     from attrib.regions import RegionPartition
 
     assign = RegionPartition(np.asarray(ex["regions"], dtype=np.int64)).assign_tokens(proc.grid_spec()).matrix
-    return ModelContext(model, x, list(ex["generated_ids"]), [(s["start"], s["end"]) for s in ex["spans"]], assign)
+    return ModelContext(
+        model,
+        x,
+        list(ex["generated_ids"]),
+        [(s["start"], s["end"]) for s in ex["spans"]],
+        assign,
+        copy_sources=ex.get("copy_sources"),
+        ablation_mode=str(ex.get("ablation_mode", "mask")),
+    )
+
+
+def _runner(ctx: ModelContext) -> Any:
+    """The ablation runner for the context's model (copy-aware for point-and-copy models)."""
+    from attrib.ablation import AblationRunner
+
+    if ctx.copy_sources is not None:
+        from attrib.pointcopy_attribution import PointCopyAblation
+
+        return PointCopyAblation(
+            ctx.model,
+            ctx.inputs,
+            ctx.generated_ids,
+            ctx.copy_sources,
+            ctx.assignment,
+            mode=ctx.ablation_mode,
+            batch_size=16,
+        )
+    return AblationRunner(ctx.model, ctx.inputs, ctx.generated_ids, ctx.assignment, batch_size=16)
 
 
 def _ablation_seconds(ctx: ModelContext, n_forwards: int) -> float:
     """Wall time of ``n_forwards`` ablation forwards (what a causal method pays per example)."""
-    from attrib.ablation import AblationRunner
-
-    r = AblationRunner(ctx.model, ctx.inputs, ctx.generated_ids, ctx.assignment, batch_size=16)
+    r = _runner(ctx)
     k = ctx.assignment.shape[0]
     sets = np.zeros((n_forwards, k), dtype=bool)
     t0 = time.perf_counter()
@@ -295,12 +320,10 @@ def _ablation_seconds(ctx: ModelContext, n_forwards: int) -> float:
 def _topk_drops(
     ctx: ModelContext, scores_by: dict[str, np.ndarray], loo: np.ndarray, topk: int, drops: dict[str, list[float]]
 ) -> None:
-    from attrib.ablation import AblationRunner
-
     names = [*scores_by, "oracle"]
     sets = [topk_sets(scores_by[n] if n != "oracle" else loo, topk) for n in names]  # each (n_spans, K)
     n_spans = loo.shape[0]
-    runner = AblationRunner(ctx.model, ctx.inputs, ctx.generated_ids, ctx.assignment, batch_size=16)
+    runner = _runner(ctx)
     d = runner.deltas(np.concatenate(sets), ctx.spans)  # (n_names * n_spans, n_spans)
     for i, n in enumerate(names):
         block = d[i * n_spans : (i + 1) * n_spans]

@@ -684,9 +684,12 @@ def load_hf(path_or_id: str, *, dtype: torch.dtype = torch.float32) -> tuple[Any
 
     from attrib.adapters import adapter_for_config
     from attrib.inputs import InputBuilder
+    from attrib.pointcopy import check_not_pointcopy
 
     if ("/" in path_or_id and path_or_id.startswith((".", "/"))) and not Path(path_or_id).exists():
         raise FileNotFoundError(f"model directory not found: {path_or_id}")
+    if Path(path_or_id).is_dir():
+        check_not_pointcopy(path_or_id)
     cfg = AutoConfig.from_pretrained(path_or_id)
     adapter = adapter_for_config(cfg)
     model = AutoModelForImageTextToText.from_pretrained(path_or_id, dtype=dtype, attn_implementation="sdpa").eval()

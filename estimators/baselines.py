@@ -120,6 +120,8 @@ class ModelContext:
     generated_ids: list[int]
     spans: list[tuple[int, int]]
     assignment: np.ndarray
+    copy_sources: list[int] | None = None
+    ablation_mode: str = "mask"
 
 
 def gradient_scores(ctx: ModelContext, *, method: str = "integrated_gradients", n_steps: int = 16) -> np.ndarray:
@@ -135,6 +137,12 @@ def gradient_scores(ctx: ModelContext, *, method: str = "integrated_gradients", 
     """
     import torch
     from captum.attr import InputXGradient, IntegratedGradients
+
+    if ctx.copy_sources is not None:
+        raise ValueError(
+            "gradient baselines are not implemented for point-and-copy models; "
+            "leave input_x_gradient and integrated_gradients out of --methods"
+        )
 
     from attrib.ablation import AblationRunner
 

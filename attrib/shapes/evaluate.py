@@ -17,6 +17,7 @@ from transformers import PreTrainedModel
 from attrib.processing import ShapesProcessor
 from attrib.shapes.dataset import Example, iter_split
 from attrib.shapes.parse import parse_output
+from attrib.shapes.pointing import score_pointing, strip_pointing
 from attrib.shapes.scene import Difficulty
 from metrics.stats import mean_ci
 
@@ -39,6 +40,9 @@ class ExampleOutcome:
         correct: Whether the parsed answer equals the ground truth.
         blank_output: Output on the blank image (when the control ran).
         blank_correct: Correct on the blank image.
+        copy_sources: Copied image token of every ``<|copy|>`` (point-and-copy models).
+        pointing_hits: Copies inside the object the sentence names (point-and-copy models).
+        pointing_copies: Copies made inside region blocks (point-and-copy models).
     """
 
     uid: str
@@ -50,6 +54,9 @@ class ExampleOutcome:
     correct: bool
     blank_output: str | None = None
     blank_correct: bool | None = None
+    copy_sources: list[int] | None = None
+    pointing_hits: int | None = None
+    pointing_copies: int | None = None
 
 
 @dataclass
@@ -65,6 +72,9 @@ class EvalResult:
         seconds_per_example: Wall time per example (real-image pass only).
         per_family: ``{family: {"n", "accuracy", "blank_image_accuracy"}}``.
         outcomes: Per-example outcomes.
+        pointing_accuracy: Share of copies (inside region blocks, real images) that
+            land inside the named object; ``None`` for plain models. See
+            :mod:`attrib.shapes.pointing`.
         meta: Model, split and settings.
     """
 
@@ -77,6 +87,7 @@ class EvalResult:
     per_family: dict[str, dict[str, float]]
     outcomes: list[ExampleOutcome] = field(repr=False)
     meta: dict[str, Any] = field(default_factory=dict)
+    pointing_accuracy: float | None = None
 
     def to_dict(self, *, with_outcomes: bool = False) -> dict[str, Any]:
         """JSON-ready summary with bootstrap 95 % intervals."""
@@ -92,6 +103,9 @@ class EvalResult:
             "per_family": self.per_family,
             **self.meta,
         }
+        if self.pointing_accuracy is not None:
+            d["pointing_accuracy"] = self.pointing_accuracy
+            d["pointing_copies"] = sum(o.pointing_copies or 0 for o in self.outcomes)
         blank = [o.blank_correct for o in self.outcomes if o.blank_correct is not None]
         if blank:
             d["blank_image_accuracy_ci"] = list(_ci(blank))
@@ -138,6 +152,32 @@ def generate_batch(
     return [processor.decode(row) for row in new]
 
 
+def _generate(
+    model: Any, processor: ShapesProcessor, images: Sequence[Image.Image], questions: Sequence[str], max_new_tokens: int
+) -> list[tuple[str, list[int]]]:
+    """Decoded outputs and, for point-and-copy models, the copy sources of each."""
+    from attrib.pointcopy import PointCopyModel
+
+    if not isinstance(model, PointCopyModel):
+        return [(o, []) for o in generate_batch(model, processor, images, questions, max_new_tokens=max_new_tokens)]
+    batch = processor(images, questions)
+    with torch.inference_mode():
+        g = model.generate(
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch["mm_token_type_ids"],
+            batch["pixel_values"],
+            batch["image_grid_thw"],
+            max_new_tokens=max_new_tokens,
+            eos_token_id=int(processor.tokenizer.eos_token_id),
+        )
+    out = []
+    for r in range(len(images)):
+        ids, src = g.generated(r)
+        out.append((processor.decode(ids), [s for s in src if s >= 0]))
+    return out
+
+
 def evaluate(
     model: PreTrainedModel,
     processor: ShapesProcessor,
@@ -181,32 +221,31 @@ def evaluate(
         examples = list(iter_split(split, n, start=start, benchmark_seed=benchmark_seed, difficulty=difficulty))
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    from attrib.pointcopy import PointCopyModel
+
+    pointcopy = isinstance(model, PointCopyModel)
     total = len(examples) * (2 if blank_control else 1)
     done = 0
     outcomes: list[ExampleOutcome] = []
     t0 = time.perf_counter()
     for b in range(0, len(examples), batch_size):
         chunk = examples[b : b + batch_size]
-        outs = generate_batch(
-            model,
-            processor,
-            [e.image() for e in chunk],
-            [e.question.text for e in chunk],
-            max_new_tokens=max_new_tokens,
-        )
-        for e, o in zip(chunk, outs, strict=True):
-            p = parse_output(o)
-            outcomes.append(
-                ExampleOutcome(
-                    uid=e.uid,
-                    family=e.family,
-                    answer=e.answer,
-                    output=o,
-                    predicted=p.answer,
-                    parsed=p.ok,
-                    correct=p.ok and p.answer == e.answer,
-                )
+        outs = _generate(model, processor, [e.image() for e in chunk], [e.question.text for e in chunk], max_new_tokens)
+        for e, (o, src) in zip(chunk, outs, strict=True):
+            p = parse_output(strip_pointing(o))
+            rec = ExampleOutcome(
+                uid=e.uid,
+                family=e.family,
+                answer=e.answer,
+                output=o,
+                predicted=p.answer,
+                parsed=p.ok,
+                correct=p.ok and p.answer == e.answer,
             )
+            if pointcopy:
+                sc = score_pointing(e, o, src)
+                rec.copy_sources, rec.pointing_hits, rec.pointing_copies = src, sc.hits, sc.copies
+            outcomes.append(rec)
         done += len(chunk)
         if on_progress is not None:
             on_progress(done, total)
@@ -214,15 +253,11 @@ def evaluate(
     if blank_control:
         for b in range(0, len(examples), batch_size):
             chunk = examples[b : b + batch_size]
-            outs = generate_batch(
-                model,
-                processor,
-                [e.blank_image() for e in chunk],
-                [e.question.text for e in chunk],
-                max_new_tokens=max_new_tokens,
+            outs = _generate(
+                model, processor, [e.blank_image() for e in chunk], [e.question.text for e in chunk], max_new_tokens
             )
-            for k, o in enumerate(outs):
-                p = parse_output(o)
+            for k, (o, _src) in enumerate(outs):
+                p = parse_output(strip_pointing(o))
                 rec = outcomes[b + k]
                 rec.blank_output = o
                 rec.blank_correct = p.ok and p.answer == rec.answer
@@ -238,6 +273,10 @@ def evaluate(
         if blank_control:
             per_family[f]["blank_image_accuracy"] = float(np.mean([bool(o.blank_correct) for o in os_]))
     nn = len(outcomes)
+    pointing = None
+    if pointcopy:
+        n_copies = sum(o.pointing_copies or 0 for o in outcomes)
+        pointing = sum(o.pointing_hits or 0 for o in outcomes) / n_copies if n_copies else 0.0
     return EvalResult(
         n=nn,
         accuracy=float(np.mean([o.correct for o in outcomes])),
@@ -248,4 +287,5 @@ def evaluate(
         per_family=per_family,
         outcomes=outcomes,
         meta={"split": split, "start": start, "benchmark_seed": benchmark_seed},
+        pointing_accuracy=pointing,
     )

@@ -18,6 +18,7 @@ __all__ = [
     "ModelSize",
     "build_config",
     "bundled_model_path",
+    "load_any",
     "load_bundled",
     "load_model",
     "resolve_model",
@@ -27,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 #: Where the bundled models live inside the package.
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "bundled"
-_BUNDLED = {"shapes-qwen25vl": "shapes-qwen25vl"}
+_BUNDLED = {"shapes-qwen25vl": "shapes-qwen25vl", "shapes-qwen25vl-v1": "shapes-qwen25vl-v1"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -148,9 +149,12 @@ def load_model(
         FileNotFoundError: If the directory or a required file is missing.
         ValueError: If a file is corrupt or the model and processor disagree.
     """
+    from attrib.pointcopy import check_not_pointcopy
+
     p = Path(path)
     if not p.is_dir():
         raise FileNotFoundError(f"model directory not found: {p}")
+    check_not_pointcopy(p)
     for name in ("config.json", "model.safetensors"):
         if not (p / name).is_file():
             raise FileNotFoundError(f"model directory {p} lacks {name}")
@@ -184,8 +188,9 @@ def bundled_model_path(name: str = "shapes-qwen25vl") -> Path:
     if name not in _BUNDLED:
         raise ValueError(f"unknown bundled model {name!r}; bundled: {sorted(_BUNDLED)}")
     p = BUNDLED_DIR / _BUNDLED[name]
-    if not (p / "model.safetensors").is_file():
-        raise FileNotFoundError(f"bundled model files missing at {p}; reinstall attrib or run `attrib shapes train`")
+    if not ((p / "model.safetensors").is_file() or (p / "base" / "model.safetensors").is_file()):
+        how = "attrib shapes train" + (" --variant v1" if name.endswith("-v1") else "") + f" --out {p}"
+        raise FileNotFoundError(f"bundled model files missing at {p}; reinstall attrib or run `{how}`")
     return p
 
 
@@ -200,6 +205,20 @@ def resolve_model(name: str | None) -> Path:
     if name in _BUNDLED:
         return bundled_model_path(name)
     return Path(name)
+
+
+def load_any(path: str | Path, **kwargs: Any) -> tuple[Any, ShapesProcessor]:
+    """Load a plain model (:func:`load_model`) or a v1 point-and-copy one, whichever ``path`` holds.
+
+    Raises:
+        FileNotFoundError: If the directory is missing.
+        ValueError: If its files are corrupt.
+    """
+    from attrib.pointcopy import PointCopyModel, is_pointcopy_dir
+
+    if is_pointcopy_dir(path):
+        return PointCopyModel.from_pretrained(path, local_files_only=True), ShapesProcessor.from_pretrained(path)
+    return load_model(path, **kwargs)
 
 
 def load_bundled(

@@ -1,0 +1,238 @@
+"""Capture and ablation through copy tokens, for v1 point-and-copy models.
+
+A copy token is an **alias of its source image token**, and so of that token's
+regions:
+
+* **Capture.** Attention from a generated token to a copy token counts for the
+  regions of the copied image token, exactly as attention to the image token
+  itself would. Per span, the features are the sum of the *direct* part
+  (attention to image tokens) and the *via-copy* part (attention to copies);
+  :attr:`~attrib.capture.CaptureResult.copy_features` keeps the via-copy part
+  and :meth:`~attrib.capture.CaptureResult.copy_share` its share.
+* **Ablation.** Removing a region removes its copies as well:
+
+  - ``mean`` (the default here): the removed image tokens' embeddings are
+    replaced by the image's mean embedding **at their image positions and at
+    every copy of them**, so a copy token of a removed patch carries the mean
+    embedding; the pointer's keys (hidden states at image positions, or the
+    image embeddings) change with them;
+  - ``mask``: the removed image tokens **and the copy tokens of removed
+    patches** are masked as attention keys for every query. The pointer head
+    still scores removed patches (its keys are the hidden states at their image
+    positions), so ``mask`` removes the attention paths, not the pointer's
+    targets.
+
+  The log-probability of a copy token is that of its joint outcome
+  ``V + source`` under the model's joint distribution.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from attrib.ablation import span_deltas
+from attrib.capture import AttentionCapture, CaptureResult, Span
+from attrib.pointcopy import PointCopyGeneration, PointCopyModel
+
+__all__ = ["PointCopyAblation", "capture_pointcopy"]
+
+
+def capture_pointcopy(
+    model: PointCopyModel,
+    inputs: dict[str, Any],
+    assignment: Any,
+    *,
+    decode: Callable[[list[int]], str],
+    max_new_tokens: int = 256,
+    per_token: bool = False,
+    on_span: Callable[[Span, np.ndarray], None] | None = None,
+    eos_token_id: int | None = None,
+) -> tuple[CaptureResult, PointCopyGeneration]:
+    """Generate greedily with a point-and-copy model and capture region attention, copies aliased.
+
+    Args:
+        model: The point-and-copy model.
+        inputs: Prompt inputs (batch size 1).
+        assignment: ``(K, N_image)`` region -> image-token matrix.
+        decode: Token ids -> text, special tokens kept.
+        max_new_tokens: Generation budget.
+        per_token: Keep per-token features.
+        on_span: Called as spans complete.
+        eos_token_id: Stop id (default: the model config's).
+
+    Returns:
+        ``(capture, generation)``; ``capture.copy_features`` holds the via-copy part.
+    """
+    prompt_len = int(inputs["input_ids"].shape[1])
+    positions: list[int] = []
+    sources: list[int] = []
+    with AttentionCapture(
+        model.base,
+        inputs,
+        assignment,
+        decode=decode,
+        per_token=per_token,
+        on_span=on_span,
+        aliases=lambda: (positions, sources),
+    ) as cap:
+        count = [0]
+
+        def on_token(_row: int, token: int, src: int) -> None:
+            cap._on_token(token)
+            if src >= 0:
+                positions.append(prompt_len + count[0])
+                sources.append(src)
+            count[0] += 1
+
+        gen = model.generate(**inputs, max_new_tokens=max_new_tokens, eos_token_id=eos_token_id, on_token=on_token)
+    return cap.result(), gen
+
+
+class PointCopyAblation:
+    """Teacher-forced joint log-probs of a fixed v1 trace under region removals.
+
+    The same interface as :class:`~attrib.ablation.AblationRunner` (``base_logprobs``,
+    ``logprobs``, ``deltas``), with the copy semantics of the module docstring.
+
+    Args:
+        model: The point-and-copy model.
+        inputs: The prompt inputs (batch size 1).
+        generated_ids: Generated ids (``<|copy|>`` at copies).
+        copy_sources: Copied image token per generated token (``-1`` for text).
+        assignment: ``(K, N_image)`` region -> image-token matrix.
+        mode: ``"mean"`` (default) or ``"mask"``.
+        batch_size: Removal sets per forward pass.
+
+    Raises:
+        ValueError: For an unknown mode, an empty trace, lengths that disagree, or an
+            assignment that does not match the image tokens.
+    """
+
+    def __init__(
+        self,
+        model: PointCopyModel,
+        inputs: dict[str, Any],
+        generated_ids: Sequence[int],
+        copy_sources: Sequence[int],
+        assignment: Any,
+        *,
+        mode: str = "mean",
+        batch_size: int = 8,
+    ) -> None:
+        if mode not in ("mean", "mask"):
+            raise ValueError(f"point-and-copy ablation supports mode 'mean' or 'mask', got {mode!r}")
+        if not generated_ids:
+            raise ValueError("the trace is empty: nothing to score")
+        if len(generated_ids) != len(copy_sources):
+            raise ValueError(f"{len(generated_ids)} generated ids but {len(copy_sources)} copy sources")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        ids = inputs["input_ids"]
+        if ids.shape[0] != 1:
+            raise ValueError(f"ablation supports batch size 1 inputs, got {ids.shape[0]}")
+        self.model = model
+        self.mode = mode
+        self.batch_size = batch_size
+        gen = torch.tensor(list(generated_ids), dtype=torch.long)[None]
+        src = torch.tensor(list(copy_sources), dtype=torch.long)[None]
+        self.full_ids = torch.cat([ids, gen], 1)
+        self.copy_src = torch.cat([torch.full_like(ids, -1), src], 1)
+        self.prompt_len = int(ids.shape[1])
+        self.grid = inputs["image_grid_thw"]
+        mm = inputs.get("mm_token_type_ids")
+        self.mm = torch.cat([mm, torch.zeros_like(gen)], 1) if mm is not None else None
+        with torch.inference_mode():
+            self.image_embeds = model.image_embeddings(inputs["pixel_values"], self.grid)
+        self.image_pos = torch.nonzero(ids[0] == model.image_token_id).flatten()
+        m = np.asarray(getattr(assignment, "matrix", assignment), dtype=np.float32)
+        if m.ndim != 2 or m.shape[1] != self.image_pos.numel():
+            raise ValueError(
+                f"region assignment has shape {m.shape}, the image has {self.image_pos.numel()} visual tokens"
+            )
+        self.assign = torch.from_numpy(m)
+        self.k = m.shape[0]
+        v = model.n_vocab
+        self.targets = torch.where(src[0] >= 0, v + src[0].clamp(min=0), gen[0])
+        self._base = self._score(np.zeros((1, self.k), dtype=bool))[0]
+
+    @property
+    def base_logprobs(self) -> np.ndarray:
+        """``(T,)`` unablated joint log-probs of the generated tokens."""
+        return self._base
+
+    def logprobs(self, removed: np.ndarray) -> np.ndarray:
+        """``(M, T)`` joint log-probs under each removal set (``(M, K)`` boolean).
+
+        Raises:
+            ValueError: If ``removed`` does not have K columns.
+        """
+        rem = np.asarray(removed, dtype=bool)
+        if rem.ndim != 2 or rem.shape[1] != self.k:
+            raise ValueError(f"removal sets must have shape (M, {self.k}), got {rem.shape}")
+        outs = [self._score(rem[i : i + self.batch_size]) for i in range(0, rem.shape[0], self.batch_size)]
+        return np.concatenate(outs, 0) if outs else np.zeros((0, self.targets.numel()))
+
+    def deltas(self, removed: np.ndarray, spans: Sequence[tuple[int, int]]) -> np.ndarray:
+        """``(M, n_spans)`` Δ(S, V) for each removal set and span."""
+        return span_deltas(self.base_logprobs, self.logprobs(removed), spans)
+
+    def token_removed(self, removed: np.ndarray) -> torch.Tensor:
+        """``(M, N_image)`` True where an image token belongs to a removed region."""
+        r = torch.from_numpy(np.asarray(removed, dtype=np.float32))
+        return (r @ self.assign) > 0
+
+    def ablated_inputs(self, removed: np.ndarray) -> torch.Tensor:
+        """``(M, T, d)`` input embeddings under each removal set (``mean`` semantics; for checks)."""
+        tok_removed = self.token_removed(removed)
+        b = tok_removed.shape[0]
+        ids = self.full_ids.expand(b, -1)
+        src = self.copy_src.expand(b, -1)
+        out = []
+        mean = self.image_embeds.mean(0)
+        for i in range(b):
+            feats = self.image_embeds.clone()
+            if self.mode == "mean":
+                feats[tok_removed[i]] = mean
+            out.append(self.model.embed(ids[i : i + 1], src[i : i + 1], feats)[0])
+        return torch.stack(out)
+
+    def _score(self, rem: np.ndarray) -> np.ndarray:
+        pc = self.model
+        b = rem.shape[0]
+        t = self.full_ids.shape[1]
+        ids = self.full_ids.expand(b, -1)
+        src = self.copy_src.expand(b, -1)
+        tok_removed = self.token_removed(rem)
+        mm = self.mm.expand(b, -1) if self.mm is not None else (ids == pc.image_token_id).long()
+        grid = self.grid.repeat(b, 1)
+        with torch.inference_mode():
+            emb = self.ablated_inputs(rem)
+            if self.mode == "mean":
+                mean = self.image_embeds.mean(0)
+                feats_b = [self.image_embeds.clone() for _ in range(b)]
+                for i in range(b):
+                    feats_b[i][tok_removed[i]] = mean
+                attention_mask: torch.Tensor = torch.ones(b, t, dtype=torch.long)
+            else:
+                feats_b = [self.image_embeds for _ in range(b)]
+                key_removed = torch.zeros(b, t, dtype=torch.bool)
+                key_removed[:, self.image_pos] = tok_removed
+                cp = src >= 0
+                key_removed |= cp & torch.gather(tok_removed, 1, src.clamp(min=0))
+                allowed = torch.ones(t, t, dtype=torch.bool).tril()[None].repeat(b, 1, 1) & ~key_removed[:, None, :]
+                dtype = emb.dtype
+                attention_mask = torch.zeros(b, 1, t, t, dtype=dtype)
+                attention_mask.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
+            pos = pc.position_ids(ids, mm, grid, torch.ones(b, t, dtype=torch.long))
+            hidden = pc.base.model.language_model(
+                inputs_embeds=emb, position_ids=pos, attention_mask=attention_mask, use_cache=False
+            ).last_hidden_state
+            keys, valid = pc._keys(ids, hidden, torch.cat(feats_b, 0))
+            logits = pc._joint(hidden[:, self.prompt_len - 1 : -1], keys, valid)
+            lp = torch.log_softmax(logits.float(), dim=-1)
+            tgt = self.targets[None, :, None].expand(b, -1, 1)
+            return lp.gather(-1, tgt)[..., 0].numpy().astype(np.float64)

@@ -1,0 +1,315 @@
+"""The v1 point-and-copy wrapper, its traces and its training/evaluation, on tiny random configs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tiny_models as tm
+import torch
+
+from attrib.pointcopy import COPY, PointCopyModel, check_not_pointcopy, provenance
+from attrib.shapes import make_example
+from attrib.shapes.model import ModelSize, load_any, load_model
+from attrib.shapes.pointing import pointing_trace, score_pointing, strip_pointing, target_cells
+from attrib.shapes.train import TrainConfig, train
+
+COPY_ID = 110
+
+
+def _wrapped(family: str, *, keys: str = "hidden") -> PointCopyModel:
+    return PointCopyModel(tm.build(family), COPY_ID, keys=keys).eval()  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen2_vl"])
+def test_joint_logits_shape_and_masked_padding(family: str) -> None:
+    pc = _wrapped(family)
+    inp = tm.inputs(family)
+    out = pc(**inp)
+    n_img = tm.n_image_tokens(family)
+    assert out.logits.shape == (1, inp["input_ids"].shape[1], pc.n_vocab + n_img)
+    assert out.n_vocab == tm.VOCAB and int(out.n_image[0]) == n_img
+    assert torch.isfinite(out.logits).all()
+
+
+def test_copy_outside_the_image_is_impossible() -> None:
+    """In a batch whose images differ in size, the smaller image's padded copy slots get -inf."""
+    pc = _wrapped("qwen2_5_vl")
+    a = tm.inputs("qwen2_5_vl")
+    g = torch.Generator().manual_seed(3)
+    # second example: a 2x2 merged-token image (4 tokens) instead of 6
+    ids_b = torch.cat([torch.tensor([1, tm.VSTART]), torch.full((1,), tm.IMG), torch.tensor([tm.VEND])])
+    ids_b = torch.cat([ids_b, torch.randint(10, 90, (a["input_ids"].shape[1] - ids_b.numel(),), generator=g)])
+    ids = torch.stack([a["input_ids"][0], ids_b])
+    pv = torch.cat([a["pixel_values"], torch.randn(4, a["pixel_values"].shape[1], generator=g)])
+    grid = torch.tensor([[1, 4, 6], [1, 2, 2]])
+    inp = {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "mm_token_type_ids": (ids == tm.IMG).long(),
+        "pixel_values": pv,
+        "image_grid_thw": grid,
+    }
+    out = pc(**inp)
+    v = pc.n_vocab
+    assert torch.isinf(out.logits[1, :, v + 1 :]).all() and (out.logits[1, :, v + 1 :] < 0).all()
+    assert torch.isfinite(out.logits[0, :, v : v + 6]).all()
+    gen = pc.generate(**inp, max_new_tokens=6, eos_token_id=-1)
+    assert int(gen.copy_src[1].max()) < 1  # row 1 has one image token: only copy index 0 exists
+    assert int(gen.copy_src[0].max()) < 6
+
+
+def test_copy_sources_are_checked() -> None:
+    pc = _wrapped("qwen2_5_vl")
+    inp = tm.inputs("qwen2_5_vl")
+    ids = inp["input_ids"].clone()
+    ids[0, -1] = COPY_ID
+    src = torch.full_like(ids, -1)
+    src[0, -1] = 6  # the image has 6 tokens: 0..5
+    with pytest.raises(ValueError, match="outside its example's image"):
+        pc(**{**inp, "input_ids": ids}, copy_src=src)
+    src[0, -1] = 2
+    src[0, -2] = 1  # not a <|copy|> position
+    with pytest.raises(ValueError, match="not <\\|copy\\|>"):
+        pc(**{**inp, "input_ids": ids}, copy_src=src)
+
+
+@pytest.mark.parametrize("keys", ["hidden", "embeds"])
+def test_copy_token_feeds_the_source_patch_embedding(keys: str) -> None:
+    pc = _wrapped("qwen2_5_vl", keys=keys)
+    inp = tm.inputs("qwen2_5_vl")
+    emb_img = pc.image_embeddings(inp["pixel_values"], inp["image_grid_thw"])
+    ids = torch.cat([inp["input_ids"], torch.tensor([[COPY_ID, 20, COPY_ID]])], dim=1)
+    src = torch.full_like(ids, -1)
+    src[0, -3], src[0, -1] = 4, 1
+    e = pc.embed(ids, src, emb_img)
+    assert torch.equal(e[0, -3], emb_img[4]) and torch.equal(e[0, -1], emb_img[1])
+    assert torch.equal(e[0, -2], pc.base.get_input_embeddings().weight[20])
+    kind, source = provenance(ids[0], src[0], tm.IMG)
+    img_pos = np.flatnonzero(ids[0].numpy() == tm.IMG)
+    assert (kind[img_pos] == 1).all() and list(source[img_pos]) == list(range(6))
+    assert list(kind[-3:]) == [2, 0, 2] and list(source[-3:]) == [4, -1, 1]
+    assert (kind[:2] == 0).all()
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen2_vl"])
+@pytest.mark.parametrize("keys", ["hidden", "embeds"])
+def test_cached_decoding_equals_full_forward(family: str, keys: str) -> None:
+    """Feed a fixed mix of text tokens and copies through the KV cache; compare with one full forward."""
+    pc = _wrapped(family, keys=keys)
+    inp = tm.inputs(family)
+    v = pc.n_vocab
+    forced = torch.tensor([[30, v + 2, 41, v + 5, v + 0, 12, 55, v + 3]])
+    gen = pc.generate(**inp, forced=forced, return_logits=True, eos_token_id=-1)
+    assert torch.equal(gen.choices, forced)
+    seq, src = gen.sequences, gen.copy_src
+    p = gen.prompt_len
+    assert seq[0, p:].tolist() == [30, COPY_ID, 41, COPY_ID, COPY_ID, 12, 55, COPY_ID]
+    assert src[0, p:].tolist() == [-1, 2, -1, 5, 0, -1, -1, 3]
+    full = pc(
+        input_ids=seq,
+        attention_mask=torch.ones_like(seq),
+        mm_token_type_ids=(seq == tm.IMG).long(),
+        pixel_values=inp["pixel_values"],
+        image_grid_thw=inp["image_grid_thw"],
+        copy_src=src,
+    )
+    assert gen.logits is not None
+    assert torch.allclose(full.logits[0, p - 1 : -1], gen.logits[0], atol=1e-4, rtol=1e-4)
+    # greedy decoding is the argmax of the same logits
+    free = pc.generate(**inp, max_new_tokens=8, eos_token_id=-1, return_logits=True)
+    assert free.logits is not None and torch.equal(free.logits[0].argmax(-1), free.choices[0])
+
+
+def test_batched_generation_with_left_padding_matches_single() -> None:
+    pc = _wrapped("qwen2_5_vl")
+    a = tm.inputs("qwen2_5_vl", n_text=6)
+    b = tm.inputs("qwen2_5_vl", n_text=3)
+    width = a["input_ids"].shape[1]
+    pad = width - b["input_ids"].shape[1]
+    ids = torch.stack([a["input_ids"][0], torch.cat([torch.zeros(pad, dtype=torch.long), b["input_ids"][0]])])
+    am = torch.stack([a["attention_mask"][0], torch.cat([torch.zeros(pad, dtype=torch.long), b["attention_mask"][0]])])
+    batch = {
+        "input_ids": ids,
+        "attention_mask": am,
+        "mm_token_type_ids": (ids == tm.IMG).long(),
+        "pixel_values": torch.cat([a["pixel_values"], b["pixel_values"]]),
+        "image_grid_thw": torch.cat([a["image_grid_thw"], b["image_grid_thw"]]),
+    }
+    v = pc.n_vocab
+    forced = torch.tensor([[7, v + 1, 9, v + 4, 21]] * 2)
+    both = pc.generate(**batch, forced=forced, return_logits=True, eos_token_id=-1)
+    for row, single_in in enumerate((a, b)):
+        one = pc.generate(**single_in, forced=forced[:1], return_logits=True, eos_token_id=-1)
+        assert both.logits is not None and one.logits is not None
+        assert torch.allclose(both.logits[row], one.logits[0], atol=1e-4, rtol=1e-4)
+
+
+def test_save_load_and_class_mismatch_errors(tmp_path: Path) -> None:
+    pc = _wrapped("qwen2_5_vl")
+    with torch.no_grad():
+        pc.lk.weight.add_(0.01)
+    pc.save_pretrained(tmp_path / "v1")
+    back = PointCopyModel.from_pretrained(tmp_path / "v1")
+    assert torch.equal(back.lk.weight, pc.lk.weight) and back.keys == "hidden"
+    inp = tm.inputs("qwen2_5_vl")
+    assert torch.allclose(back(**inp).logits, pc(**inp).logits, atol=1e-6)
+    # the plain class on a v1 directory, and the reverse
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    with pytest.raises(OSError):
+        Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp_path / "v1", local_files_only=True)
+    with pytest.raises(ValueError, match="v1 point-and-copy checkpoint"):
+        check_not_pointcopy(tmp_path / "v1")
+    with pytest.raises(ValueError, match="v1 point-and-copy checkpoint"):
+        load_model(tmp_path / "v1")
+    pc.base.save_pretrained(tmp_path / "plain")
+    with pytest.raises(ValueError, match="not a v1 point-and-copy checkpoint"):
+        PointCopyModel.from_pretrained(tmp_path / "plain")
+    with pytest.raises(ValueError, match="wraps"):
+        PointCopyModel(torch.nn.Linear(2, 2), COPY_ID)
+
+
+def test_pointing_trace_round_trip_and_scoring() -> None:
+    for i in range(20):
+        ex = make_example("test", i)
+        text, src = pointing_trace(ex)
+        assert text.count(COPY) == len(src)
+        assert strip_pointing(text) == ex.target_text()
+        sc = score_pointing(ex, text, src)
+        assert sc.copies == len(src) and sc.hits == sc.copies  # the ground truth points right
+        if src:
+            wrong = [(s + 32) % 64 for s in src]  # the mirror half of the 8 x 8 grid
+            assert score_pointing(ex, text, wrong).hits < sc.copies
+    with pytest.raises(ValueError, match="copy tokens"):
+        score_pointing(ex, text, [*src, 0])
+
+
+def test_target_cells_lie_on_the_object() -> None:
+    ex = make_example("test", 5)
+    for i in range(len(ex.scene.objects)):
+        cells = target_cells(ex.scene, i)
+        m = ex.scene.mask(i)
+        for c in cells:
+            r, q = divmod(c, 8)
+            assert m[r * 28 : (r + 1) * 28, q * 28 : (q + 1) * 28].any()
+
+
+def _v1_cfg(**kw: Any) -> TrainConfig:
+    base: dict[str, Any] = {
+        "steps": 3,
+        "batch_size": 2,
+        "size": ModelSize.tiny(),
+        "ckpt_every": 0,
+        "warmup": 1,
+        "compile": False,
+        "workers": 0,
+        "variant": "v1",
+    }
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_v1_training_smoke_eval_and_cli(tmp_path: Path) -> None:
+    from attrib.cli import main
+
+    res = train(_v1_cfg(), tmp_path / "v1")
+    assert all(np.isfinite(loss) for _, loss in res.losses)
+    model, proc = load_any(tmp_path / "v1")
+    assert isinstance(model, PointCopyModel)
+    assert proc.tokenizer.convert_tokens_to_ids(COPY) == model.copy_token_id
+    log = json.loads((tmp_path / "v1" / "train_log.json").read_text())
+    assert log["config"]["variant"] == "v1"
+    out = tmp_path / "eval.json"
+    rc = main(["shapes", "eval", "--model", str(tmp_path / "v1"), "--n", "2", "--batch-size", "2", "--json", str(out)])
+    assert rc == 0
+    d = json.loads(out.read_text())
+    for key in ("accuracy", "blank_image_accuracy", "n_failures", "parse_rate", "n", "pointing_accuracy"):
+        assert key in d
+    assert 0.0 <= d["pointing_accuracy"] <= 1.0
+
+
+def _forced_trace(pc: PointCopyModel, inp: dict[str, torch.Tensor]) -> tuple[list[int], list[int]]:
+    v = pc.n_vocab
+    gen = pc.generate(**inp, forced=torch.tensor([[30, v + 2, 41, v + 5, 12, 55, v + 2, 8]]), eos_token_id=-1)
+    return gen.generated(0)
+
+
+def test_capture_aliases_copies_to_their_source_regions() -> None:
+    from attrib.pointcopy_attribution import capture_pointcopy
+
+    pc = PointCopyModel(tm.build("qwen2_5_vl", attn="eager"), COPY_ID).eval()
+    inp = tm.inputs("qwen2_5_vl")
+    assign = np.zeros((3, 6), dtype=np.float32)  # 3 regions over the 6 image tokens
+    assign[0, :2] = assign[1, 2:4] = assign[2, 4:] = 1
+    res, gen = capture_pointcopy(
+        pc,
+        inp,
+        assign,
+        decode=lambda ids: " ".join(map(str, ids)) + ".",
+        max_new_tokens=6,
+        per_token=True,
+        eos_token_id=-1,
+    )
+    ids, src = gen.generated(0)
+    assert res.copy_features is not None and res.per_token is not None
+    assert pc.base.config.text_config._attn_implementation == "eager"  # restored
+    # recompute the attention rows with eager attention over the full sequence
+    seq, cs = gen.sequences, gen.copy_src
+    emb = pc.embed(seq, cs, pc.image_embeddings(inp["pixel_values"], inp["image_grid_thw"]))
+    pos = pc.position_ids(seq, (seq == tm.IMG).long(), inp["image_grid_thw"], torch.ones_like(seq))
+    out = pc.base.model.language_model(inputs_embeds=emb, position_ids=pos, output_attentions=True)
+    p = gen.prompt_len
+    kind, source = provenance(seq[0], cs[0], tm.IMG)
+    for t in range(len(ids)):
+        q = p - 1 + t
+        for layer, att in enumerate(out.attentions):
+            row = att[0, :, q, : q + 1].detach().numpy()  # (H, q+1)
+            want = np.zeros((row.shape[0], 3))
+            for k in range(q + 1):
+                if kind[k] in (1, 2):
+                    want += row[:, k : k + 1] * assign[:, source[k]][None, :]
+            np.testing.assert_allclose(res.per_token[t, :, layer, :].T, want, atol=1e-5)
+    assert any(s >= 0 for s in src)
+
+
+def test_ablation_removes_copies_with_their_region() -> None:
+    from attrib.pointcopy_attribution import PointCopyAblation
+
+    pc = _wrapped("qwen2_5_vl")
+    inp = tm.inputs("qwen2_5_vl")
+    ids, src = _forced_trace(pc, inp)
+    assign = np.zeros((3, 6), dtype=np.float32)
+    assign[0, :2] = assign[1, 2:4] = assign[2, 4:] = 1
+    p = inp["input_ids"].shape[1]
+    # the unablated joint log-probs are those of the teacher-forced forward
+    run = PointCopyAblation(pc, inp, ids, src, assign, mode="mean")
+    seq = torch.cat([inp["input_ids"], torch.tensor([ids])], 1)
+    cs = torch.cat([torch.full_like(inp["input_ids"], -1), torch.tensor([src])], 1)
+    full = pc(input_ids=seq, pixel_values=inp["pixel_values"], image_grid_thw=inp["image_grid_thw"], copy_src=cs)
+    lp = torch.log_softmax(full.logits[0, p - 1 : -1], -1)
+    tgt = [pc.n_vocab + s if s >= 0 else i for i, s in zip(ids, src, strict=True)]
+    np.testing.assert_allclose(run.base_logprobs, lp[torch.arange(len(ids)), tgt].detach().numpy(), atol=1e-4)
+    np.testing.assert_allclose(run.logprobs(np.zeros((1, 3), dtype=bool))[0], run.base_logprobs, atol=1e-6)
+    # mean mode: a copy of patch 2 (region 1) carries the mean image embedding once region 1 is removed
+    removed = np.array([[False, True, False]])
+    emb = run.ablated_inputs(removed)[0]
+    feats = run.image_embeds
+    copy_pos = [p + i for i, s in enumerate(src) if s >= 0]
+    for q, s in zip(copy_pos, [s for s in src if s >= 0], strict=True):
+        expect = feats.mean(0) if s in (2, 3) else feats[s]
+        assert torch.allclose(emb[q], expect, atol=1e-6), (q, s)
+    assert not np.allclose(run.logprobs(removed)[0], run.base_logprobs)
+    # mask mode: removing region 1 also hides the copies of patch 2 from every later token
+    mrun = PointCopyAblation(pc, inp, ids, src, assign, mode="mask")
+    np.testing.assert_allclose(mrun.base_logprobs, run.base_logprobs, atol=1e-4)
+    first_copy = src.index(2)
+    changed = mrun.logprobs(removed)[0] - mrun.base_logprobs
+    assert np.abs(changed[first_copy + 1 :]).max() > 0
+    with pytest.raises(ValueError, match="mode"):
+        PointCopyAblation(pc, inp, ids, src, assign, mode="repaint")
+    with pytest.raises(ValueError, match="copy sources"):
+        PointCopyAblation(pc, inp, ids, src[:-1], assign)
