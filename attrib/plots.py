@@ -7,7 +7,13 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["data_efficiency_plot", "region_comparison_plot", "weight_heatmap"]
+__all__ = [
+    "copy_attention_plot",
+    "data_efficiency_plot",
+    "decay_plot",
+    "region_comparison_plot",
+    "weight_heatmap",
+]
 
 
 def weight_heatmap(coef: np.ndarray, path: str | Path | None = None, *, ax: Any = None) -> Any:
@@ -122,6 +128,63 @@ def region_comparison_plot(rows: list[dict[str, Any]], path: str | Path | None =
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+    return fig
+
+
+def decay_plot(res: dict[str, Any], path: str | Path | None = None) -> Any:
+    """Image and ground-truth attention mass against span position, one line per model (v1 Fig. 3).
+
+    Args:
+        res: Output of :func:`attrib.v1analysis.compare_decay`.
+        path: Save the figure here when given.
+
+    Returns:
+        The matplotlib figure.
+    """
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(9.0, 3.4))
+    for ax, key, title in zip(
+        axes, ("image_mass", "gt_mass"), ("all image tokens", "span's ground-truth region"), strict=True
+    ):
+        for name, r in res.items():
+            rows = [row for row in r["by_position"] if key in row]
+            x = np.array([row["position"] for row in rows], dtype=float)
+            v = np.array([row[key] for row in rows])
+            lo = np.array([row[f"{key}_ci_low"] for row in rows])
+            hi = np.array([row[f"{key}_ci_high"] for row in rows])
+            ax.errorbar(x, v, yerr=[v - lo, hi - v], marker="o", capsize=3, label=name)
+        ax.set_xlabel("span position in the chain")
+        ax.set_ylabel("attention mass")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if path is not None:
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+    return fig
+
+
+def copy_attention_plot(res: dict[str, Any], path: str | Path | None = None) -> Any:
+    """Per-layer attention to copy tokens vs to their source image tokens (v1 Fig. 5).
+
+    Args:
+        res: Output of :func:`attrib.v1analysis.copy_vs_source_by_layer`.
+        path: Save the figure here when given.
+
+    Returns:
+        The matplotlib figure.
+    """
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.0, 3.4))
+    layers = np.arange(len(res["copy_mass"]))
+    ax.plot(layers, res["copy_mass"], marker="o", label="copy tokens")
+    ax.plot(layers, res["source_mass"], marker="s", label="their source image tokens")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("attention mass (mean over heads)")
+    ax.set_title(f"attention after a copy (n={res['n_tokens']} tokens)")
+    ax.grid(alpha=0.3)
+    ax.legend()
     if path is not None:
         fig.savefig(path, dpi=120, bbox_inches="tight")
     return fig

@@ -1,0 +1,382 @@
+"""Analyses of the v1 point-and-copy variant against the base model trained on the same data.
+
+Three questions (v1 paper, its referee; ../shared/DESIGN.md §5):
+
+1. :func:`attention_by_position` / :func:`compare_decay`: does attention to the
+   image, and to the span's ground-truth region, decay along the chain (v1 Fig. 3)?
+   Per span, the image mass is the attention mass on all image tokens (copies
+   aliased to their source, see :mod:`attrib.pointcopy_attribution`), summed over
+   regions and averaged over layers and heads; the ground-truth mass is the part
+   on the regions inside the objects the span names.
+2. :func:`copy_vs_source_by_layer`: per layer, attention to copy tokens vs to the
+   original image tokens they copy (v1 Fig. 5).
+3. :func:`late_chain_attribution`: with chains bucketed by length, is the correct
+   region's attribution late in the chain higher for v1 than for the base model?
+   Per late span (the last third of its chain), the ground-truth share is the part
+   of the positive attribution on ground-truth regions; the groups are compared
+   with a two-sided Mann–Whitney U test, Cliff's delta and the difference of
+   means with a bootstrap interval.
+
+Every function takes collections (see :mod:`attrib.collect`) or arrays and returns
+JSON-ready dicts; nothing prints.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from scipy.stats import mannwhitneyu
+
+from metrics.stats import bootstrap_ci
+
+__all__ = [
+    "attention_by_position",
+    "cliffs_delta",
+    "compare_decay",
+    "copy_vs_source_by_layer",
+    "gt_share",
+    "late_chain_attribution",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def cliffs_delta(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> float:
+    """Cliff's delta ``P(a > b) - P(a < b)`` (NaN when a group is empty)."""
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if not x.size or not y.size:
+        return float("nan")
+    d = np.sign(x[:, None] - y[None, :])
+    return float(d.mean())
+
+
+def gt_share(scores: np.ndarray, gt: Sequence[int]) -> float:
+    """Share of a span's positive attribution on its ground-truth regions (NaN without positive mass)."""
+    s = np.clip(np.asarray(scores, dtype=np.float64), 0, None)
+    total = s.sum()
+    if total <= 0 or not len(gt):
+        return float("nan")
+    return float(s[list(gt)].sum() / total)
+
+
+def attention_by_position(examples: Iterable[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """Per span: chain length, position, image mass and ground-truth mass.
+
+    Args:
+        examples: Collection examples (``features`` ``(n_spans, K, L, H)``, optional
+            ``span_gt_regions``).
+
+    Returns:
+        ``chain_len``, ``position`` (0-based), ``relative`` (position / (len - 1), 0 for
+        one-span chains), ``image_mass`` and ``gt_mass`` (NaN where the span has no
+        matched ground truth), as arrays over all spans.
+    """
+    cols: dict[str, list[float]] = {k: [] for k in ("chain_len", "position", "relative", "image_mass", "gt_mass")}
+    for ex in examples:
+        f = np.asarray(ex["features"], dtype=np.float64)
+        n = f.shape[0]
+        gts = ex.get("span_gt_regions") or [None] * n
+        per_region = f.mean(axis=(2, 3))  # (n, K)
+        for i in range(n):
+            cols["chain_len"].append(n)
+            cols["position"].append(i)
+            cols["relative"].append(i / (n - 1) if n > 1 else 0.0)
+            cols["image_mass"].append(float(per_region[i].sum()))
+            g = gts[i] if i < len(gts) else None
+            cols["gt_mass"].append(float(per_region[i, list(g)].sum()) if g else float("nan"))
+    return {k: np.asarray(v, dtype=np.float64) for k, v in cols.items()}
+
+
+def _fit_slope(x: np.ndarray, y: np.ndarray) -> float:
+    return float(np.polyfit(x, y, 1)[0]) if np.ptp(x) > 0 else 0.0
+
+
+def _slope(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    if x.size < 3 or np.ptp(x) == 0:
+        return {"slope": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "n": float(x.size)}
+    slope = float(np.polyfit(x, y, 1)[0])
+    idx = np.arange(x.size)
+    lo, hi = bootstrap_ci(idx, lambda i: _fit_slope(x[i.astype(int)], y[i.astype(int)]), n_boot=500)
+    return {"slope": slope, "ci_low": lo, "ci_high": hi, "n": float(x.size)}
+
+
+def compare_decay(groups: Mapping[str, Iterable[dict[str, Any]]], *, max_position: int = 8) -> dict[str, Any]:
+    """Image and ground-truth attention mass against span position, per model.
+
+    Args:
+        groups: ``{model name: collection examples}``.
+        max_position: Positions beyond this are pooled into the last bin.
+
+    Returns:
+        Per model: ``by_position`` (mean and bootstrap CI of both masses per position
+        bin) and the slopes of both masses against the relative position.
+    """
+    out: dict[str, Any] = {}
+    for name, exs in groups.items():
+        a = attention_by_position(exs)
+        pos = np.minimum(a["position"], max_position)
+        rows = []
+        for p in range(max_position + 1):
+            sel = pos == p
+            if not sel.any():
+                continue
+            row: dict[str, float] = {"position": p, "n": int(sel.sum())}
+            for key in ("image_mass", "gt_mass"):
+                v = a[key][sel]
+                v = v[np.isfinite(v)]
+                if v.size:
+                    lo, hi = bootstrap_ci(v, n_boot=500)
+                    row.update({key: float(v.mean()), f"{key}_ci_low": lo, f"{key}_ci_high": hi})
+            rows.append(row)
+        out[name] = {
+            "by_position": rows,
+            "image_mass_slope": _slope(a["relative"], a["image_mass"]),
+            "gt_mass_slope": _slope(a["relative"], a["gt_mass"]),
+            "n_spans": int(a["position"].size),
+        }
+    return out
+
+
+def copy_vs_source_by_layer(captures: Iterable[Any], copy_sources: Iterable[Sequence[int]]) -> dict[str, Any]:
+    """Per layer, attention to copy tokens vs to the image tokens they copy.
+
+    Each capture must have been taken with a one-region-per-image-token
+    assignment (``K = N_image``, identity) and ``per_token=True`` through
+    :func:`~attrib.pointcopy_attribution.capture_pointcopy`, so that per-token
+    ``per_token`` minus the via-copy part is the mass on each image token. Only
+    generated tokens that come after at least one copy count.
+
+    Args:
+        captures: :class:`~attrib.capture.CaptureResult` objects.
+        copy_sources: Per capture, the copied image token of every generated token (``-1`` for text).
+
+    Returns:
+        ``copy_mass`` and ``source_mass``: ``(L,)`` means over those tokens (and heads), and ``n_tokens``.
+    """
+    copy_rows: list[np.ndarray] = []
+    src_rows: list[np.ndarray] = []
+    for cap, srcs in zip(captures, copy_sources, strict=True):
+        if cap.per_token is None:
+            raise ValueError("copy_vs_source_by_layer needs captures taken with per_token=True")
+        srcs = list(srcs)
+        seen: list[int] = []
+        for t in range(cap.per_token.shape[0]):
+            if seen:
+                total = cap.per_token[t]  # (K, L, H): direct + via
+                via = _via_per_token(cap, t)
+                direct = total - via
+                uniq = sorted(set(seen))
+                copy_rows.append(via[uniq].sum(axis=0).mean(axis=-1))
+                src_rows.append(direct[uniq].sum(axis=0).mean(axis=-1))
+            if t < len(srcs) and srcs[t] >= 0:
+                seen.append(srcs[t])
+    if not copy_rows:
+        return {"copy_mass": [], "source_mass": [], "n_tokens": 0}
+    return {
+        "copy_mass": np.mean(copy_rows, axis=0).tolist(),
+        "source_mass": np.mean(src_rows, axis=0).tolist(),
+        "n_tokens": len(copy_rows),
+    }
+
+
+def _via_per_token(cap: Any, t: int) -> np.ndarray:
+    pt = getattr(cap, "per_token_copy", None)
+    if pt is None:
+        raise ValueError("the capture has no per-token via-copy features (take it with capture_pointcopy)")
+    return np.asarray(pt[t])
+
+
+def late_chain_attribution(
+    groups: Mapping[str, Iterable[dict[str, Any]]],
+    score: Callable[[dict[str, Any]], np.ndarray],
+    *,
+    buckets: Sequence[tuple[int, int]] = ((2, 3), (4, 5), (6, 100)),
+    late_fraction: float = 1 / 3,
+    reference: str | None = None,
+) -> dict[str, Any]:
+    """Is the correct region's attribution late in long chains higher for one model than another?
+
+    Args:
+        groups: ``{model name: collection examples}`` (two models).
+        score: Example -> ``(n_spans, K)`` attribution scores (e.g. an estimator's).
+        buckets: Inclusive chain-length ranges.
+        late_fraction: Spans in the last ``late_fraction`` of their chain count as late.
+        reference: The model the other is compared against (default: the first).
+
+    Returns:
+        Per bucket: per model the late-span ground-truth shares' mean and n, and the
+        comparison (other vs reference): difference of means with a bootstrap CI,
+        Cliff's delta, Mann–Whitney U and its two-sided p-value.
+
+    Raises:
+        ValueError: Unless exactly two models are given.
+    """
+    if len(groups) != 2:
+        raise ValueError(f"late_chain_attribution compares two models, got {len(groups)}")
+    names = list(groups)
+    ref = reference or names[0]
+    other = names[1] if ref == names[0] else names[0]
+    shares: dict[str, list[tuple[int, float]]] = {n: [] for n in names}
+    for name, exs in groups.items():
+        for ex in exs:
+            s = np.asarray(score(ex), dtype=np.float64)
+            n = s.shape[0]
+            gts = ex.get("span_gt_regions") or [None] * n
+            first_late = int(np.floor(n * (1 - late_fraction)))
+            for i in range(min(first_late, n - 1), n):
+                g = gts[i] if i < len(gts) else None
+                if g:
+                    v = gt_share(s[i], g)
+                    if np.isfinite(v):
+                        shares[name].append((n, v))
+    rows = []
+    for lo, hi in buckets:
+        a = np.array([v for n, v in shares[ref] if lo <= n <= hi])
+        b = np.array([v for n, v in shares[other] if lo <= n <= hi])
+        row: dict[str, Any] = {
+            "chain_len": [lo, hi],
+            ref: {"n": int(a.size), "mean": float(a.mean()) if a.size else float("nan")},
+            other: {"n": int(b.size), "mean": float(b.mean()) if b.size else float("nan")},
+        }
+        if a.size >= 2 and b.size >= 2:
+            res = mannwhitneyu(b, a, alternative="two-sided")
+            rng = np.random.default_rng(0)
+            diffs = [rng.choice(b, b.size).mean() - rng.choice(a, a.size).mean() for _ in range(1000)]
+            row["comparison"] = {
+                "difference": float(b.mean() - a.mean()),
+                "ci_low": float(np.quantile(diffs, 0.025)),
+                "ci_high": float(np.quantile(diffs, 0.975)),
+                "cliffs_delta": cliffs_delta(b, a),
+                "u_statistic": float(res.statistic),
+                "p_value": float(res.pvalue),
+            }
+        rows.append(row)
+    return {"reference": ref, "other": other, "late_fraction": late_fraction, "buckets": rows}
+
+
+def run_analysis(
+    *,
+    base_test: str,
+    v1_test: str,
+    base_estimator: str | None = None,
+    v1_estimator: str | None = None,
+    v1_model: str | None = None,
+    n_copy: int = 30,
+    figures: str | None = None,
+) -> dict[str, Any]:
+    """All three analyses from collections (and the v1 model for the per-layer copy attention).
+
+    Args:
+        base_test: Collection of the base model (held-out split, ground truth per span).
+        v1_test: Collection of the v1 model on the same examples.
+        base_estimator: Estimator of the base model (late-chain attribution; raw
+            attention mass is used without one).
+        v1_estimator: Estimator of the v1 model.
+        v1_model: The v1 model (bundled name or directory) for the per-layer copy attention.
+        n_copy: Test examples to capture for the per-layer copy attention.
+        figures: Directory for ``decay.png`` and ``copy_attention.png``.
+
+    Returns:
+        ``{"decay", "late_chain", "late_chain_attention", "copy_attention"}``.
+    """
+    from pathlib import Path
+
+    from attrib.collect import Collection
+
+    base = list(Collection.open(base_test).examples())
+    v1 = list(Collection.open(v1_test).examples())
+    out: dict[str, Any] = {"decay": compare_decay({"base": base, "v1": v1})}
+
+    def attention(ex: dict[str, Any]) -> np.ndarray:
+        return np.asarray(ex["features"], dtype=np.float64).mean(axis=(2, 3))
+
+    out["late_chain_attention"] = late_chain_attribution({"base": base, "v1": v1}, attention)
+    if base_estimator and v1_estimator:
+        from estimators.linear import LinearHeadEstimator
+
+        eb, ev = LinearHeadEstimator.load(base_estimator), LinearHeadEstimator.load(v1_estimator)
+        by_name = {"base": eb, "v1": ev}
+        tagged = {"base": [dict(e, _m="base") for e in base], "v1": [dict(e, _m="v1") for e in v1]}
+        out["late_chain"] = late_chain_attribution(
+            tagged, lambda ex: np.asarray(by_name[ex["_m"]].predict(np.asarray(ex["features"])))
+        )
+    if v1_model:
+        out["copy_attention"] = _copy_attention(v1_model, n_copy)
+    if figures:
+        from attrib.plots import copy_attention_plot, decay_plot
+
+        d = Path(figures)
+        d.mkdir(parents=True, exist_ok=True)
+        decay_plot(out["decay"], d / "decay.png")
+        if "copy_attention" in out and out["copy_attention"]["n_tokens"]:
+            copy_attention_plot(out["copy_attention"], d / "copy_attention.png")
+    return out
+
+
+def _copy_attention(model_name: str, n: int) -> dict[str, Any]:
+    from attrib.pointcopy import PointCopyModel
+    from attrib.pointcopy_attribution import capture_pointcopy
+    from attrib.shapes import make_example
+    from attrib.shapes.model import load_any, resolve_model
+
+    model, proc = load_any(resolve_model(model_name))
+    if not isinstance(model, PointCopyModel):
+        raise ValueError(f"{model_name} is not a point-and-copy model: it has no copy tokens to analyse")
+    caps, srcs = [], []
+    for i in range(n):
+        ex = make_example("test", i)
+        x = proc([ex.image()], [ex.question.text])
+        n_img = int((x["input_ids"][0] == model.image_token_id).sum())
+        cap, gen = capture_pointcopy(
+            model,
+            x,
+            np.eye(n_img, dtype=np.float32),
+            decode=lambda ids: str(proc.tokenizer.decode(ids)),
+            per_token=True,
+            eos_token_id=int(proc.tokenizer.eos_token_id),
+        )
+        caps.append(cap)
+        srcs.append(gen.generated(0)[1])
+    return copy_vs_source_by_layer(caps, srcs)
+
+
+def add_parser(sub: Any) -> None:
+    """Register ``attrib v1`` on the CLI's sub-parsers."""
+    p = sub.add_parser("v1", help="v1 point-and-copy vs base: attention decay, copy attention, late-chain attribution")
+    p.add_argument("--base-test", required=True, help="collection of the base model (held-out split)")
+    p.add_argument("--v1-test", required=True, help="collection of the v1 model on the same examples")
+    p.add_argument("--base-estimator", default=None)
+    p.add_argument("--v1-estimator", default=None)
+    p.add_argument("--v1-model", default=None, help="bundled name or directory of the v1 model (copy attention)")
+    p.add_argument("--n-copy", type=int, default=30, help="examples captured for the per-layer copy attention")
+    p.add_argument("--json", default=None)
+    p.add_argument("--figures", default=None)
+    p.set_defaults(fn=_cmd)
+
+
+def _cmd(args: Any) -> int:
+    import json
+
+    from attrib.io import atomic_write_json
+
+    res = run_analysis(
+        base_test=args.base_test,
+        v1_test=args.v1_test,
+        base_estimator=args.base_estimator,
+        v1_estimator=args.v1_estimator,
+        v1_model=args.v1_model,
+        n_copy=args.n_copy,
+        figures=args.figures,
+    )
+    if args.json:
+        atomic_write_json(args.json, res)
+    else:
+        import sys
+
+        sys.stdout.write(json.dumps(res, indent=1, default=float) + "\n")
+    return 0
