@@ -3,7 +3,7 @@
 Mechanism (v1, Chung et al.; ../shared/DESIGN.md §5):
 
 * Two linear heads, ``Lq`` and ``Lk`` (hidden -> hidden, initialised to the
-  identity). At every position the final, normed hidden state ``h_t`` gives a
+  identity divided by ``sqrt(d)``, so that copy logits start near zero). At every position the final, normed hidden state ``h_t`` gives a
   query ``Lq h_t``; the keys are ``Lk`` of either the final hidden states at the
   image positions (``keys="hidden"``, the default) or of the image input
   embeddings themselves (``keys="embeds"``: the vision output after the merger).
@@ -198,8 +198,8 @@ class PointCopyModel(nn.Module):
         self.lq = nn.Linear(d, d, bias=False)
         self.lk = nn.Linear(d, d, bias=False)
         with torch.no_grad():
-            self.lq.weight.copy_(torch.eye(d))
-            self.lk.weight.copy_(torch.eye(d))
+            self.lq.weight.copy_(torch.eye(d) / d**0.5)
+            self.lk.weight.copy_(torch.eye(d) / d**0.5)
         self.scale = d**-0.5
         self.keys = keys
         self.copy_token_id = int(copy_token_id)

@@ -51,6 +51,7 @@ def capture_pointcopy(
     per_token: bool = False,
     on_span: Callable[[Span, np.ndarray], None] | None = None,
     eos_token_id: int | None = None,
+    forced: torch.Tensor | None = None,
 ) -> tuple[CaptureResult, PointCopyGeneration]:
     """Generate greedily with a point-and-copy model and capture region attention, copies aliased.
 
@@ -63,6 +64,8 @@ def capture_pointcopy(
         per_token: Keep per-token features.
         on_span: Called as spans complete.
         eos_token_id: Stop id (default: the model config's).
+        forced: ``(1, G)`` joint indices to feed instead of greedy choices (capture
+            along a given trace; see :meth:`PointCopyModel.generate`).
 
     Returns:
         ``(capture, generation)``; ``capture.copy_features`` holds the via-copy part.
@@ -88,7 +91,9 @@ def capture_pointcopy(
                 sources.append(src)
             count[0] += 1
 
-        gen = model.generate(**inputs, max_new_tokens=max_new_tokens, eos_token_id=eos_token_id, on_token=on_token)
+        gen = model.generate(
+            **inputs, max_new_tokens=max_new_tokens, eos_token_id=eos_token_id, on_token=on_token, forced=forced
+        )
     return cap.result(), gen
 
 

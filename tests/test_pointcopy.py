@@ -57,8 +57,11 @@ def test_copy_outside_the_image_is_impossible() -> None:
     v = pc.n_vocab
     assert torch.isinf(out.logits[1, :, v + 1 :]).all() and (out.logits[1, :, v + 1 :] < 0).all()
     assert torch.isfinite(out.logits[0, :, v : v + 6]).all()
+    with torch.no_grad():
+        pc.lq.weight.mul_(64.0)  # large copy logits: greedy decoding copies
     gen = pc.generate(**inp, max_new_tokens=6, eos_token_id=-1)
-    assert int(gen.copy_src[1].max()) < 1  # row 1 has one image token: only copy index 0 exists
+    row1 = gen.copy_src[1, gen.prompt_len :]
+    assert (row1 >= 0).any() and int(row1.max()) == 0  # row 1 has one image token: only copy index 0 exists
     assert int(gen.copy_src[0].max()) < 6
 
 
@@ -245,6 +248,7 @@ def test_capture_aliases_copies_to_their_source_regions() -> None:
     inp = tm.inputs("qwen2_5_vl")
     assign = np.zeros((3, 6), dtype=np.float32)  # 3 regions over the 6 image tokens
     assign[0, :2] = assign[1, 2:4] = assign[2, 4:] = 1
+    v = pc.n_vocab
     res, gen = capture_pointcopy(
         pc,
         inp,
@@ -253,6 +257,7 @@ def test_capture_aliases_copies_to_their_source_regions() -> None:
         max_new_tokens=6,
         per_token=True,
         eos_token_id=-1,
+        forced=torch.tensor([[30, v + 2, 41, v + 5, 12, v + 2]]),
     )
     ids, src = gen.generated(0)
     assert res.copy_features is not None and res.per_token is not None
