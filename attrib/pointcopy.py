@@ -5,8 +5,9 @@ Mechanism (v1, Chung et al.; ../shared/DESIGN.md §5):
 * Two linear heads, ``Lq`` and ``Lk`` (hidden -> hidden, initialised to the
   identity divided by ``sqrt(d)``, so that copy logits start near zero). At
   every position the final, normed hidden state ``h_t`` gives a query ``Lq h_t``;
-  the keys are ``Lk`` of either the final hidden states at the image positions (``keys="hidden"``, the default) or of the image input
-  embeddings themselves (``keys="embeds"``: the vision output after the merger).
+  the keys are ``Lk`` of either the final hidden states at the image positions
+  (``keys="hidden"``, the default) or of the image input embeddings themselves
+  (``keys="embeds"``: the vision output after the merger).
 * Copy logits ``(Lq h_t)·(Lk k_j) / sqrt(d)`` for every image token ``j`` of the
   example are concatenated to the vocabulary logits: one joint distribution over
   ``V + N`` outcomes, trained with plain cross-entropy. Index ``V + j`` means
