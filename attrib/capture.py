@@ -491,7 +491,8 @@ class AttentionCapture:
         if not self._pending:
             raise RuntimeError("a token arrived without a captured attention row (is the capture active?)")
         row = self._pending.pop(0)
-        via = self._pending_via.pop(0)
+        # rows pushed without a via-copy part (e.g. by the nnsight backend) have none
+        via = self._pending_via.pop(0) if self._pending_via else torch.zeros_like(row)
         self._generated.append(token_id)
         if self.per_token:
             self._tokens.append(row)
