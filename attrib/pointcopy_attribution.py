@@ -149,7 +149,11 @@ class PointCopyAblation:
         self.prompt_len = int(ids.shape[1])
         self.grid = inputs["image_grid_thw"]
         mm = inputs.get("mm_token_type_ids")
-        self.mm = torch.cat([mm, torch.zeros_like(gen)], 1) if mm is not None else None
+        mm_full = torch.cat([mm, torch.zeros_like(gen)], 1) if mm is not None else None
+        if mm_full is None:
+            mm_full = (self.full_ids == model.image_token_id).long()
+        # the unablated input's M-RoPE positions, shared by every removal set
+        self.position_ids = model.position_ids(self.full_ids, mm_full, self.grid, torch.ones_like(self.full_ids))
         with torch.inference_mode():
             self.image_embeds = model.image_embeddings(inputs["pixel_values"], self.grid)
         self.image_pos = torch.nonzero(ids[0] == model.image_token_id).flatten()
@@ -190,20 +194,21 @@ class PointCopyAblation:
         r = torch.from_numpy(np.asarray(removed, dtype=np.float32))
         return (r @ self.assign) > 0
 
+    def _row_embeddings(self, tok_removed: torch.Tensor) -> torch.Tensor:
+        """Image embeddings of every row, stacked ``(M * N, d)``: removed ones replaced in ``mean`` mode."""
+        b = tok_removed.shape[0]
+        feats = self.image_embeds[None].repeat(b, 1, 1)
+        if self.mode == "mean":
+            feats[tok_removed] = self.image_embeds.mean(0)
+        return feats.reshape(-1, feats.shape[-1])
+
     def ablated_inputs(self, removed: np.ndarray) -> torch.Tensor:
-        """``(M, T, d)`` input embeddings under each removal set (``mean`` semantics; for checks)."""
+        """``(M, T, d)`` input embeddings under each removal set (copies carry their source's embedding)."""
         tok_removed = self.token_removed(removed)
         b = tok_removed.shape[0]
-        ids = self.full_ids.expand(b, -1)
-        src = self.copy_src.expand(b, -1)
-        out = []
-        mean = self.image_embeds.mean(0)
-        for i in range(b):
-            feats = self.image_embeds.clone()
-            if self.mode == "mean":
-                feats[tok_removed[i]] = mean
-            out.append(self.model.embed(ids[i : i + 1], src[i : i + 1], feats)[0])
-        return torch.stack(out)
+        return self.model.embed(
+            self.full_ids.expand(b, -1), self.copy_src.expand(b, -1), self._row_embeddings(tok_removed)
+        )
 
     def _score(self, rem: np.ndarray) -> np.ndarray:
         pc = self.model
@@ -212,31 +217,24 @@ class PointCopyAblation:
         ids = self.full_ids.expand(b, -1)
         src = self.copy_src.expand(b, -1)
         tok_removed = self.token_removed(rem)
-        mm = self.mm.expand(b, -1) if self.mm is not None else (ids == pc.image_token_id).long()
-        grid = self.grid.repeat(b, 1)
         with torch.inference_mode():
-            emb = self.ablated_inputs(rem)
+            feats = self._row_embeddings(tok_removed)
+            emb = pc.embed(ids, src, feats)
+            attention_mask: torch.Tensor
             if self.mode == "mean":
-                mean = self.image_embeds.mean(0)
-                feats_b = [self.image_embeds.clone() for _ in range(b)]
-                for i in range(b):
-                    feats_b[i][tok_removed[i]] = mean
-                attention_mask: torch.Tensor = torch.ones(b, t, dtype=torch.long)
+                attention_mask = torch.ones(b, t, dtype=torch.long)
             else:
-                feats_b = [self.image_embeds for _ in range(b)]
                 key_removed = torch.zeros(b, t, dtype=torch.bool)
                 key_removed[:, self.image_pos] = tok_removed
-                cp = src >= 0
-                key_removed |= cp & torch.gather(tok_removed, 1, src.clamp(min=0))
+                key_removed |= (src >= 0) & torch.gather(tok_removed, 1, src.clamp(min=0))
                 allowed = torch.ones(t, t, dtype=torch.bool).tril()[None].repeat(b, 1, 1) & ~key_removed[:, None, :]
-                dtype = emb.dtype
-                attention_mask = torch.zeros(b, 1, t, t, dtype=dtype)
-                attention_mask.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
-            pos = pc.position_ids(ids, mm, grid, torch.ones(b, t, dtype=torch.long))
+                attention_mask = torch.zeros(b, 1, t, t, dtype=emb.dtype)
+                attention_mask.masked_fill_(~allowed[:, None], torch.finfo(emb.dtype).min)
+            pos = self.position_ids.expand(-1, b, -1)
             hidden = pc.base.model.language_model(
                 inputs_embeds=emb, position_ids=pos, attention_mask=attention_mask, use_cache=False
             ).last_hidden_state
-            keys, valid = pc._keys(ids, hidden, torch.cat(feats_b, 0))
+            keys, valid = pc._keys(ids, hidden, feats)
             logits = pc._joint(hidden[:, self.prompt_len - 1 : -1], keys, valid)
             lp = torch.log_softmax(logits.float(), dim=-1)
             tgt = self.targets[None, :, None].expand(b, -1, 1)

@@ -100,3 +100,10 @@ def test_copy_vs_source_by_layer_hand_values() -> None:
     np.testing.assert_allclose(res["source_mass"], [0.15, 0.05])
     with pytest.raises(ValueError, match="per_token=True"):
         copy_vs_source_by_layer([SimpleNamespace(per_token=None)], [[0]])
+
+
+def test_copy_attention_refuses_a_plain_model() -> None:
+    from attrib.v1analysis import _copy_attention
+
+    with pytest.raises(ValueError, match="not a point-and-copy model"):
+        _copy_attention("shapes-qwen25vl", 1)
