@@ -546,35 +546,38 @@ def _print_faithfulness(test: str, res: dict[str, Any]) -> None:
         out.print(t)
 
 
-def _cmd_norms(args: argparse.Namespace) -> int:
-    from rich.table import Table as _Table
-
-    from attrib.io import atomic_write_json
+def _norm_report(args: argparse.Namespace) -> Any:
+    from attrib.latent import is_latent_dir
     from attrib.norms import measure_norms
     from attrib.shapes import make_example
     from attrib.shapes.model import _BUNDLED, load_model, resolve_model
 
     is_bundled = args.model is None or args.model in _BUNDLED
     path = resolve_model(args.model) if is_bundled else Path(str(args.model))
+    name = str(args.model or path.name)
     exs = [make_example(args.split, args.start + i) for i in range(args.n)]
+    if is_latent_dir(path):  # latent variant: its own greedy traces, latents fed back (type "latent")
+        from attrib.shapes.latent_train import latent_norms, load_latent
+
+        lmodel, lproc = load_latent(path)
+        return latent_norms(lmodel, lproc, exs, name=name)
     if (path / "attrib_processor.json").is_file():
         model, proc = load_model(path)
+        # the question and the reference trace, teacher-forced
+        xs = (proc([ex.image()], [ex.question.text], [ex.target_text()]) for ex in exs)
+        return measure_norms(model, ({k: v for k, v in x.items() if k != "labels"} for x in xs), name=name)
+    from attrib.streaming import load_hf
 
-        def inputs() -> Any:
-            for ex in exs:  # the question and the reference trace, teacher-forced
-                x = proc([ex.image()], [ex.question.text], [ex.target_text()])
-                yield {k: v for k, v in x.items() if k != "labels"}
+    hf, build = load_hf(str(path) if path.exists() else str(args.model))
+    return measure_norms(hf, (build(ex.image(), ex.question.text) for ex in exs), name=name)
 
-    else:
-        from attrib.streaming import load_hf
 
-        model, build = load_hf(str(path) if path.exists() else str(args.model))
+def _cmd_norms(args: argparse.Namespace) -> int:
+    from rich.table import Table as _Table
 
-        def inputs() -> Any:
-            for ex in exs:
-                yield build(ex.image(), ex.question.text)
+    from attrib.io import atomic_write_json
 
-    rep = measure_norms(model, inputs(), name=str(args.model or path.name))
+    rep = _norm_report(args)
     t = _Table(title=f"hidden-state norms by token type ({rep.model}, {rep.n_inputs} inputs)")
     t.add_column("layer", justify="right")
     for ty in rep.mean_norm:
@@ -741,6 +744,10 @@ def build_parser() -> argparse.ArgumentParser:
     from attrib.v1analysis import add_parser as add_v1
 
     add_v1(sub)
+
+    from attrib.latent_cli import add_parser as add_latent
+
+    add_latent(sub)
 
     nm = sub.add_parser("norms", help="layer-wise hidden-state norms by token type vs the input embeddings")
     nm.add_argument("--model", default=None, help="bundled name, local directory or hub id (default: bundled)")

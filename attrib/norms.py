@@ -76,11 +76,17 @@ class NormReport:
         return self.mean_norm[t] / self.mean_norm["text"][0]
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (per type: ``mean_norm``, ``ratio_same_type``, ``ratio_to_text_input``, ``n_tokens``)."""
+        """JSON-ready dict.
+
+        ``ratios`` maps each token type to its last-layer hidden norm over its input-embedding
+        norm (``ratio_same_type[t][-1]``); ``types`` holds, per type, ``mean_norm``,
+        ``ratio_same_type``, ``ratio_to_text_input`` and ``n_tokens`` for every layer.
+        """
         return {
             "model": self.model,
             "n_inputs": self.n_inputs,
             "n_layers": self.n_layers,
+            "ratios": {t: float(self.ratio_same_type(t)[-1]) for t in self.mean_norm},
             "types": {
                 t: {
                     "n_tokens": self.n_tokens[t],

@@ -49,6 +49,8 @@ def test_planted_norms_and_ratios() -> None:
     np.testing.assert_allclose(rep.ratio_to_text_input("image"), [3, 12, 27, 48], rtol=1e-5)
     d = rep.to_dict()
     assert d["n_layers"] == 3 and d["types"]["image"]["ratio_same_type"][-1] == pytest.approx(16)
+    # the acceptance keys: last-layer hidden norm over the same type's input-embedding norm
+    assert d["ratios"] == pytest.approx({"text": 4.0, "image": 16.0, "latent": 500.0}, rel=1e-5)
 
 
 def test_pooling_is_token_weighted_over_inputs() -> None:
@@ -87,5 +89,6 @@ def test_cli_on_the_bundled_model(tmp_path: Path) -> None:
     assert main(["norms", "--n", "2", "--json", str(tmp_path / "n.json"), "--plot", str(tmp_path / "n.png")]) == 0
     d = json.loads((tmp_path / "n.json").read_text())
     assert set(d["types"]) == {"text", "image"} and d["n_inputs"] == 2
+    assert set(d["ratios"]) == {"text", "image"} and all(v > 0 for v in d["ratios"].values())
     assert len(d["types"]["image"]["mean_norm"]) == d["n_layers"] + 1
     assert (tmp_path / "n.png").stat().st_size > 5000

@@ -114,6 +114,13 @@ class EvalResult:
         return d
 
 
+def _strip(text: str) -> str:
+    """The base trace format: region blocks (v1) and latent blocks removed."""
+    from attrib.shapes.latent_train import strip_latent
+
+    return strip_latent(strip_pointing(text))
+
+
 def _ci(xs: Sequence[bool]) -> tuple[float, float]:
     r = mean_ci(np.asarray(xs, dtype=np.float64), n_boot=1000)
     return r["ci_low"], r["ci_high"]
@@ -156,8 +163,22 @@ def _generate(
     model: Any, processor: ShapesProcessor, images: Sequence[Image.Image], questions: Sequence[str], max_new_tokens: int
 ) -> list[tuple[str, list[int]]]:
     """Decoded outputs and, for point-and-copy models, the copy sources of each."""
+    from attrib.latent import LatentModel
     from attrib.pointcopy import PointCopyModel
 
+    if isinstance(model, LatentModel):
+        batch = processor(images, questions)
+        with torch.inference_mode():
+            lg = model.generate(
+                batch["input_ids"],
+                batch["attention_mask"],
+                batch["mm_token_type_ids"],
+                batch["pixel_values"],
+                batch["image_grid_thw"],
+                max_new_tokens=max_new_tokens + 4 * model.n_latent,
+                eos_token_id=int(processor.tokenizer.eos_token_id),
+            )
+        return [(processor.decode(lg.generated(r)), []) for r in range(len(images))]
     if not isinstance(model, PointCopyModel):
         return [(o, []) for o in generate_batch(model, processor, images, questions, max_new_tokens=max_new_tokens)]
     batch = processor(images, questions)
@@ -232,7 +253,7 @@ def evaluate(
         chunk = examples[b : b + batch_size]
         outs = _generate(model, processor, [e.image() for e in chunk], [e.question.text for e in chunk], max_new_tokens)
         for e, (o, src) in zip(chunk, outs, strict=True):
-            p = parse_output(strip_pointing(o))
+            p = parse_output(_strip(o))
             rec = ExampleOutcome(
                 uid=e.uid,
                 family=e.family,
@@ -257,7 +278,7 @@ def evaluate(
                 model, processor, [e.blank_image() for e in chunk], [e.question.text for e in chunk], max_new_tokens
             )
             for k, (o, _src) in enumerate(outs):
-                p = parse_output(strip_pointing(o))
+                p = parse_output(_strip(o))
                 rec = outcomes[b + k]
                 rec.blank_output = o
                 rec.blank_correct = p.ok and p.answer == rec.answer

@@ -149,12 +149,14 @@ def load_model(
         FileNotFoundError: If the directory or a required file is missing.
         ValueError: If a file is corrupt or the model and processor disagree.
     """
+    from attrib.latent import check_not_latent
     from attrib.pointcopy import check_not_pointcopy
 
     p = Path(path)
     if not p.is_dir():
         raise FileNotFoundError(f"model directory not found: {p}")
     check_not_pointcopy(p)
+    check_not_latent(p)
     for name in ("config.json", "model.safetensors"):
         if not (p / name).is_file():
             raise FileNotFoundError(f"model directory {p} lacks {name}")
@@ -214,8 +216,11 @@ def load_any(path: str | Path, **kwargs: Any) -> tuple[Any, ShapesProcessor]:
         FileNotFoundError: If the directory is missing.
         ValueError: If its files are corrupt.
     """
+    from attrib.latent import LatentModel, is_latent_dir
     from attrib.pointcopy import PointCopyModel, is_pointcopy_dir
 
+    if is_latent_dir(path):
+        return LatentModel.from_pretrained(path, local_files_only=True), ShapesProcessor.from_pretrained(path)
     if is_pointcopy_dir(path):
         return PointCopyModel.from_pretrained(path, local_files_only=True), ShapesProcessor.from_pretrained(path)
     return load_model(path, **kwargs)

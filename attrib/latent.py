@@ -1,0 +1,640 @@
+"""The latent-visual-token variant of a Qwen2/2.5-VL model (GAP, ../shared/DESIGN.md §5).
+
+Mechanism. The model writes ``<latent>``; the next ``n_latent`` input positions
+then carry no token but a continuous vector computed from the model's own last
+hidden state (a *latent token*, id ``<|latent|>`` in ``input_ids``); then
+``</latent>`` follows and text resumes. The vector fed back, from the final,
+normed hidden state ``h`` of the position before, depends on the *mode*:
+
+* ``raw``: ``v = h``, the output-as-input paradigm (Monet, Coconut): a vector
+  from the decoder's norm regime where the model expects an input embedding;
+* ``ema``: ``v = h · ē / ‖h‖``, where ``ē`` is a running (exponential moving)
+  average of the norm of the image input embeddings: EMA norm calibration;
+* ``pca``: ``v = P_kᵀ F(h) + μ``, where ``F`` is a learned linear head
+  (hidden -> k), and ``P_k`` (``k`` orthonormal rows) and ``μ`` are the principal
+  axes and mean of the model's own image input embeddings (vision output after
+  the merger): the PCA-aligned latent head. ``F`` starts at zero, so a fresh head
+  emits the mean image embedding.
+
+Training (:mod:`attrib.shapes.latent_train`) supervises every latent with an
+auxiliary target: the image input embedding of a cell of the object the sentence
+refers to (``target`` in :meth:`LatentModel.forward`).
+
+Position provenance: ``0`` text, ``1`` image token, ``3`` latent token (the codes
+of :data:`attrib.norms.TOKEN_TYPES`).
+
+Checkpoint layout (a directory)::
+
+    latent.json                class, version, mode, n_latent, token ids, base class
+    latent_head.safetensors    mu, basis, ema_norm, image_norm, text_norm (+ head.weight, head.bias for pca)
+    base/                      the wrapped Qwen2/2.5-VL
+    tokenizer.json, ...        the processor (extra tokens <latent>, </latent>, <|latent|>)
+
+As with the point-and-copy variant, the plain class pointed at a latent directory
+finds no ``config.json`` and fails; :func:`check_not_latent` names the problem.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.nn import functional as F  # noqa: N812
+
+__all__ = [
+    "LATENT",
+    "LATENT_CLOSE",
+    "LATENT_OPEN",
+    "LATENT_TOKENS",
+    "MODES",
+    "LatentGeneration",
+    "LatentModel",
+    "LatentOutput",
+    "check_not_latent",
+    "is_latent_dir",
+    "latent_norm_stats",
+    "require_latent",
+]
+
+logger = logging.getLogger(__name__)
+
+LATENT_OPEN, LATENT_CLOSE, LATENT = "<latent>", "</latent>", "<|latent|>"
+#: The special tokens the variant adds to a vocabulary (ids after the base vocabulary).
+LATENT_TOKENS: tuple[str, ...] = (LATENT_OPEN, LATENT_CLOSE, LATENT)
+#: Latent modes.
+MODES: tuple[str, ...] = ("raw", "ema", "pca")
+_META = "latent.json"
+_HEAD = "latent_head.safetensors"
+_SUPPORTED = ("Qwen2_5_VLForConditionalGeneration", "Qwen2VLForConditionalGeneration")
+
+Mode = Literal["raw", "ema", "pca"]
+#: ``intervene(row, block, slot, v) -> v'``: replace a latent before it is fed.
+Intervention = Callable[[int, int, int, torch.Tensor], torch.Tensor]
+
+
+def is_latent_dir(path: str | Path) -> bool:
+    """Whether ``path`` is a latent-variant checkpoint directory."""
+    return (Path(path) / _META).is_file()
+
+
+def check_not_latent(path: str | Path) -> None:
+    """Refuse a latent-variant checkpoint where a plain model is expected.
+
+    Raises:
+        ValueError: If ``path`` holds a latent-variant checkpoint.
+    """
+    if is_latent_dir(path):
+        raise ValueError(
+            f"{path} is a latent-visual-token checkpoint, not a plain model; load it with "
+            "attrib.latent.LatentModel.from_pretrained (or pass it where a latent model is accepted)"
+        )
+
+
+@dataclass
+class LatentOutput:
+    """What :meth:`LatentModel.forward` returns.
+
+    Attributes:
+        logits: ``(B, T, V)`` vocabulary logits.
+        hidden: ``(B, T, d)`` final normed hidden states.
+        latents: ``(n, d)`` the vectors fed at the latent slots (in slot order).
+        loss: ``lm_loss + aux_weight * aux_loss`` (``None`` without labels).
+        lm_loss: Cross-entropy over the labelled positions.
+        aux_loss: Relative squared error of the predicted latents against their targets
+            (``sum ‖v - t‖² / sum ‖t‖²``; ``0`` without latent slots).
+    """
+
+    logits: torch.Tensor
+    hidden: torch.Tensor
+    latents: torch.Tensor
+    loss: torch.Tensor | None = None
+    lm_loss: torch.Tensor | None = None
+    aux_loss: torch.Tensor | None = None
+
+
+@dataclass
+class LatentGeneration:
+    """What :meth:`LatentModel.generate` returns.
+
+    Attributes:
+        sequences: ``(B, P + G)`` ids (``<|latent|>`` at latent positions; padding after EOS).
+        prompt_len: ``P``.
+        lengths: Generated positions per row, latents and EOS included.
+        latents: Per row, the ``(block, slot, vector)`` of every latent fed (after any intervention).
+        raw_latents: Per row, the vectors the model produced, before any intervention.
+    """
+
+    sequences: torch.Tensor
+    prompt_len: int
+    lengths: list[int] = field(default_factory=list)
+    latents: list[list[tuple[int, int, torch.Tensor]]] = field(default_factory=list)
+    raw_latents: list[list[torch.Tensor]] = field(default_factory=list)
+
+    def generated(self, row: int = 0) -> list[int]:
+        """Generated ids of row ``row`` (EOS included)."""
+        s = self.prompt_len
+        return [int(x) for x in self.sequences[row, s : s + self.lengths[row]]]
+
+
+class LatentModel(nn.Module):
+    """A Qwen2/2.5-VL that feeds latent visual tokens back (see the module docstring).
+
+    Args:
+        base: A ``Qwen2_5_VLForConditionalGeneration`` or ``Qwen2VLForConditionalGeneration``
+            whose vocabulary holds the three :data:`LATENT_TOKENS`.
+        token_ids: Ids of ``<latent>``, ``</latent>`` and ``<|latent|>``.
+        mode: ``"raw"``, ``"ema"`` or ``"pca"``.
+        n_latent: Latent tokens per block.
+        pca_k: Principal axes of the PCA-aligned head.
+        ema_momentum: Momentum of the running image-embedding norm (``ema`` mode).
+
+    Raises:
+        ValueError: For an unsupported base class, mode, size or token id.
+    """
+
+    def __init__(
+        self,
+        base: Any,
+        token_ids: tuple[int, int, int],
+        *,
+        mode: Mode = "pca",
+        n_latent: int = 4,
+        pca_k: int = 32,
+        ema_momentum: float = 0.99,
+    ) -> None:
+        super().__init__()
+        if type(base).__name__ not in _SUPPORTED:
+            raise ValueError(f"the latent variant wraps {' or '.join(_SUPPORTED)}, got {type(base).__name__}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if n_latent < 1:
+            raise ValueError(f"n_latent must be >= 1, got {n_latent}")
+        if not 0 <= ema_momentum < 1:
+            raise ValueError(f"ema_momentum must be in [0, 1), got {ema_momentum}")
+        d = int(base.config.text_config.hidden_size)
+        if not 1 <= pca_k <= d:
+            raise ValueError(f"pca_k must be in [1, {d}], got {pca_k}")
+        vocab = base.get_input_embeddings().num_embeddings
+        if len(set(token_ids)) != 3 or not all(0 <= t < vocab for t in token_ids):
+            raise ValueError(f"token ids {token_ids} must be three distinct ids inside the vocabulary ({vocab})")
+        self.base = base
+        self.mode: Mode = mode
+        self.n_latent = int(n_latent)
+        self.pca_k = int(pca_k)
+        self.ema_momentum = float(ema_momentum)
+        self.open_id, self.close_id, self.latent_id = (int(t) for t in token_ids)
+        self.image_token_id = int(base.config.image_token_id)
+        self.register_buffer("mu", torch.zeros(d))
+        self.register_buffer("basis", torch.zeros(self.pca_k, d))
+        self.register_buffer("ema_norm", torch.ones(()))
+        self.register_buffer("image_norm", torch.ones(()))
+        self.register_buffer("text_norm", torch.ones(()))
+        self.head: nn.Linear | None = None
+        if mode == "pca":
+            self.head = nn.Linear(d, self.pca_k)
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
+
+    # ------------------------------------------------------------------ pieces
+    @property
+    def config(self) -> Any:
+        """The base model's config."""
+        return self.base.config
+
+    @property
+    def hidden_size(self) -> int:
+        """``d``."""
+        return int(self.mu.numel())
+
+    def image_embeddings(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> torch.Tensor:
+        """All images' input embeddings (vision output after the merger), ``(N_total, d)``."""
+        out = self.base.model.get_image_features(pixel_values, image_grid_thw, return_dict=True)
+        pooled = out.pooler_output
+        return torch.cat(list(pooled), dim=0) if isinstance(pooled, (list, tuple)) else pooled
+
+    @torch.no_grad()
+    def init_alignment(self, image_embeds: torch.Tensor) -> None:
+        """Set ``μ``, ``P_k`` and the reference norms from image input embeddings ``(N, d)``.
+
+        Also sets the EMA norm to the mean image-embedding norm, and ``text_norm`` to
+        the mean norm of the vocabulary's input embeddings.
+
+        Raises:
+            ValueError: With fewer than ``pca_k`` embeddings.
+        """
+        x = image_embeds.detach().float()
+        if x.ndim != 2 or x.shape[1] != self.hidden_size:
+            raise ValueError(f"image embeddings must be (N, {self.hidden_size}), got {tuple(x.shape)}")
+        if x.shape[0] < self.pca_k:
+            raise ValueError(f"PCA of {self.pca_k} axes needs at least {self.pca_k} embeddings, got {x.shape[0]}")
+        mu = x.mean(0)
+        _, _, vh = torch.linalg.svd(x - mu, full_matrices=False)
+        self.mu.copy_(mu)
+        self.basis.copy_(vh[: self.pca_k])
+        norm = x.norm(dim=-1).mean()
+        self.ema_norm.copy_(norm)
+        self.image_norm.copy_(norm)
+        self.text_norm.copy_(self.base.get_input_embeddings().weight.detach().float().norm(dim=-1).mean())
+
+    @torch.no_grad()
+    def update_ema(self, image_embeds: torch.Tensor) -> None:
+        """One EMA step of the running image-embedding norm (``ema`` mode, training)."""
+        if image_embeds.numel() == 0:
+            return
+        cur = image_embeds.detach().float().norm(dim=-1).mean()
+        self.ema_norm.mul_(self.ema_momentum).add_((1 - self.ema_momentum) * cur)
+
+    def latent_vectors(self, h: torch.Tensor) -> torch.Tensor:
+        """The vector fed back from final hidden states ``h`` (``(..., d)``), by mode."""
+        if self.mode == "raw":
+            return h
+        if self.mode == "ema":
+            return h * (self.ema_norm.to(h.dtype) / h.norm(dim=-1, keepdim=True).clamp_min(1e-6))
+        assert self.head is not None
+        return self.head(h) @ self.basis.to(h.dtype) + self.mu.to(h.dtype)
+
+    def embed(
+        self, input_ids: torch.Tensor, image_embeds: torch.Tensor, latent_values: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Input embeddings: tokens, image embeddings at image positions, ``latent_values`` at latent positions.
+
+        Args:
+            input_ids: ``(B, T)``.
+            image_embeds: ``(N_total, d)``.
+            latent_values: ``(n, d)``: one vector per ``<|latent|>`` position, in
+                row-major order (required when there are latent positions).
+
+        Raises:
+            ValueError: If counts of image tokens or latent positions do not match.
+        """
+        emb = self.base.get_input_embeddings()(input_ids)
+        img = input_ids == self.image_token_id
+        if int(img.sum()) != image_embeds.shape[0]:
+            raise ValueError(f"{int(img.sum())} image tokens in input_ids but {image_embeds.shape[0]} image embeddings")
+        emb = emb.masked_scatter(img[..., None], image_embeds.to(emb.dtype))
+        lat = input_ids == self.latent_id
+        n = int(lat.sum())
+        if n == 0:
+            return emb
+        if latent_values is None or latent_values.shape[0] != n:
+            got = None if latent_values is None else latent_values.shape[0]
+            raise ValueError(f"{n} latent positions in input_ids but {got} latent vectors")
+        return emb.masked_scatter(lat[..., None], latent_values.to(emb.dtype))
+
+    def position_ids(
+        self,
+        input_ids: torch.Tensor,
+        mm_token_type_ids: torch.Tensor,
+        image_grid_thw: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """M-RoPE position ids ``(3, B, T)``; latent tokens take text positions."""
+        m = self.base.model
+        try:
+            pos, _ = m.get_rope_index(
+                input_ids,
+                mm_token_type_ids=mm_token_type_ids,
+                image_grid_thw=image_grid_thw,
+                attention_mask=attention_mask,
+            )
+        except TypeError:  # Qwen2-VL signature without mm_token_type_ids
+            pos, _ = m.get_rope_index(input_ids, image_grid_thw, None, attention_mask)
+        return pos
+
+    def _targets(self, input_ids: torch.Tensor, target: torch.Tensor, image_embeds: torch.Tensor) -> torch.Tensor:
+        """Target vectors of the latent slots, ``(n, d)``, from per-position target cells."""
+        lat = input_ids == self.latent_id
+        n_img = (input_ids == self.image_token_id).sum(1)
+        off = torch.cumsum(n_img, 0) - n_img
+        rows = torch.nonzero(lat)[:, 0]
+        cells = target[lat]
+        if bool((cells < 0).any()) or bool((cells >= n_img[rows]).any()):
+            raise ValueError("a latent target cell lies outside its example's image tokens")
+        return image_embeds[off[rows] + cells]
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        mm_token_type_ids: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_grid_thw: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        latent_target: torch.Tensor | None = None,
+        image_embeds: torch.Tensor | None = None,
+        aux_weight: float = 1.0,
+        **_: Any,
+    ) -> LatentOutput:
+        """Training forward over a batch with latent slots (two passes when there are any).
+
+        Pass 1 (no gradient) feeds the *target* embeddings at the latent slots and
+        computes the latent the model would emit at every slot from the hidden state
+        before it. Pass 2 feeds those latents (the model's own, given a correct
+        context) and carries the gradient: the language-model loss on ``labels``,
+        plus the auxiliary loss between the latents pass 2 predicts and the targets.
+
+        Args:
+            input_ids: ``(B, T)``; latent slots hold ``<|latent|>``.
+            attention_mask: ``(B, T)`` (left padding).
+            mm_token_type_ids: ``(B, T)``, 1 on image tokens.
+            pixel_values: Patchified pixels.
+            image_grid_thw: ``(n_images, 3)``.
+            labels: ``(B, T)`` token targets (``-100`` ignored); position ``t`` is predicted from ``t - 1``.
+            latent_target: ``(B, T)`` the image-token index (within its example) whose
+                embedding is the target of each latent slot, ``-1`` elsewhere.
+            image_embeds: Precomputed image embeddings (skips the vision tower).
+            aux_weight: Weight of the auxiliary loss.
+
+        Raises:
+            ValueError: Without pixels and image embeddings, or with latent slots but no targets.
+        """
+        if image_grid_thw is None:
+            raise ValueError("the latent variant needs image_grid_thw")
+        if image_embeds is None:
+            if pixel_values is None:
+                raise ValueError("the latent variant needs pixel_values or image_embeds")
+            image_embeds = self.image_embeddings(pixel_values, image_grid_thw)
+        if self.training and self.mode == "ema":
+            self.update_ema(image_embeds)
+        if mm_token_type_ids is None:
+            mm_token_type_ids = (input_ids == self.image_token_id).long()
+        pos = self.position_ids(input_ids, mm_token_type_ids, image_grid_thw, attention_mask)
+        lm = self.base.model.language_model
+        lat = input_ids == self.latent_id
+        # the hidden state that predicts slot t sits at t - 1
+        before = torch.zeros_like(lat)
+        before[:, :-1] = lat[:, 1:]
+        targets: torch.Tensor | None = None
+        fed: torch.Tensor | None = None
+        if bool(lat.any()):
+            if latent_target is None:
+                raise ValueError("latent slots in input_ids but no latent_target")
+            targets = self._targets(input_ids, latent_target, image_embeds).detach()
+            with torch.no_grad():
+                h1 = lm(
+                    inputs_embeds=self.embed(input_ids, image_embeds, targets),
+                    position_ids=pos,
+                    attention_mask=attention_mask,
+                    use_cache=False,
+                ).last_hidden_state
+                fed = self.latent_vectors(h1[before]).detach()
+        hidden = lm(
+            inputs_embeds=self.embed(input_ids, image_embeds, fed),
+            position_ids=pos,
+            attention_mask=attention_mask,
+            use_cache=False,
+        ).last_hidden_state
+        logits = self.base.lm_head(hidden)
+        latents = fed if fed is not None else hidden.new_zeros(0, hidden.shape[-1])
+        if labels is None:
+            return LatentOutput(logits, hidden, latents)
+        lm_loss = F.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1), ignore_index=-100
+        )
+        aux = hidden.new_zeros(())
+        if targets is not None:
+            pred = self.latent_vectors(hidden[before]).float()
+            aux = (pred - targets.float()).pow(2).sum() / targets.float().pow(2).sum().clamp_min(1e-6)
+        return LatentOutput(logits, hidden, latents, lm_loss + aux_weight * aux, lm_loss, aux)
+
+    # ------------------------------------------------------------------ generation
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        mm_token_type_ids: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_grid_thw: torch.Tensor | None = None,
+        *,
+        max_new_tokens: int = 256,
+        eos_token_id: int | None = None,
+        intervene: Intervention | None = None,
+        on_token: Callable[[int, int], bool | None] | None = None,
+        image_embeds: torch.Tensor | None = None,
+        **_: Any,
+    ) -> LatentGeneration:
+        """Greedy decoding with the KV cache; ``<latent>`` opens ``n_latent`` fed-back latents.
+
+        After the model chooses ``<latent>``, the next ``n_latent`` positions take
+        :meth:`latent_vectors` of the hidden state before each (passed through
+        ``intervene`` first, when given), then ``</latent>`` is fed, and greedy
+        decoding resumes. Latent slots count toward ``max_new_tokens``.
+
+        Args:
+            input_ids: ``(B, P)`` left-padded prompts.
+            attention_mask: ``(B, P)``.
+            mm_token_type_ids: ``(B, P)``.
+            pixel_values: Patchified pixels.
+            image_grid_thw: ``(n_images, 3)``.
+            max_new_tokens: Generation budget (positions).
+            eos_token_id: Stop a row at this id (default: the config's).
+            intervene: ``intervene(row, block, slot, v) -> v'`` replaces each latent before it is fed.
+            on_token: Called as ``on_token(row, token_id)`` for every new position
+                (``<|latent|>`` for latents); returning ``True`` stops generation.
+            image_embeds: Precomputed image embeddings.
+
+        Returns:
+            A :class:`LatentGeneration`.
+        """
+        from transformers import DynamicCache
+
+        if image_grid_thw is None:
+            raise ValueError("the latent variant needs image_grid_thw")
+        b, p = input_ids.shape
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if mm_token_type_ids is None:
+            mm_token_type_ids = (input_ids == self.image_token_id).long()
+        if image_embeds is None:
+            if pixel_values is None:
+                raise ValueError("the latent variant needs pixel_values or image_embeds")
+            image_embeds = self.image_embeddings(pixel_values, image_grid_thw)
+        eos = eos_token_id if eos_token_id is not None else _eos(self.base.config)
+        pad = int(
+            getattr(self.base.config, "pad_token_id", None)
+            or getattr(self.base.config.text_config, "pad_token_id", 0)
+            or 0
+        )
+        lm = self.base.model.language_model
+        cache = DynamicCache(config=self.base.config.text_config)
+        pos = self.position_ids(input_ids, mm_token_type_ids, image_grid_thw, attention_mask)
+        h = lm(
+            inputs_embeds=self.embed(input_ids, image_embeds),
+            position_ids=pos,
+            attention_mask=attention_mask,
+            past_key_values=cache,
+            use_cache=True,
+        ).last_hidden_state[:, -1]
+        next_pos = pos.amax(dim=(0, 2)) + 1
+        embed_tokens = self.base.get_input_embeddings()
+        seqs = [input_ids]
+        done = torch.zeros(b, dtype=torch.bool)
+        lengths = [0] * b
+        remaining = [0] * b  # latent slots still to feed
+        close_next = [False] * b
+        block = [-1] * b
+        latents: list[list[tuple[int, int, torch.Tensor]]] = [[] for _ in range(b)]
+        raw: list[list[torch.Tensor]] = [[] for _ in range(b)]
+        for _step in range(max_new_tokens):
+            tok = self.base.lm_head(h).argmax(-1)
+            e = embed_tokens(tok)
+            vec = self.latent_vectors(h)
+            for r in range(b):
+                if done[r]:
+                    tok[r] = pad
+                elif remaining[r] > 0:
+                    slot = self.n_latent - remaining[r]
+                    v = vec[r]
+                    raw[r].append(v.detach().clone())
+                    if intervene is not None:
+                        v = intervene(r, block[r], slot, v).to(e.dtype)
+                    latents[r].append((block[r], slot, v.detach().clone()))
+                    tok[r] = self.latent_id
+                    e[r] = v
+                    remaining[r] -= 1
+                    close_next[r] = remaining[r] == 0
+                elif close_next[r]:
+                    tok[r] = self.close_id
+                    e[r] = embed_tokens.weight[self.close_id]
+                    close_next[r] = False
+                elif int(tok[r]) == self.open_id:
+                    remaining[r] = self.n_latent
+                    block[r] += 1
+            seqs.append(tok[:, None].clone())
+            stop = False
+            for r in range(b):
+                if bool(done[r]):
+                    continue
+                lengths[r] += 1
+                if on_token is not None and on_token(r, int(tok[r])):
+                    stop = True
+            done = done | (tok == eos)
+            if bool(done.all()) or stop:
+                break
+            attention_mask = torch.cat([attention_mask, (~done).long()[:, None]], dim=1)
+            step_pos = next_pos.view(1, b, 1).expand(3, b, 1)
+            next_pos = next_pos + 1
+            h = lm(
+                inputs_embeds=e[:, None],
+                position_ids=step_pos,
+                attention_mask=attention_mask,
+                past_key_values=cache,
+                use_cache=True,
+            ).last_hidden_state[:, -1]
+        return LatentGeneration(
+            sequences=torch.cat(seqs, dim=1), prompt_len=p, lengths=lengths, latents=latents, raw_latents=raw
+        )
+
+    # ------------------------------------------------------------------ persistence
+    def save_pretrained(self, path: str | Path) -> None:
+        """Write the checkpoint layout described in the module docstring."""
+        p = Path(path)
+        p.mkdir(parents=True, exist_ok=True)
+        self.base.save_pretrained(p / "base")
+        tensors = {k: getattr(self, k).detach().contiguous() for k in ("mu", "basis", "ema_norm", "image_norm")}
+        tensors["text_norm"] = self.text_norm.detach().contiguous()
+        if self.head is not None:
+            tensors["head.weight"] = self.head.weight.detach().contiguous()
+            tensors["head.bias"] = self.head.bias.detach().contiguous()
+        save_file(tensors, str(p / _HEAD))
+        meta = {
+            "class": "LatentModel",
+            "version": 1,
+            "mode": self.mode,
+            "n_latent": self.n_latent,
+            "pca_k": self.pca_k,
+            "ema_momentum": self.ema_momentum,
+            "token_ids": [self.open_id, self.close_id, self.latent_id],
+            "base_class": type(self.base).__name__,
+        }
+        (p / _META).write_text(json.dumps(meta, indent=1) + "\n")
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, **kwargs: Any) -> LatentModel:
+        """Load a checkpoint written by :meth:`save_pretrained` (safetensors + JSON only).
+
+        Raises:
+            FileNotFoundError: If ``path`` does not exist.
+            ValueError: If ``path`` is not a latent checkpoint or its files are corrupt.
+        """
+        import transformers
+
+        p = Path(path)
+        if not p.is_dir():
+            raise FileNotFoundError(f"model directory not found: {p}")
+        if not is_latent_dir(p):
+            raise ValueError(
+                f"{p} is not a latent-visual-token checkpoint (no {_META}); it has no latent support. "
+                "Train one with `attrib latent train`"
+            )
+        try:
+            meta = json.loads((p / _META).read_text())
+            base = getattr(transformers, meta["base_class"]).from_pretrained(p / "base", **kwargs)
+            tensors = load_file(str(p / _HEAD))
+            model = cls(
+                base,
+                tuple(int(t) for t in meta["token_ids"]),  # type: ignore[arg-type]
+                mode=meta["mode"],
+                n_latent=int(meta["n_latent"]),
+                pca_k=int(meta["pca_k"]),
+                ema_momentum=float(meta["ema_momentum"]),
+            )
+            for k in ("mu", "basis", "ema_norm", "image_norm", "text_norm"):
+                getattr(model, k).copy_(tensors[k])
+            if model.head is not None:
+                model.head.weight.data.copy_(tensors["head.weight"])
+                model.head.bias.data.copy_(tensors["head.bias"])
+        except Exception as e:  # transformers, safetensors and json raise several types
+            raise ValueError(f"corrupt latent checkpoint {p}: {type(e).__name__}: {e}") from e
+        return model.eval()
+
+
+def require_latent(model: Any) -> LatentModel:
+    """``model`` if it is a :class:`LatentModel`.
+
+    Raises:
+        TypeError: Naming the model's class, for any model without latent support.
+    """
+    if not isinstance(model, LatentModel):
+        raise TypeError(
+            f"{type(model).__name__} has no latent support: latent probing needs a latent-visual-token model "
+            "(attrib.latent.LatentModel; train one with `attrib latent train`)"
+        )
+    return model
+
+
+def latent_norm_stats(model: LatentModel, vectors: list[torch.Tensor]) -> dict[str, float]:
+    """Mean latent norm and its ratio to the image and text input-embedding norms.
+
+    Returns:
+        ``{"n", "latent_norm", "ratio_to_image_input", "ratio_to_text_input"}`` (NaN without latents).
+    """
+    if not vectors:
+        nan = float("nan")
+        return {"n": 0, "latent_norm": nan, "ratio_to_image_input": nan, "ratio_to_text_input": nan}
+    norm = float(np.mean([float(v.float().norm()) for v in vectors]))
+    return {
+        "n": len(vectors),
+        "latent_norm": norm,
+        "ratio_to_image_input": norm / float(model.image_norm),
+        "ratio_to_text_input": norm / float(model.text_norm),
+    }
+
+
+def _eos(config: Any) -> int:
+    e = getattr(config, "eos_token_id", None)
+    if e is None:
+        e = getattr(config.text_config, "eos_token_id", None)
+    if isinstance(e, (list, tuple)):
+        e = e[0]
+    return int(e) if e is not None else -1
