@@ -160,6 +160,13 @@ class LatentModel(nn.Module):
         ValueError: For an unsupported base class, mode, size or token id.
     """
 
+    base: Any
+    mu: torch.Tensor
+    basis: torch.Tensor
+    ema_norm: torch.Tensor
+    image_norm: torch.Tensor
+    text_norm: torch.Tensor
+
     def __init__(
         self,
         base: Any,

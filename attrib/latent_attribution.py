@@ -58,6 +58,10 @@ class LatentCapture(AttentionCapture):
         self._latent_positions = latent_positions
         super().__init__(model, inputs, assignment, **kwargs)
 
+    def __enter__(self) -> LatentCapture:
+        super().__enter__()
+        return self
+
     def _reset_buffers(self) -> None:
         super()._reset_buffers()
         self._lat_step = torch.zeros(self.n_layers, self.n_heads)

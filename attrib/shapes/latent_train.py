@@ -328,7 +328,8 @@ def train_latent(
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.98))
     out = Path(out_dir)
     ckpt = out.with_name(out.name + ".ckpt")
-    start, log = 0, {"losses": [], "aux": [], "seconds": 0.0}
+    start = 0
+    log: dict[str, Any] = {"losses": [], "aux": [], "seconds": 0.0}
     if (ckpt / "meta.json").is_file():
         meta = json.loads((ckpt / "meta.json").read_text())
         if meta["config"] != cfg.to_dict() or meta["base"] != str(base_dir):
