@@ -476,11 +476,19 @@ class AttentionCapture:
                     via = probs[:, p[ok].to(probs.device)].cpu() @ self._mt[torch.tensor(src, dtype=torch.long)[ok]]
         self._step[layer] = mass + via
         self._step_via[layer] = via
+        self._record_extra(layer, probs)
         self._seen.add(layer)
         if len(self._seen) == self.n_layers:
             self._pending.append(self._step.clone())
             self._pending_via.append(self._step_via.clone())
+            self._row_complete()
             self._seen.clear()
+
+    def _record_extra(self, layer: int, probs: torch.Tensor) -> None:
+        """Subclass hook: layer ``layer``'s newest attention row ``probs`` ``(H, T)`` (no-op here)."""
+
+    def _row_complete(self) -> None:
+        """Subclass hook: every layer of the current step has been recorded (no-op here)."""
 
     @property
     def streamer(self) -> TokenStreamer:

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from attrib.capture import AttentionCapture, CaptureResult, last_row_probs
+from attrib.capture import AttentionCapture, CaptureResult
 from attrib.latent import LatentGeneration, LatentModel
 
 __all__ = ["LatentCapture", "capture_latent", "latent_share"]
@@ -70,26 +70,15 @@ class LatentCapture(AttentionCapture):
         self._lat_n = 0
         self._lat_feats: list[np.ndarray] = []
 
-    def _record(
-        self,
-        module: torch.nn.Module,
-        query: torch.Tensor,
-        key: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        scaling: float | None,
-    ) -> None:
-        layer = self._layer_of.get(id(module))
-        if layer is not None:
-            pos = [p for p in self._latent_positions() if p < key.shape[2]]
-            if pos:
-                probs = last_row_probs(query, key, attention_mask, scaling)[0]
-                self._lat_step[layer] = probs[:, torch.tensor(pos, device=probs.device)].sum(-1).cpu()
-            else:
-                self._lat_step[layer] = 0.0
-        before = len(self._pending)
-        super()._record(module, query, key, attention_mask, scaling)
-        if len(self._pending) > before:
-            self._lat_pending.append(self._lat_step.clone())
+    def _record_extra(self, layer: int, probs: torch.Tensor) -> None:
+        pos = [p for p in self._latent_positions() if p < probs.shape[1]]
+        if pos:
+            self._lat_step[layer] = probs[:, torch.tensor(pos, device=probs.device)].sum(-1).cpu()
+        else:
+            self._lat_step[layer] = 0.0
+
+    def _row_complete(self) -> None:
+        self._lat_pending.append(self._lat_step.clone())
 
     def _on_token(self, token_id: int) -> None:
         lat = self._lat_pending.pop(0) if self._lat_pending else torch.zeros(self.n_layers, self.n_heads)

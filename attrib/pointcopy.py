@@ -51,6 +51,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
+from attrib._variant import eos_id, image_embeddings, pad_id, rope_positions
+
 __all__ = [
     "COPY",
     "COPY_TOKENS",
@@ -219,9 +221,7 @@ class PointCopyModel(nn.Module):
 
     def image_embeddings(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> torch.Tensor:
         """All images' input embeddings (vision output after the merger), ``(N_total, d)``."""
-        out = self.base.model.get_image_features(pixel_values, image_grid_thw, return_dict=True)
-        pooled = out.pooler_output
-        return torch.cat(list(pooled), dim=0) if isinstance(pooled, (list, tuple)) else pooled
+        return image_embeddings(self.base, pixel_values, image_grid_thw)
 
     def _image_layout(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per example, image tokens and the offset of its first one in the flat embedding list."""
@@ -287,17 +287,7 @@ class PointCopyModel(nn.Module):
         attention_mask: torch.Tensor | None,
     ) -> torch.Tensor:
         """M-RoPE position ids ``(3, B, T)``; copy tokens are text tokens here."""
-        m = self.base.model
-        try:
-            pos, _ = m.get_rope_index(
-                input_ids,
-                mm_token_type_ids=mm_token_type_ids,
-                image_grid_thw=image_grid_thw,
-                attention_mask=attention_mask,
-            )
-        except TypeError:  # Qwen2-VL signature without mm_token_type_ids
-            pos, _ = m.get_rope_index(input_ids, image_grid_thw, None, attention_mask)
-        return pos
+        return rope_positions(self.base, input_ids, mm_token_type_ids, image_grid_thw, attention_mask)
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -401,12 +391,8 @@ class PointCopyModel(nn.Module):
             if pixel_values is None:
                 raise ValueError("point-and-copy needs pixel_values or image_embeds")
             image_embeds = self.image_embeddings(pixel_values, image_grid_thw)
-        eos = eos_token_id if eos_token_id is not None else _eos(self.base.config)
-        pad = int(
-            getattr(self.base.config, "pad_token_id", None)
-            or getattr(self.base.config.text_config, "pad_token_id", 0)
-            or 0
-        )
+        eos = eos_token_id if eos_token_id is not None else eos_id(self.base.config)
+        pad = pad_id(self.base.config)
         off = self._image_layout(input_ids)[1]
         lm = self.base.model.language_model
         cache = DynamicCache(config=self.base.config.text_config)
@@ -523,12 +509,3 @@ class PointCopyModel(nn.Module):
         model.lq.weight.data.copy_(heads["lq.weight"])
         model.lk.weight.data.copy_(heads["lk.weight"])
         return model.eval()
-
-
-def _eos(config: Any) -> int:
-    e = getattr(config, "eos_token_id", None)
-    if e is None:
-        e = getattr(config.text_config, "eos_token_id", None)
-    if isinstance(e, (list, tuple)):
-        e = e[0]
-    return int(e) if e is not None else -1

@@ -228,6 +228,8 @@ def test_select_train_probe_and_errors(tiny_base: Path, tmp_path: Path) -> None:
         LatentModel.from_pretrained(tiny_base)
     with pytest.raises(TypeError, match="no latent support"):
         require_latent(base)
+    with pytest.raises(TypeError, match="no latent support"):
+        evaluate_latent(base, proc0, [make_example("test", 0)])
     with pytest.raises(ValueError, match="latent-visual-token checkpoint"):
         load_model(tmp_path / "lat")
     check_not_latent(tiny_base)  # a plain directory passes
@@ -308,3 +310,37 @@ def test_norm_stats() -> None:
     assert st["latent_norm"] == pytest.approx(expect)
     assert st["ratio_to_image_input"] == pytest.approx(expect / float(m.image_norm))
     assert np.isnan(latent_norm_stats(m, [])["latent_norm"])
+
+
+def test_train_latent_resumes_after_a_kill_and_refuses_another_config(tiny_base: Path, tmp_path: Path) -> None:
+    """A run killed after its first checkpoint resumes to the same weights as an uninterrupted run."""
+    from attrib.shapes.latent_train import load_latent, load_selection
+
+    cfg = _cfg(mode="pca", steps=3, ckpt_every=1)
+    sel = {e.uid: a for e, a in zip(pool(cfg), [0.0, 1.0, 0.25, 0.5], strict=True)}
+    whole = train_latent(tiny_base, cfg, tmp_path / "whole", sel)
+
+    class KillError(Exception):
+        pass
+
+    def kill_at_2(step: int, _total: int, _loss: float) -> None:
+        if step == 2:
+            raise KillError
+
+    with pytest.raises(KillError):
+        train_latent(tiny_base, cfg, tmp_path / "resumed", sel, on_step=kill_at_2)
+    assert (tmp_path / "resumed.ckpt" / "meta.json").is_file() and not (tmp_path / "resumed").exists()
+    with pytest.raises(ValueError, match="another config"):
+        train_latent(tiny_base, _cfg(mode="pca", steps=4, ckpt_every=1), tmp_path / "resumed", sel)
+    again = train_latent(tiny_base, cfg, tmp_path / "resumed", sel)
+    assert again["losses"] == whole["losses"]
+    a, _ = load_latent(tmp_path / "whole")
+    b, _ = load_latent(tmp_path / "resumed")
+    assert a.head is not None and b.head is not None and torch.equal(a.head.weight, b.head.weight)
+    assert not (tmp_path / "resumed.ckpt").exists()
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="malformed selection"):
+        load_selection(bad)
+    with pytest.raises(FileNotFoundError, match="attrib latent select"):
+        load_selection(tmp_path / "missing.json")

@@ -175,7 +175,8 @@ def _generate(
                 batch["mm_token_type_ids"],
                 batch["pixel_values"],
                 batch["image_grid_thw"],
-                max_new_tokens=max_new_tokens + 4 * model.n_latent,
+                max_new_tokens=max_new_tokens
+                + 4 * model.n_latent,  # latent slots count as positions: room for 4 blocks
                 eos_token_id=int(processor.tokenizer.eos_token_id),
             )
         return [(processor.decode(lg.generated(r)), []) for r in range(len(images))]

@@ -52,7 +52,15 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from attrib.latent import LATENT, LATENT_CLOSE, LATENT_OPEN, LATENT_TOKENS, LatentModel, latent_norm_stats
+from attrib.latent import (
+    LATENT,
+    LATENT_CLOSE,
+    LATENT_OPEN,
+    LATENT_TOKENS,
+    LatentModel,
+    latent_norm_stats,
+    require_latent,
+)
 from attrib.processing import ShapesProcessor, _token_id
 from attrib.shapes.dataset import Example, iter_split, trace_text
 from attrib.shapes.parse import parse_output
@@ -453,9 +461,12 @@ def evaluate_latent(
         paired bootstrap 95 % interval.
 
     Raises:
+        TypeError: If ``model`` has no latent support.
         ValueError: For an unknown intervention or fewer than 2 examples with ``shuffle``.
     """
     from metrics.stats import bootstrap_ci
+
+    require_latent(model)
 
     for k in interventions:
         if k not in INTERVENTIONS:
@@ -619,6 +630,7 @@ def latent_norms(model: LatentModel, processor: ShapesProcessor, examples: Seque
     """
     from attrib.norms import norm_report, token_types
 
+    require_latent(model)
     hs_all: list[Sequence[torch.Tensor]] = []
     types: list[np.ndarray] = []
     for e in examples:
