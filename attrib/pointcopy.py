@@ -214,6 +214,10 @@ class PointCopyModel(nn.Module):
         """The base model's config."""
         return self.base.config
 
+    def get_input_embeddings(self) -> nn.Module:
+        """The base model's token embedding table (``<|copy|>`` included)."""
+        return self.base.get_input_embeddings()  # type: ignore[no-any-return]
+
     @property
     def n_vocab(self) -> int:
         """Vocabulary logits per position (``V``)."""

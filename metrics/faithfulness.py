@@ -6,11 +6,14 @@ over the units it averages (spans, or (span, region) pairs).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from scipy.stats import spearmanr
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["MetricResult", "lds", "pointing_accuracy", "r2", "topk_drop", "topk_sets"]
 
@@ -122,7 +125,8 @@ def topk_drop(
         seed: Bootstrap seed.
 
     Returns:
-        ``{"raw": ..., "normalized": ...}`` (``normalized`` only with an oracle).
+        ``{"raw": ..., "normalized": ...}`` (``normalized`` only with an oracle; NaN, with a
+        logged warning, when the oracle's mean drop is not positive).
     """
     d = np.asarray(drops, dtype=np.float64)
     out = {"raw": _boot(d, n_boot=n_boot, seed=seed)}
@@ -131,7 +135,12 @@ def topk_drop(
         d, o = _check(d, o, "topk_drop")
         denom = o.mean()
         if denom <= 0:
-            raise ValueError(f"topk_drop: the oracle's mean drop is {denom:.3g} <= 0; normalisation is undefined")
+            # removing the oracle's top-K does not lower the log-probability (e.g. an untrained model):
+            # there is nothing to normalise by, so say so and keep the raw figures
+            logger.warning("topk_drop: the oracle's mean drop is %.3g <= 0; the normalised drop is undefined", denom)
+            nan = float("nan")
+            out["normalized"] = MetricResult(nan, nan, nan, d.size)
+            return out
         rng = np.random.default_rng(seed)
         idx = rng.integers(0, d.size, size=(n_boot, d.size))
         ratios = d[idx].mean(1) / np.maximum(o[idx].mean(1), 1e-12)

@@ -60,6 +60,10 @@ def test_topk_oracle_beats_random() -> None:
     assert res["normalized"].value < 0.8
     assert topk_drop(d_oracle, d_oracle)["normalized"].value == pytest.approx(1.0)
     assert topk_sets(np.array([[0.1, 0.5, 0.3, 0.5]]), 2).tolist() == [[False, True, False, True]]
+    # an oracle whose removal does not hurt (untrained model): raw kept, normalised undefined (NaN)
+    flat = topk_drop(np.array([0.2, -0.1]), np.array([-0.05, 0.01]))
+    assert flat["raw"].value == pytest.approx(0.05)
+    assert np.isnan(flat["normalized"].value) and flat["normalized"].n == 2
 
 
 def test_r2_hand_values() -> None:

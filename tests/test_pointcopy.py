@@ -233,6 +233,29 @@ def test_v1_training_smoke_eval_and_cli(tmp_path: Path) -> None:
     for key in ("accuracy", "blank_image_accuracy", "n_failures", "parse_rate", "n", "pointing_accuracy"):
         assert key in d
     assert 0.0 <= d["pointing_accuracy"] <= 1.0
+    # the estimator pipeline (collect, fit, evaluate) takes the v1 model unchanged
+    from attrib.collect import Collection
+
+    col = tmp_path / "col"
+    args = ["--model", str(tmp_path / "v1"), "--dataset", "shapes:test", "--n", "2", "--k", "8", "--loo"]
+    args += ["--subsets", "8", "--max-new-tokens", "12", "--threads", "1", "--out", str(col)]
+    assert main(["collect", *args]) == 0
+    exs = list(Collection.open(col).examples())
+    assert len(exs) == 2
+    for ex in exs:
+        n_spans = np.asarray(ex["features"]).shape[0]
+        assert len(ex["span_copy_share"]) == n_spans
+        assert all(0.0 <= s <= 1.0 for s in ex["span_copy_share"])
+    est = tmp_path / "est"
+    assert main(["fit", "--train", str(col), "--all-examples", "--out", str(est)]) == 0
+    ev = tmp_path / "faith.json"
+    ev_args = ["evaluate", "--test", str(col), "--estimator", str(est), "--train", str(col), "--sizes", ""]
+    ev_args += ["--methods", "estimator,raw_attention,best_layer,contextcite,leave_one_out", "--json", str(ev)]
+    assert main(ev_args) == 0
+    methods = json.loads(ev.read_text())["methods"]
+    assert set(methods) == {"estimator", "raw_attention", "best_layer", "contextcite", "leave_one_out"}
+    assert np.isfinite(methods["leave_one_out"]["lds"]["value"])
+    assert methods["estimator"]["r2"]["n"] > 0
 
 
 def _forced_trace(pc: PointCopyModel, inp: dict[str, torch.Tensor]) -> tuple[list[int], list[int]]:
