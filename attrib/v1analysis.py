@@ -303,7 +303,7 @@ def run_analysis(
         by_name = {"base": eb, "v1": ev}
         tagged = {"base": [dict(e, _m="base") for e in base], "v1": [dict(e, _m="v1") for e in v1]}
         out["late_chain"] = late_chain_attribution(
-            tagged, lambda ex: np.asarray(by_name[ex["_m"]].predict(np.asarray(ex["features"])))
+            tagged, lambda ex: by_name[ex["_m"]].region_scores(np.asarray(ex["features"]))
         )
     if v1_model:
         out["copy_attention"] = _copy_attention(v1_model, n_copy)

@@ -256,6 +256,16 @@ def test_v1_training_smoke_eval_and_cli(tmp_path: Path) -> None:
     assert set(methods) == {"estimator", "raw_attention", "best_layer", "contextcite", "leave_one_out"}
     assert np.isfinite(methods["leave_one_out"]["lds"]["value"])
     assert methods["estimator"]["r2"]["n"] > 0
+    # the v1-vs-base analyses run from collections (here the same one twice) and the v1 model
+    res_path, figs = tmp_path / "v1.json", tmp_path / "figs"
+    v1_args = ["v1", "--base-test", str(col), "--v1-test", str(col), "--base-estimator", str(est)]
+    v1_args += ["--v1-estimator", str(est), "--v1-model", str(tmp_path / "v1"), "--n-copy", "1"]
+    assert main([*v1_args, "--json", str(res_path), "--figures", str(figs)]) == 0
+    res = json.loads(res_path.read_text())
+    assert {"decay", "late_chain", "late_chain_attention", "copy_attention"} <= set(res)
+    assert (figs / "decay.png").stat().st_size > 0
+    ca = res["copy_attention"]
+    assert len(ca["copy_mass"]) == len(ca["source_mass"]) == (ca["n_tokens"] > 0) * 2  # tiny model: 2 layers
 
 
 def _forced_trace(pc: PointCopyModel, inp: dict[str, torch.Tensor]) -> tuple[list[int], list[int]]:
