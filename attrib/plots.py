@@ -181,6 +181,7 @@ def copy_attention_plot(res: dict[str, Any], path: str | Path | None = None) -> 
     ax.plot(layers, res["copy_mass"], marker="o", label="copy tokens")
     ax.plot(layers, res["source_mass"], marker="s", label="their source image tokens")
     ax.set_xlabel("layer")
+    ax.set_xticks(list(layers))
     ax.set_ylabel("attention mass (mean over heads)")
     ax.set_title(f"attention after a copy (n={res['n_tokens']} tokens)")
     ax.grid(alpha=0.3)

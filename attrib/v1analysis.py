@@ -198,6 +198,7 @@ def late_chain_attribution(
     buckets: Sequence[tuple[int, int]] = ((2, 3), (4, 5), (6, 100)),
     late_fraction: float = 1 / 3,
     reference: str | None = None,
+    skip_own_copies: bool = False,
 ) -> dict[str, Any]:
     """Is the correct region's attribution late in long chains higher for one model than another?
 
@@ -207,6 +208,11 @@ def late_chain_attribution(
         buckets: Inclusive chain-length ranges.
         late_fraction: Spans in the last ``late_fraction`` of their chain count as late.
         reference: The model the other is compared against (default: the first).
+        skip_own_copies: Leave out spans that hold copy tokens themselves (a span that
+            copies its object's cells attends to those copies, which alias the
+            ground-truth regions); what remains measures grounding carried forward
+            from earlier copies and direct attention. Needs ``spans`` and
+            ``copy_sources`` in the examples (models without copies keep every span).
 
     Returns:
         Per bucket: per model the late-span ground-truth shares' mean and n, and the
@@ -228,7 +234,10 @@ def late_chain_attribution(
             n = s.shape[0]
             gts = ex.get("span_gt_regions") or [None] * n
             first_late = int(np.floor(n * (1 - late_fraction)))
+            own = _spans_with_copies(ex) if skip_own_copies else set()
             for i in range(min(first_late, n - 1), n):
+                if i in own:
+                    continue
                 g = gts[i] if i < len(gts) else None
                 if g:
                     v = gt_share(s[i], g)
@@ -256,7 +265,36 @@ def late_chain_attribution(
                 "p_value": float(res.pvalue),
             }
         rows.append(row)
-    return {"reference": ref, "other": other, "late_fraction": late_fraction, "buckets": rows}
+    return {
+        "reference": ref,
+        "other": other,
+        "late_fraction": late_fraction,
+        "skip_own_copies": skip_own_copies,
+        "buckets": rows,
+    }
+
+
+def _spans_with_copies(ex: Mapping[str, Any]) -> set[int]:
+    """Indices of the spans whose generated tokens include a copy token."""
+    src = ex.get("copy_sources")
+    if src is None:
+        return set()
+    copies = [t for t, s in enumerate(src) if s >= 0]
+    return {i for i, sp in enumerate(ex.get("spans") or []) if any(sp["start"] <= t < sp["end"] for t in copies)}
+
+
+def _copy_share_by_position(examples: Iterable[dict[str, Any]], *, max_position: int = 8) -> dict[str, Any]:
+    """Mean via-copy share of each span's image attention (``span_copy_share``) by span position."""
+    by: dict[int, list[float]] = {}
+    for ex in examples:
+        for i, v in enumerate(ex.get("span_copy_share") or []):
+            by.setdefault(min(i, max_position), []).append(float(v))
+    allv = [v for vs in by.values() for v in vs]
+    return {
+        "overall": float(np.mean(allv)) if allv else float("nan"),
+        "n_spans": len(allv),
+        "by_position": [{"position": p, "n": len(by[p]), "mean": float(np.mean(by[p]))} for p in sorted(by)],
+    }
 
 
 def run_analysis(
@@ -282,7 +320,9 @@ def run_analysis(
         figures: Directory for ``decay.png`` and ``copy_attention.png``.
 
     Returns:
-        ``{"decay", "late_chain", "late_chain_attention", "copy_attention"}``.
+        ``decay``; ``late_chain_attention`` and ``late_chain`` (raw attention, estimator
+        scores) with their ``*_no_own_copies`` variants; ``copy_share`` (the v1 spans'
+        via-copy share by position); ``copy_attention`` with a model.
     """
     from pathlib import Path
 
@@ -296,15 +336,22 @@ def run_analysis(
         return np.asarray(ex["features"], dtype=np.float64).mean(axis=(2, 3))
 
     out["late_chain_attention"] = late_chain_attribution({"base": base, "v1": v1}, attention)
+    out["late_chain_attention_no_own_copies"] = late_chain_attribution(
+        {"base": base, "v1": v1}, attention, skip_own_copies=True
+    )
+    out["copy_share"] = _copy_share_by_position(v1)
     if base_estimator and v1_estimator:
         from estimators.linear import LinearHeadEstimator
 
         eb, ev = LinearHeadEstimator.load(base_estimator), LinearHeadEstimator.load(v1_estimator)
         by_name = {"base": eb, "v1": ev}
         tagged = {"base": [dict(e, _m="base") for e in base], "v1": [dict(e, _m="v1") for e in v1]}
-        out["late_chain"] = late_chain_attribution(
-            tagged, lambda ex: by_name[ex["_m"]].region_scores(np.asarray(ex["features"]))
-        )
+
+        def estimated(ex: dict[str, Any]) -> np.ndarray:
+            return np.asarray(by_name[ex["_m"]].region_scores(np.asarray(ex["features"])))
+
+        out["late_chain"] = late_chain_attribution(tagged, estimated)
+        out["late_chain_no_own_copies"] = late_chain_attribution(tagged, estimated, skip_own_copies=True)
     if v1_model:
         out["copy_attention"] = _copy_attention(v1_model, n_copy)
     if figures:

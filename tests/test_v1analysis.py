@@ -87,6 +87,32 @@ def test_late_chain_attribution_finds_a_real_difference_and_not_a_fake_one() -> 
         late_chain_attribution({"base": []}, score)
 
 
+def test_late_chain_can_leave_out_spans_that_copy_their_own_object() -> None:
+    from attrib.v1analysis import _copy_share_by_position
+
+    # 3 spans of 4 tokens; the last span holds a copy (token 9) and puts everything on its ground truth
+    scores = np.array([[0.5, 0.5], [0.25, 0.75], [1.0, 0.0]])
+    ex = {
+        "features": scores,
+        "span_gt_regions": [[0], [0], [0]],
+        "spans": [{"start": 0, "end": 4}, {"start": 4, "end": 8}, {"start": 8, "end": 12}],
+        "copy_sources": [-1] * 9 + [3, -1, -1],
+        "span_copy_share": [0.0, 0.2, 0.6],
+    }
+    plain = {"features": scores, "span_gt_regions": [[0], [0], [0]]}  # no copies: nothing is left out
+    kw: dict[str, Any] = {"buckets": ((3, 3),), "late_fraction": 2 / 3}
+    score = lambda e: e["features"]  # noqa: E731
+    with_own = late_chain_attribution({"base": [plain], "v1": [ex]}, score, **kw)["buckets"][0]
+    assert with_own["v1"] == {"n": 2, "mean": pytest.approx((0.25 + 1.0) / 2)}
+    without = late_chain_attribution({"base": [plain], "v1": [ex]}, score, skip_own_copies=True, **kw)
+    row = without["buckets"][0]
+    assert without["skip_own_copies"] is True
+    assert row["v1"] == {"n": 1, "mean": pytest.approx(0.25)} and row["base"]["n"] == 2
+    share = _copy_share_by_position([ex, ex], max_position=1)
+    assert share["overall"] == pytest.approx(0.8 / 3) and share["n_spans"] == 6
+    assert share["by_position"] == [{"position": 0, "n": 2, "mean": 0.0}, {"position": 1, "n": 4, "mean": 0.4}]
+
+
 def test_copy_vs_source_by_layer_hand_values() -> None:
     # 3 generated tokens, K = 2 image tokens, L = 2, H = 1; token 0 copies image token 1.
     per_token = np.zeros((3, 2, 2, 1))
