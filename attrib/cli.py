@@ -164,6 +164,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             blank_control=not args.no_blank,
             on_progress=on_progress,
+            copy_feed=args.copy_feed,
         )
     d = res.to_dict(with_outcomes=args.outcomes)
     d["model"] = str(path)
@@ -800,6 +801,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     e.add_argument("--no-blank", action="store_true", help="skip the blank-image control")
     e.add_argument("--outcomes", action="store_true", help="include per-example outputs in the JSON")
+    e.add_argument(
+        "--copy-feed",
+        default="source",
+        choices=["source", "mean", "token"],
+        help="v1 models: what a copy feeds back (source patch; interventions: the image's mean embedding, "
+        "or the <|copy|> token embedding alone)",
+    )
     e.add_argument("--json", default=None, help="write the summary JSON here")
     _add_difficulty(e)
     e.set_defaults(fn=_cmd_eval)

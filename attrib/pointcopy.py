@@ -360,6 +360,7 @@ class PointCopyModel(nn.Module):
         image_embeds: torch.Tensor | None = None,
         forced: torch.Tensor | None = None,
         return_logits: bool = False,
+        copy_feed: str = "source",
         **_: Any,
     ) -> PointCopyGeneration:
         """Greedy decoding with the KV cache; copies feed image embeddings back.
@@ -378,12 +379,21 @@ class PointCopyModel(nn.Module):
             forced: ``(B, G)`` joint indices to feed instead of the greedy choice
                 (teacher forcing through the cache; ``G`` caps the length).
             return_logits: Keep every step's joint logits in the result.
+            copy_feed: What a copy feeds back: ``"source"`` (the copied patch's image
+                embedding: the mechanism), or, as interventions, ``"mean"`` (the row's
+                mean image embedding) or ``"token"`` (the ``<|copy|>`` token's own input
+                embedding: no image content). The choice of patch is unchanged.
 
         Returns:
             A :class:`PointCopyGeneration`.
+
+        Raises:
+            ValueError: For an unknown ``copy_feed`` or missing image inputs.
         """
         from transformers import DynamicCache
 
+        if copy_feed not in ("source", "mean", "token"):
+            raise ValueError(f"copy_feed must be 'source', 'mean' or 'token', got {copy_feed!r}")
         if image_grid_thw is None:
             raise ValueError("point-and-copy needs image_grid_thw")
         b, p = input_ids.shape
@@ -407,6 +417,10 @@ class PointCopyModel(nn.Module):
         )
         hidden = out.last_hidden_state
         keys, valid = self._keys(input_ids, hidden, image_embeds)
+        n_img = valid.sum(1)
+        row_mean = torch.stack(
+            [image_embeds[int(off[r]) : int(off[r]) + max(1, int(n_img[r]))].mean(0) for r in range(b)]
+        )
         next_pos = pos.amax(dim=(0, 2)) + 1  # (B,)
         h = hidden[:, -1:]
         seqs = [input_ids]
@@ -444,7 +458,9 @@ class PointCopyModel(nn.Module):
                 break
             gidx = (off + j).clamp(max=max(0, image_embeds.shape[0] - 1))
             e = embed_tokens(tok)
-            e = torch.where(is_copy[:, None], image_embeds[gidx].to(e.dtype), e)
+            if copy_feed != "token":
+                fed = image_embeds[gidx] if copy_feed == "source" else row_mean
+                e = torch.where(is_copy[:, None], fed.to(e.dtype), e)
             attention_mask = torch.cat([attention_mask, (~done).long()[:, None]], dim=1)
             step_pos = next_pos.view(1, b, 1).expand(3, b, 1)
             next_pos = next_pos + 1

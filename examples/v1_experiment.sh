@@ -3,7 +3,7 @@
 # size as the bundled base), evaluate answer and pointing accuracy, collect on it, fit and evaluate
 # its estimator, and run the v1-vs-base analyses. The figures behind docs/benchmarks.md
 # ("v1 point-and-copy"). Needs the base model's collections from examples/rebuild_faithfulness.sh
-# (data/test, data/validation, models/estimator). About 2 h on 2 cores (training 67 min, the rest 30 min).
+# (data/test, data/validation, models/estimator). About 2 h on 2 cores (training 67 min, the rest 34 min).
 # Two single-thread collection jobs run side by side (two cores; never two 2-thread jobs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +19,13 @@ fi
 t $A shapes eval --model shapes-qwen25vl-v1 --split test --n 1000 --json out/eval_v1.json --outcomes
 t $A shapes eval --model shapes-qwen25vl --split test --n 1000 --json out/eval_base.json --outcomes
 .venv/bin/python examples/paired_accuracy.py out/eval_base.json out/eval_v1.json --json out/v1_paired.json > /dev/null
+# interventions on what a copy feeds back: the image's mean embedding, or the bare <|copy|> token
+for f in mean token; do
+    t $A shapes eval --model shapes-qwen25vl-v1 --split test --n 1000 --json out/eval_v1_copy_$f.json --outcomes \
+        --copy-feed $f
+    .venv/bin/python examples/paired_accuracy.py out/eval_v1.json out/eval_v1_copy_$f.json \
+        --json out/v1_paired_copy_$f.json > /dev/null
+done
 # collections: 1,350 training examples, held-out test 0-199 with LOO, validation 0-799 (analyses)
 t $A collect --model $M --dataset shapes:train --n 675 --threads 1 --out data/v1-train-a > out/v1_collect_a.log 2>&1 &
 t $A collect --model $M --dataset shapes:train --start 675 --n 675 --threads 1 --out data/v1-train-b \

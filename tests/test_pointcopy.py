@@ -127,6 +127,41 @@ def test_cached_decoding_equals_full_forward(family: str, keys: str) -> None:
     assert free.logits is not None and torch.equal(free.logits[0].argmax(-1), free.choices[0])
 
 
+def test_copy_feed_interventions_feed_the_mean_or_the_bare_token() -> None:
+    """``copy_feed`` replaces what a copy feeds back; checked against a full forward with those inputs."""
+    pc = _wrapped("qwen2_5_vl")
+    inp = tm.inputs("qwen2_5_vl")
+    v = pc.n_vocab
+    forced = torch.tensor([[30, v + 2, 41, v + 5, 12, 55]])
+    src_gen = pc.generate(**inp, forced=forced, return_logits=True, eos_token_id=-1)
+    img = pc.image_embeddings(inp["pixel_values"], inp["image_grid_thw"])
+    seq, cs, p = src_gen.sequences, src_gen.copy_src, src_gen.prompt_len
+    pos = pc.position_ids(seq, (seq == tm.IMG).long(), inp["image_grid_thw"], torch.ones_like(seq))
+    copies = (cs[0] >= 0).nonzero().flatten()
+    lm = pc.base.model.language_model
+    for feed in ("mean", "token"):
+        gen = pc.generate(**inp, forced=forced, return_logits=True, eos_token_id=-1, copy_feed=feed)
+        assert torch.equal(gen.sequences, seq) and torch.equal(gen.copy_src, cs)  # same choices, other inputs
+        emb = pc.embed(seq, cs, img)
+        emb[0, copies] = img.mean(0) if feed == "mean" else pc.get_input_embeddings()(seq[0, copies])
+        hidden = lm(inputs_embeds=emb, position_ids=pos).last_hidden_state
+        keys, valid = pc._keys(seq, hidden, img)
+        want = pc._joint(hidden, keys, valid)[0, p - 1 : -1]
+        assert gen.logits is not None and src_gen.logits is not None
+        torch.testing.assert_close(gen.logits[0], want, atol=1e-4, rtol=1e-4)
+        # the first copy is fed at step 1, so the logits differ from step 2 on
+        assert torch.allclose(gen.logits[0, :2], src_gen.logits[0, :2], atol=1e-5)
+        assert not torch.allclose(gen.logits[0, 2:], src_gen.logits[0, 2:], atol=1e-3)
+    with pytest.raises(ValueError, match="copy_feed"):
+        pc.generate(**inp, max_new_tokens=2, copy_feed="zeros")
+    from attrib.shapes.evaluate import evaluate
+    from attrib.shapes.model import resolve_model
+
+    plain, proc = load_any(resolve_model("shapes-qwen25vl"))
+    with pytest.raises(ValueError, match="point-and-copy"):
+        evaluate(plain, proc, n=1, copy_feed="mean")
+
+
 def test_batched_generation_with_left_padding_matches_single() -> None:
     pc = _wrapped("qwen2_5_vl")
     a = tm.inputs("qwen2_5_vl", n_text=6)

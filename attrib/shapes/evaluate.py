@@ -160,7 +160,12 @@ def generate_batch(
 
 
 def _generate(
-    model: Any, processor: ShapesProcessor, images: Sequence[Image.Image], questions: Sequence[str], max_new_tokens: int
+    model: Any,
+    processor: ShapesProcessor,
+    images: Sequence[Image.Image],
+    questions: Sequence[str],
+    max_new_tokens: int,
+    copy_feed: str = "source",
 ) -> list[tuple[str, list[int]]]:
     """Decoded outputs and, for point-and-copy models, the copy sources of each."""
     from attrib.latent import LatentModel
@@ -192,6 +197,7 @@ def _generate(
             batch["image_grid_thw"],
             max_new_tokens=max_new_tokens,
             eos_token_id=int(processor.tokenizer.eos_token_id),
+            copy_feed=copy_feed,
         )
     out = []
     for r in range(len(images)):
@@ -214,6 +220,7 @@ def evaluate(
     max_new_tokens: int = 200,
     on_progress: Callable[[int, int], None] | None = None,
     examples: Sequence[Example] | None = None,
+    copy_feed: str = "source",
 ) -> EvalResult:
     """Evaluate greedy accuracy on ``n`` examples of ``split``.
 
@@ -230,6 +237,9 @@ def evaluate(
         max_new_tokens: Generation budget per example.
         on_progress: Called as ``on_progress(done, total)`` after every batch.
         examples: Evaluate these instead of generating ``split``.
+        copy_feed: Point-and-copy models only: what a copy feeds back (``"source"``;
+            interventions ``"mean"``, ``"token"``; see
+            :meth:`attrib.pointcopy.PointCopyModel.generate`).
 
     Returns:
         An :class:`EvalResult`.
@@ -246,13 +256,16 @@ def evaluate(
     from attrib.pointcopy import PointCopyModel
 
     pointcopy = isinstance(model, PointCopyModel)
+    if copy_feed != "source" and not pointcopy:
+        raise ValueError(f"copy_feed={copy_feed!r} needs a point-and-copy model; this one has no copies")
     total = len(examples) * (2 if blank_control else 1)
     done = 0
     outcomes: list[ExampleOutcome] = []
     t0 = time.perf_counter()
     for b in range(0, len(examples), batch_size):
         chunk = examples[b : b + batch_size]
-        outs = _generate(model, processor, [e.image() for e in chunk], [e.question.text for e in chunk], max_new_tokens)
+        images, questions = [e.image() for e in chunk], [e.question.text for e in chunk]
+        outs = _generate(model, processor, images, questions, max_new_tokens, copy_feed)
         for e, (o, src) in zip(chunk, outs, strict=True):
             p = parse_output(_strip(o))
             rec = ExampleOutcome(
@@ -275,9 +288,8 @@ def evaluate(
     if blank_control:
         for b in range(0, len(examples), batch_size):
             chunk = examples[b : b + batch_size]
-            outs = _generate(
-                model, processor, [e.blank_image() for e in chunk], [e.question.text for e in chunk], max_new_tokens
-            )
+            blanks, questions = [e.blank_image() for e in chunk], [e.question.text for e in chunk]
+            outs = _generate(model, processor, blanks, questions, max_new_tokens, copy_feed)
             for k, (o, _src) in enumerate(outs):
                 p = parse_output(_strip(o))
                 rec = outcomes[b + k]
@@ -308,6 +320,7 @@ def evaluate(
         seconds_per_example=seconds / nn,
         per_family=per_family,
         outcomes=outcomes,
-        meta={"split": split, "start": start, "benchmark_seed": benchmark_seed},
+        meta={"split": split, "start": start, "benchmark_seed": benchmark_seed}
+        | ({"copy_feed": copy_feed} if pointcopy else {}),
         pointing_accuracy=pointing,
     )
