@@ -227,6 +227,13 @@ class PointCopyModel(nn.Module):
         """All images' input embeddings (vision output after the merger), ``(N_total, d)``."""
         return image_embeddings(self.base, pixel_values, image_grid_thw)
 
+    @staticmethod
+    def _row_means(image_embeds: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Per example, the mean of its image embeddings ``(B, d)`` (zeros without an image)."""
+        n = valid.sum(1)
+        rows = torch.split(image_embeds, n.tolist())
+        return torch.stack([r.mean(0) if len(r) else image_embeds.new_zeros(image_embeds.shape[1]) for r in rows])
+
     def _image_layout(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per example, image tokens and the offset of its first one in the flat embedding list."""
         n = (input_ids == self.image_token_id).sum(1)
@@ -417,10 +424,7 @@ class PointCopyModel(nn.Module):
         )
         hidden = out.last_hidden_state
         keys, valid = self._keys(input_ids, hidden, image_embeds)
-        n_img = valid.sum(1)
-        row_mean = torch.stack(
-            [image_embeds[int(off[r]) : int(off[r]) + max(1, int(n_img[r]))].mean(0) for r in range(b)]
-        )
+        row_mean = self._row_means(image_embeds, valid) if copy_feed == "mean" else None
         next_pos = pos.amax(dim=(0, 2)) + 1  # (B,)
         h = hidden[:, -1:]
         seqs = [input_ids]
@@ -459,7 +463,7 @@ class PointCopyModel(nn.Module):
             gidx = (off + j).clamp(max=max(0, image_embeds.shape[0] - 1))
             e = embed_tokens(tok)
             if copy_feed != "token":
-                fed = image_embeds[gidx] if copy_feed == "source" else row_mean
+                fed = image_embeds[gidx] if row_mean is None else row_mean
                 e = torch.where(is_copy[:, None], fed.to(e.dtype), e)
             attention_mask = torch.cat([attention_mask, (~done).long()[:, None]], dim=1)
             step_pos = next_pos.view(1, b, 1).expand(3, b, 1)

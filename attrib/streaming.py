@@ -404,12 +404,13 @@ def model_signature(model: Any) -> dict[str, Any]:
     h = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
     emb = model.get_input_embeddings().weight.detach()
     digest = hashlib.sha256(emb.float().cpu().numpy().tobytes())
+    inner = model
     if hasattr(model, "copy_token_id"):  # point-and-copy wrapper: its copy heads are part of the model
+        inner = model.base
         for name, param in model.named_parameters():
             if not name.startswith("base."):
                 digest.update(param.detach().float().cpu().numpy().tobytes())
     e = digest.hexdigest()[:16]
-    inner = model.base if hasattr(model, "copy_token_id") else model
     n_layers, n_heads, _ = adapter_for(inner).dims(inner)
     return {"class": type(model).__name__, "L": n_layers, "H": n_heads, "config_sha": h, "embeddings_sha": e}
 

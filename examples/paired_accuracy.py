@@ -17,8 +17,7 @@ import json
 import sys
 from typing import Any
 
-import numpy as np
-from scipy.stats import binomtest
+from metrics.stats import paired_difference
 
 
 def _outcomes(path: str) -> dict[str, dict[str, Any]]:
@@ -29,25 +28,19 @@ def _outcomes(path: str) -> dict[str, dict[str, Any]]:
     return {o["uid"]: o for o in d["outcomes"]}
 
 
-def compare(a: list[dict[str, Any]], b: list[dict[str, Any]], *, n_boot: int = 2000) -> dict[str, Any]:
+def compare(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> dict[str, Any]:
     """Accuracy of ``b`` minus ``a`` over paired outcomes (same examples, same order)."""
-    ca = np.array([o["correct"] for o in a], dtype=float)
-    cb = np.array([o["correct"] for o in b], dtype=float)
-    only_a, only_b = int(((ca == 1) & (cb == 0)).sum()), int(((ca == 0) & (cb == 1)).sum())
-    rng = np.random.default_rng(0)
-    idx = rng.integers(0, ca.size, (n_boot, ca.size))
-    diffs = (cb[idx] - ca[idx]).mean(1)
-    p = binomtest(only_b, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
+    r = paired_difference([o["correct"] for o in a], [o["correct"] for o in b])
     return {
-        "n": int(ca.size),
-        "accuracy_a": float(ca.mean()),
-        "accuracy_b": float(cb.mean()),
-        "difference": float((cb - ca).mean()),
-        "ci_low": float(np.quantile(diffs, 0.025)),
-        "ci_high": float(np.quantile(diffs, 0.975)),
-        "only_a_right": only_a,
-        "only_b_right": only_b,
-        "mcnemar_p": float(p),
+        "n": r["n"],
+        "accuracy_a": r["mean_a"],
+        "accuracy_b": r["mean_b"],
+        "difference": r["difference"],
+        "ci_low": r["ci_low"],
+        "ci_high": r["ci_high"],
+        "only_a_right": r["only_a"],
+        "only_b_right": r["only_b"],
+        "mcnemar_p": r["mcnemar_p"],
     }
 
 

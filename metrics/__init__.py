@@ -2,7 +2,7 @@
 
 from metrics.faithfulness import MetricResult, lds, pointing_accuracy, r2, topk_drop, topk_sets
 from metrics.regions import object_recall, region_purity
-from metrics.stats import bootstrap_ci, mean_ci
+from metrics.stats import bootstrap_ci, mean_ci, paired_difference
 from metrics.trajectory import (
     TortuosityFlagger,
     TrajectoryPCA,
@@ -36,6 +36,7 @@ __all__ = [
     "mean_ci",
     "net_displacement",
     "object_recall",
+    "paired_difference",
     "path_length",
     "persistence",
     "pointing_accuracy",

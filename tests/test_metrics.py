@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from metrics import bootstrap_ci, mean_ci
+from metrics import bootstrap_ci, mean_ci, paired_difference
 from metrics.faithfulness import lds, pointing_accuracy, r2, topk_drop, topk_sets
 
 
@@ -93,3 +93,24 @@ def test_bootstrap_helpers() -> None:
     assert r["mean"] == 0.5 and r["ci_low"] < 0.5 < r["ci_high"]
     with pytest.raises(ValueError, match="NaN"):
         bootstrap_ci([1.0, float("nan")])
+
+
+def test_paired_difference_hand_values_and_a_null_case() -> None:
+    # 10 examples: both right on 5, only b right on 3, only a right on 1, both wrong on 1
+    a = [1, 1, 1, 1, 1, 1, 0, 0, 0, 0]
+    b = [1, 1, 1, 1, 1, 0, 1, 1, 1, 0]
+    r = paired_difference(a, b)
+    assert r["n"] == 10 and r["mean_a"] == pytest.approx(0.6) and r["mean_b"] == pytest.approx(0.8)
+    assert r["difference"] == pytest.approx(0.2) and r["only_a"] == 1 and r["only_b"] == 3
+    assert r["mcnemar_p"] == pytest.approx(0.625)  # exact binomial: 2 * P(X <= 1 | n=4, p=1/2) = 2 * 5/16
+    assert r["ci_low"] <= 0.2 <= r["ci_high"]
+    # a large, one-sided difference: tight interval above 0 and a small p
+    big = paired_difference([0] * 60 + [1] * 40, [1] * 100)
+    assert big["difference"] == pytest.approx(0.6) and big["ci_low"] > 0.45 and big["mcnemar_p"] < 1e-15
+    # identical outcomes must score no difference at all
+    same = paired_difference([1, 0, 1, 1], [1, 0, 1, 1])
+    assert same["difference"] == 0 and same["ci_low"] == same["ci_high"] == 0 and same["mcnemar_p"] == 1.0
+    with pytest.raises(ValueError, match="equal length"):
+        paired_difference([1, 0], [1])
+    with pytest.raises(ValueError, match="0/1"):
+        paired_difference([0.5, 1], [1, 1])

@@ -154,6 +154,11 @@ def test_copy_feed_interventions_feed_the_mean_or_the_bare_token() -> None:
         assert not torch.allclose(gen.logits[0, 2:], src_gen.logits[0, 2:], atol=1e-3)
     with pytest.raises(ValueError, match="copy_feed"):
         pc.generate(**inp, max_new_tokens=2, copy_feed="zeros")
+    # in a batch each row's copies get that row's own image mean (zeros for a row without image tokens)
+    flat = torch.arange(12.0).view(6, 2)
+    valid = torch.tensor([[True, True, False, False], [False, False, False, False], [True, True, True, True]])
+    means = PointCopyModel._row_means(flat, valid)
+    assert means.tolist() == [[1.0, 2.0], [0.0, 0.0], [7.0, 8.0]]
     from attrib.shapes.evaluate import evaluate
     from attrib.shapes.model import resolve_model
 
