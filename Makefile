@@ -26,6 +26,7 @@ demo: setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache
 
 typecheck: setup
 	$(BIN)/mypy
@@ -47,7 +48,7 @@ pytest: setup browser
 test: lint typecheck docs pytest
 
 bench: setup
-	$(BIN)/python examples/bench_shapes.py --json out/bench_shapes.json --quick
+	$(BIN)/python examples/bench_streaming.py --json out/bench_streaming.json --quick
 
 clean:
 	rm -rf site out .pytest_cache .mypy_cache .ruff_cache

@@ -17,6 +17,9 @@ Ablation modes (:data:`ABLATION_MODES`):
 - ``repaint``: the removed regions' pixels are repainted with a baseline colour
   (the image's mean colour) and the image is re-encoded (Captum-style); this
   needs a pixel-level region map and an ``encode_image`` callable.
+
+Every runner satisfies the :class:`Ablator` protocol; research variants bring
+their own (see :mod:`attrib.variants`), and the pipeline only uses the protocol.
 """
 
 from __future__ import annotations
@@ -26,20 +29,63 @@ import inspect
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
 from PIL import Image
 
-from attrib.adapters import adapter_for
+from attrib.models.adapters import adapter_for
 
-__all__ = ["ABLATION_MODES", "AblationRunner", "loo_subsets", "random_subsets", "span_deltas"]
+__all__ = [
+    "ABLATION_MODES",
+    "AblationRunner",
+    "Ablator",
+    "EmbeddingForward",
+    "loo_subsets",
+    "random_subsets",
+    "span_deltas",
+]
 
 logger = logging.getLogger(__name__)
 
 AblationMode = Literal["mask", "mean", "repaint"]
 ABLATION_MODES: tuple[str, ...] = ("mask", "mean", "repaint")
+
+
+#: ``forward(image_embeddings (B, N, d)) -> (B, n_spans)`` summed span log-probs (for gradient baselines).
+EmbeddingForward = Callable[[torch.Tensor], torch.Tensor]
+
+
+class Ablator(Protocol):
+    """Teacher-forced log-probs of a fixed trace under region removals: what the pipeline needs of a runner.
+
+    Attributes:
+        k: Number of regions.
+    """
+
+    k: int
+
+    @property
+    def base_logprobs(self) -> np.ndarray:
+        """``(T,)`` unablated log-probs of the generated tokens."""
+        ...
+
+    def logprobs(self, removed: np.ndarray) -> np.ndarray:
+        """``(M, T)`` log-probs under each ``(M, K)`` boolean removal set."""
+        ...
+
+    def deltas(self, removed: np.ndarray, spans: Sequence[tuple[int, int]]) -> np.ndarray:
+        """``(M, n_spans)`` Δ(S, V) for each removal set and span."""
+        ...
+
+    def embedding_forward(self, spans: Sequence[tuple[int, int]]) -> tuple[EmbeddingForward, torch.Tensor]:
+        """A differentiable forward from image embeddings to span log-probs, and the unablated embeddings.
+
+        Raises:
+            ValueError: When the model's kind has no such path (the message says which baselines to leave out).
+        """
+        ...
 
 
 def random_subsets(k: int, m: int = 32, *, p: float = 0.5, seed: int = 0) -> np.ndarray:
@@ -214,6 +260,42 @@ class AblationRunner:
         """``(T,)`` unablated log-probs of the generated tokens."""
         assert self._base is not None
         return self._base
+
+    def embedding_forward(self, spans: Sequence[tuple[int, int]]) -> tuple[EmbeddingForward, torch.Tensor]:
+        """A differentiable forward from image embeddings to each span's summed log-prob.
+
+        The image embeddings (vision output after the merger) are placed at the
+        image positions of the full trace, with the unablated position ids.
+
+        Returns:
+            ``(forward, embeddings)``: ``forward(img (B, N, d)) -> (B, n_spans)``, and the
+            unablated ``(1, N, d)`` image embeddings.
+        """
+        p = self.prep
+        inner = self.model.model
+        with torch.no_grad():
+            base = inner.get_input_embeddings()(p.full_ids).detach()
+            feats = inner.get_image_features(
+                self.inputs["pixel_values"], self.inputs.get("image_grid_thw"), return_dict=True
+            ).pooler_output
+            feats = (feats[0] if isinstance(feats, (list, tuple)) else feats).reshape(1, -1, base.shape[-1]).detach()
+        gen = self.generated.to(base.device)
+        t_prompt = p.prompt_len
+        span_list = list(spans)
+        model = self.model
+
+        def forward(img: torch.Tensor) -> torch.Tensor:
+            b = img.shape[0]
+            emb = base.expand(b, -1, -1).clone()
+            emb[:, p.image_pos] = img.to(emb.dtype)
+            pos = p.position_ids.expand(*p.position_ids.shape[:-2], b, p.position_ids.shape[-1])
+            mask = torch.ones(b, emb.shape[1], device=emb.device)
+            logits = model(inputs_embeds=emb, position_ids=pos, attention_mask=mask).logits
+            lp = torch.log_softmax(logits[:, t_prompt - 1 : -1].float(), -1)
+            tok = lp.gather(-1, gen.expand(b, -1)[..., None])[..., 0]
+            return torch.stack([tok[:, s:e].sum(1) for s, e in span_list], 1)
+
+        return forward, feats
 
     # ------------------------------------------------------------ ablated forwards
     def logprobs(self, removed: np.ndarray) -> np.ndarray:

@@ -1,9 +1,13 @@
-"""Baseline attribution methods behind one interface: per span, one score per region.
+"""Attribution methods behind one registry: per span, one score per region.
 
-Every method maps a collected example (a dict from
-:meth:`attrib.collect.Collection.examples`) to an ``(n_spans, K)`` array.
-Methods that need the model (gradients) receive a :class:`ModelContext`.
+Every method is called the same way, ``fn(example, ctx) -> (n_spans, K)``: the
+example is a collected example (a dict with ``features``, ``subsets``,
+``subset_deltas`` and, from a ``--loo`` collection, ``loo_deltas``), and the
+:class:`MethodContext` carries what a method may need beyond it. Nothing here
+imports ``attrib``: methods that need the model (gradients) receive a
+differentiable forward through the context.
 
+- ``estimator``: the fitted L x H estimator, ``<w, f_{S,k}>``.
 - ``raw_attention``: the span's attention mass on each region, mean over layers and heads.
 - ``best_layer``: the same for the single layer chosen on the training split.
 - ``input_x_gradient`` / ``integrated_gradients``: Captum's attributions of the
@@ -12,45 +16,110 @@ Methods that need the model (gradients) receive a :class:`ModelContext`.
 - ``leave_one_out``: the exhaustive causal reference, Δ(S, {k}) itself.
 - ``contextcite``: a per-example ContextCite-style surrogate: a Lasso, per span,
   from that example's own random removal sets to their drops.
-- ``estimator``: the fitted :class:`~estimators.linear.LinearHeadEstimator`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 __all__ = [
     "BASELINES",
-    "ModelContext",
+    "Baseline",
+    "MethodContext",
     "best_layer_index",
+    "best_layer_scores",
     "contextcite_scores",
+    "estimator_scores",
     "gradient_scores",
+    "loo_scores",
     "raw_attention_scores",
     "register_baseline",
 ]
 
+#: ``fn(example, ctx) -> (n_spans, K)`` scores.
 ScoreFn = Callable[..., np.ndarray]
-BASELINES: dict[str, ScoreFn] = {}
+#: ``forward(image_embeddings (B, N, d)) -> (B, n_spans)`` summed span log-probs.
+Forward = Callable[[Any], Any]
 
 
-def register_baseline(name: str) -> Callable[[ScoreFn], ScoreFn]:
-    """Register a baseline under ``name``; duplicates are refused."""
+@dataclass
+class MethodContext:
+    """What a method may use beside the example.
+
+    Attributes:
+        estimator: A fitted estimator with ``region_scores(features)`` (``estimator``).
+        layer: The layer of ``best_layer``.
+        fit_subsets: The removal sets ``contextcite`` fits on (the scored ones stay out).
+        alpha: ``contextcite``'s Lasso penalty, relative to the drops' scale.
+        embedding_forward: Builds ``(forward, image_embeddings)`` for gradient methods
+            (called only by the methods that need it).
+        assignment: ``(K, N)`` region -> image-token matrix (gradient methods).
+    """
+
+    estimator: Any = None
+    layer: int = 0
+    fit_subsets: slice = field(default_factory=lambda: slice(None))
+    alpha: float = 0.01
+    embedding_forward: Callable[[], tuple[Forward, Any]] | None = None
+    assignment: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """A registered attribution method.
+
+    Attributes:
+        name: Registry key.
+        fn: ``fn(example, ctx) -> (n_spans, K)``.
+        needs_model: Needs ``ctx.embedding_forward`` (a model forward pass per example).
+        ablations: Forward passes the method pays per example beyond the generation
+            (``ablations(example, ctx)``; counted in its seconds per token), or ``None``.
+    """
+
+    name: str
+    fn: ScoreFn
+    needs_model: bool = False
+    ablations: Callable[[dict[str, Any], MethodContext], int] | None = None
+
+    def __call__(self, ex: dict[str, Any], ctx: MethodContext | None = None) -> np.ndarray:
+        """Score one example."""
+        return self.fn(ex, ctx or MethodContext())
+
+
+BASELINES: dict[str, Baseline] = {}
+
+
+def register_baseline(
+    name: str,
+    *,
+    needs_model: bool = False,
+    ablations: Callable[[dict[str, Any], MethodContext], int] | None = None,
+) -> Callable[[ScoreFn], ScoreFn]:
+    """Register ``fn(example, ctx)`` under ``name``; duplicates are refused."""
 
     def deco(fn: ScoreFn) -> ScoreFn:
         if name in BASELINES:
             raise ValueError(f"baseline {name!r} is already registered")
-        BASELINES[name] = fn
+        BASELINES[name] = Baseline(name, fn, needs_model, ablations)
         return fn
 
     return deco
 
 
+@register_baseline("estimator")
+def estimator_scores(ex: dict[str, Any], ctx: MethodContext) -> np.ndarray:
+    """The fitted estimator's ``region_scores`` of the example's features."""
+    if ctx.estimator is None:
+        raise ValueError("the estimator method needs a fitted estimator (MethodContext.estimator)")
+    return np.asarray(ctx.estimator.region_scores(ex["features"]), dtype=np.float64)
+
+
 @register_baseline("raw_attention")
-def raw_attention_scores(ex: dict[str, Any], **_: Any) -> np.ndarray:
+def raw_attention_scores(ex: dict[str, Any], ctx: MethodContext | None = None) -> np.ndarray:
     """Mean over layers and heads of the span's attention mass per region."""
     return np.asarray(ex["features"], dtype=np.float64).mean(axis=(2, 3))
 
@@ -77,23 +146,29 @@ def best_layer_index(examples: Sequence[dict[str, Any]]) -> int:
 
 
 @register_baseline("best_layer")
-def best_layer_scores(ex: dict[str, Any], *, layer: int = 0, **_: Any) -> np.ndarray:
-    """Head-mean attention mass of one layer."""
+def best_layer_scores(ex: dict[str, Any], ctx: MethodContext | None = None) -> np.ndarray:
+    """Head-mean attention mass of one layer (``ctx.layer``)."""
+    layer = ctx.layer if ctx is not None else 0
     return np.asarray(ex["features"], dtype=np.float64)[:, :, layer, :].mean(-1)
 
 
-@register_baseline("leave_one_out")
-def loo_scores(ex: dict[str, Any], **_: Any) -> np.ndarray:
+def _loo_forwards(ex: dict[str, Any], ctx: MethodContext) -> int:
+    return int(np.asarray(ex["loo_deltas"]).shape[1])
+
+
+@register_baseline("leave_one_out", ablations=_loo_forwards)
+def loo_scores(ex: dict[str, Any], ctx: MethodContext | None = None) -> np.ndarray:
     """The leave-one-out drops themselves (needs a collection made with ``--loo``)."""
     if "loo_deltas" not in ex:
         raise ValueError("leave_one_out needs a collection made with --loo")
     return np.asarray(ex["loo_deltas"], dtype=np.float64)
 
 
-@register_baseline("contextcite")
-def contextcite_scores(
-    ex: dict[str, Any], *, fit_subsets: slice = slice(None), alpha: float = 0.01, **_: Any
-) -> np.ndarray:
+def _cc_forwards(ex: dict[str, Any], ctx: MethodContext) -> int:
+    return int(np.asarray(ex["subsets"])[ctx.fit_subsets].shape[0])
+
+
+def contextcite_scores(ex: dict[str, Any], *, fit_subsets: slice = slice(None), alpha: float = 0.01) -> np.ndarray:
     """Per-example Lasso surrogate (ContextCite-style) on the example's own removal sets.
 
     Args:
@@ -111,82 +186,63 @@ def contextcite_scores(
     return out
 
 
-@dataclass
-class ModelContext:
-    """What gradient baselines need: the model, the prompt inputs, the trace and the regions."""
-
-    model: Any
-    inputs: dict[str, Any]
-    generated_ids: list[int]
-    spans: list[tuple[int, int]]
-    assignment: np.ndarray
-    copy_sources: list[int] | None = None
-    ablation_mode: str = "mask"
+@register_baseline("contextcite", ablations=_cc_forwards)
+def _contextcite(ex: dict[str, Any], ctx: MethodContext) -> np.ndarray:
+    return contextcite_scores(ex, fit_subsets=ctx.fit_subsets, alpha=ctx.alpha)
 
 
-def gradient_scores(ctx: ModelContext, *, method: str = "integrated_gradients", n_steps: int = 16) -> np.ndarray:
+def gradient_scores(
+    forward: Forward,
+    image_embeddings: Any,
+    assignment: np.ndarray,
+    n_spans: int,
+    *,
+    method: str = "integrated_gradients",
+    n_steps: int = 16,
+) -> np.ndarray:
     """Captum attributions of each span's summed log-prob to the image embeddings, per region.
 
     Args:
-        ctx: Model context.
+        forward: ``forward(img (B, N, d)) -> (B, n_spans)`` summed span log-probs.
+        image_embeddings: ``(1, N, d)`` unablated image embeddings (a torch tensor).
+        assignment: ``(K, N)`` region -> image-token matrix.
+        n_spans: Number of spans (outputs of ``forward``).
         method: ``"integrated_gradients"`` or ``"input_x_gradient"``.
         n_steps: IG steps (zero-embedding baseline).
 
     Returns:
         ``(n_spans, K)`` scores.
+
+    Raises:
+        ValueError: For an unknown method.
     """
     import torch
     from captum.attr import InputXGradient, IntegratedGradients
 
-    if ctx.copy_sources is not None:
-        raise ValueError(
-            "gradient baselines are not implemented for point-and-copy models; "
-            "leave input_x_gradient and integrated_gradients out of --methods"
-        )
-
-    from attrib.ablation import AblationRunner
-
-    runner = AblationRunner(ctx.model, ctx.inputs, ctx.generated_ids, ctx.assignment)
-    p = runner.prep
-    inner = ctx.model.model
-    with torch.no_grad():
-        base = inner.get_input_embeddings()(p.full_ids).detach()
-        feats = inner.get_image_features(
-            ctx.inputs["pixel_values"], ctx.inputs.get("image_grid_thw"), return_dict=True
-        ).pooler_output
-        feats = (feats[0] if isinstance(feats, (list, tuple)) else feats).reshape(1, -1, base.shape[-1]).detach()
-    gen = torch.tensor(ctx.generated_ids)
-    t_prompt = p.prompt_len
-    spans = ctx.spans
-
-    def forward(img: torch.Tensor) -> torch.Tensor:
-        b = img.shape[0]
-        emb = base.expand(b, -1, -1).clone()
-        emb[:, p.image_pos] = img.to(emb.dtype)
-        pos = p.position_ids.expand(*p.position_ids.shape[:-2], b, p.position_ids.shape[-1])
-        logits = ctx.model(inputs_embeds=emb, position_ids=pos, attention_mask=torch.ones(b, emb.shape[1])).logits
-        lp = torch.log_softmax(logits[:, t_prompt - 1 : -1].float(), -1)
-        tok = lp.gather(-1, gen.expand(b, -1)[..., None])[..., 0]
-        return torch.stack([tok[:, s:e].sum(1) for s, e in spans], 1)
-
+    if method not in ("integrated_gradients", "input_x_gradient"):
+        raise ValueError(f"unknown gradient method {method!r}")
     algo: Any = IntegratedGradients(forward) if method == "integrated_gradients" else InputXGradient(forward)
-    m = torch.from_numpy(np.asarray(ctx.assignment, dtype=np.float32))
-    out = np.zeros((len(spans), m.shape[0]))
-    for j in range(len(spans)):
+    m = torch.from_numpy(np.asarray(assignment, dtype=np.float32))
+    out = np.zeros((n_spans, m.shape[0]))
+    for j in range(n_spans):
         kw = {"n_steps": n_steps, "internal_batch_size": n_steps} if method == "integrated_gradients" else {}
-        attr = algo.attribute(feats.clone().requires_grad_(True), target=j, **kw)
-        per_token = attr[0].sum(-1).detach().float()
+        attr = algo.attribute(image_embeddings.clone().requires_grad_(True), target=j, **kw)
+        per_token = attr[0].sum(-1).detach().float().cpu()
         out[j] = (m @ per_token).numpy()
     return out
 
 
-@register_baseline("integrated_gradients")
-def ig_scores(ex: dict[str, Any], *, ctx: ModelContext, **_: Any) -> np.ndarray:
-    """Integrated gradients (Captum) on the image embeddings."""
-    return gradient_scores(ctx, method="integrated_gradients")
+def _gradient(method: str) -> ScoreFn:
+    def fn(ex: dict[str, Any], ctx: MethodContext) -> np.ndarray:
+        if ctx.embedding_forward is None or ctx.assignment is None:
+            raise ValueError(f"{method} needs the model (MethodContext.embedding_forward and assignment)")
+        forward, embeds = ctx.embedding_forward()
+        return gradient_scores(forward, embeds, ctx.assignment, len(ex["spans"]), method=method)
+
+    fn.__name__ = f"{method}_scores"
+    fn.__doc__ = f"{method.replace('_', ' ').capitalize()} (Captum) on the image embeddings."
+    return fn
 
 
-@register_baseline("input_x_gradient")
-def ixg_scores(ex: dict[str, Any], *, ctx: ModelContext, **_: Any) -> np.ndarray:
-    """Input x gradient (Captum) on the image embeddings."""
-    return gradient_scores(ctx, method="input_x_gradient")
+register_baseline("integrated_gradients", needs_model=True)(_gradient("integrated_gradients"))
+register_baseline("input_x_gradient", needs_model=True)(_gradient("input_x_gradient"))

@@ -205,8 +205,6 @@ class LinearHeadEstimator(RegressorMixin, BaseEstimator):  # type: ignore[misc]
         """
         from safetensors.numpy import save_file
 
-        from attrib.io import atomic_write_text
-
         check_is_fitted(self, "coef_")
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
@@ -221,7 +219,9 @@ class LinearHeadEstimator(RegressorMixin, BaseEstimator):  # type: ignore[misc]
             "version": VERSION,
             **metadata,
         }
-        atomic_write_text(p.with_suffix(".json"), json.dumps(meta, indent=1) + "\n")
+        tmp_json = p.with_name(p.name + ".tmp.json")
+        tmp_json.write_text(json.dumps(meta, indent=1) + "\n")
+        tmp_json.replace(p.with_suffix(".json"))
 
     @classmethod
     def load(cls, path: str | Path, *, expected_shape: tuple[int, int] | None = None) -> LinearHeadEstimator:

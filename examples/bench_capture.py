@@ -41,10 +41,11 @@ def build_model(name: str, device: str) -> tuple[Any, dict[str, torch.Tensor], A
 
     ex = make_example("test", 0)
     if name == "bundled":
-        from attrib.shapes.model import load_bundled
+        import attrib
 
-        model, proc = load_bundled()
-        x = proc([ex.image()], [ex.question.text])
+        m = attrib.load()
+        model, proc = m.model, m.processor
+        x = proc.build(ex.image(), ex.question.text)
         return model.to(device), {k: v.to(device) for k, v in x.items()}, proc.tokenizer.decode
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 

@@ -26,7 +26,6 @@ from attrib.collect import CollectConfig, collect
 from attrib.io import atomic_write_json
 from attrib.regions import segment
 from attrib.shapes import make_example
-from attrib.shapes.model import load_bundled
 
 
 def main() -> None:
@@ -35,11 +34,14 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     n_ex = 3 if args.quick else 10
-    model, proc = load_bundled()
+    import attrib
+
+    m = attrib.load()
+    model, proc = m.model, m.processor
     per_batched, per_single = [], []
     for i in range(n_ex):
         ex = make_example("test", i)
-        x = proc([ex.image()], [ex.question.text])
+        x = proc.build(ex.image(), ex.question.text)
         assign = segment(ex.image(), 32).assign_tokens(proc.grid_spec())
         res = capture_generate(model, x, assign, decode=proc.tokenizer.decode, max_new_tokens=200)
         subsets = random_subsets(32, 32, seed=i)

@@ -197,7 +197,7 @@ def _timed_local(cfg: CollectConfig, out: Path) -> float:
 
 
 def _timed_ray(cfg: CollectConfig, out: Path, workers: int, address: str) -> tuple[float, float]:
-    from attrib.collect_ray import collect_ray
+    from attrib.collect.ray import collect_ray
 
     ready: list[float] = []
 

@@ -95,10 +95,11 @@ def main() -> None:
 
     # Share of region computation in a full run on the bundled model: regions + token
     # assignment vs greedy generation of the reasoning trace, per example (medians).
+    import attrib
     from attrib.shapes.evaluate import generate_batch
-    from attrib.shapes.model import load_bundled
 
-    model, proc = load_bundled()
+    m = attrib.load()
+    model, proc = m.model, m.processor
     reg_t, gen_t = [], []
     for ex in exs[: 10 if args.quick else 40]:
         t0 = time.perf_counter()

@@ -65,7 +65,7 @@ def loo_vs_estimator(attributor: Attributor, n_examples: int) -> dict[str, Any]:
         res = attributor.stream(ex.image(), ex.question.text).run()
         if not res.spans:
             continue
-        x = attributor.make_inputs(res.image, res.prompt)
+        x = attributor.loaded.build(res.image, res.prompt)
         part = attributor.partition(res.image)
         runner = AblationRunner(attributor.model, x, res.generated_ids, attributor.assignment(part, x), batch_size=16)
         spans = [(s.start, s.end) for s in res.spans]
@@ -98,7 +98,7 @@ def main() -> None:
     reps = args.reps or (2 if args.quick else 3)
     attributor = Attributor.load()
     ex = make_example("test", 0)
-    x = attributor.make_inputs(ex.image(), ex.question.text)
+    x = attributor.loaded.build(ex.image(), ex.question.text)
     streamed(attributor, ex, 16, [], [])  # warm-up
     plain(attributor, x, 16)
     out: dict[str, Any] = {

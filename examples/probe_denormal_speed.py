@@ -32,7 +32,7 @@ def main() -> int:
     from safetensors.torch import load_file
 
     from attrib.shapes.fastpath import vision_fast_path
-    from attrib.shapes.train import TrainConfig, _batch, _lr_at, new_model
+    from attrib.shapes.train import TrainConfig, lr_at, new_model, step_batch
 
     ckpt = Path(args.ckpt)
     meta = json.loads((ckpt / "meta.json").read_text())
@@ -51,8 +51,8 @@ def main() -> int:
         for i in range(args.steps):
             step = int(meta["step"]) + i
             for g in opt.param_groups:
-                g["lr"] = _lr_at(step, cfg)
-            batch = _batch(proc, cfg, step)
+                g["lr"] = lr_at(step, cfg)
+            batch = step_batch(proc, cfg, step)
             t = time.perf_counter()
             model(**batch).loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -11,14 +11,14 @@ from attrib.streaming import Attributor
 
 a = Attributor.load()
 ex = make_example("test", 0)
-x = a.make_inputs(ex.image(), ex.question.text)
+x = a.loaded.build(ex.image(), ex.question.text)
 asg = a.assignment(a.partition(ex.image()), x)
 kw = dict(max_new_tokens=256, min_new_tokens=256, do_sample=False)
 
 
 def cap():
     with torch.inference_mode():
-        capture_generate(a.model, x, asg, decode=a.decode, **kw)
+        capture_generate(a.model, x, asg, decode=a.loaded.decode_raw, **kw)
 
 
 def plain():

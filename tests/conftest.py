@@ -19,7 +19,7 @@ def _seed() -> None:
 
 @pytest.fixture(scope="session")
 def shapes_processor():  # type: ignore[no-untyped-def]
-    from attrib.processing import ShapesProcessor
+    from attrib.shapes.processor import ShapesProcessor
     from attrib.shapes.vocab import benchmark_words
 
     return ShapesProcessor.create(benchmark_words(300))

@@ -8,7 +8,7 @@ import torch
 from tiny_models import FAMILY_NAMES, build, inputs, n_image_tokens
 
 from attrib.ablation import AblationRunner, loo_subsets, random_subsets, span_deltas
-from attrib.adapters import adapter_for
+from attrib.models.adapters import adapter_for
 
 K = 3
 
@@ -101,11 +101,12 @@ def test_positions_are_those_of_the_unablated_input(family: str) -> None:
 
 
 def test_mean_and_repaint_modes() -> None:
+    import attrib
     from attrib.regions import segment
     from attrib.shapes import make_example
-    from attrib.shapes.model import load_bundled
 
-    model, proc = load_bundled()
+    m = attrib.load()
+    model, proc = m.model, m.processor
     ex = make_example("test", 1)
     x = proc([ex.image()], [ex.question.text])
     out = model.generate(**x, max_new_tokens=60, do_sample=False)

@@ -65,7 +65,7 @@ def _severe(driver: Any) -> list[dict[str, Any]]:
 
 
 def test_serve_paints_first_span_before_generation_ends(driver: Any, attributor: Attributor) -> None:
-    from attrib.serve import make_server
+    from attrib.streaming.serve import make_server
 
     # 300 tokens so generation lasts long enough to see "before the end" in the page's own clock.
     srv = make_server(attributor, port=0, max_new_tokens=300, min_new_tokens=300)
@@ -100,7 +100,7 @@ def test_serve_paints_first_span_before_generation_ends(driver: Any, attributor:
 
 
 def test_report_slider_changes_heatmap(driver: Any, attributor: Attributor, tmp_path: Path) -> None:
-    from attrib.report import render_report
+    from attrib.streaming.report import render_report
 
     ex = make_example("test", 0)
     good = attributor.stream(ex.image(), ex.question.text, truth=ex.answer).run()
@@ -129,7 +129,7 @@ def test_report_slider_changes_heatmap(driver: Any, attributor: Attributor, tmp_
 def test_trajectory_html_loads_without_console_errors(driver: Any, tmp_path: Path) -> None:
     import numpy as np
 
-    from attrib.trajectories import trajectories_html
+    from attrib.plots import trajectories_html
 
     rng = np.random.default_rng(0)
     chains = [(f"<b>test-{i}</b>", "success" if i % 2 else "hallucination", rng.normal(size=(5, 3))) for i in range(6)]

@@ -10,8 +10,8 @@ import pytest
 import torch
 from tiny_models import FAMILY_NAMES, build, inputs, n_image_tokens
 
-from attrib.adapters import ADAPTERS, CHECKPOINTS, adapter_for, get_adapter, register_adapter
 from attrib.capture import IMPLEMENTATION, AttentionCapture, CaptureResult, SpanSegmenter, capture_generate
+from attrib.models.adapters import ADAPTERS, CHECKPOINTS, adapter_for, get_adapter, register_adapter
 
 WORDS = {i: f"w{i}" for i in range(128)}
 
@@ -164,25 +164,25 @@ def _no_hooks(model, before: set[tuple[str, int]] | None = None) -> bool:  # typ
 
 
 def test_hooks_removed_on_exit_and_on_exception() -> None:
-    from attrib.capture import _ACTIVE
+    from attrib.capture import active_capture
 
     model = build("qwen2_5_vl")
     x = inputs("qwen2_5_vl")
     with AttentionCapture(model, x, _assignment(6), decode=_decode) as cap:
         model.generate(**x, streamer=cap.streamer, max_new_tokens=3)
-    assert _no_hooks(model) and _ACTIVE.get() is None
+    assert _no_hooks(model) and active_capture() is None
     cap.close()  # closing twice is harmless
     assert _no_hooks(model)
 
     class StopError(RuntimeError):
         pass
 
-    def boom(span, feats):  # type: ignore[no-untyped-def]
+    def boom(span, feats, parts):  # type: ignore[no-untyped-def]
         raise StopError("mid-generation")
 
     with pytest.raises(StopError), AttentionCapture(model, x, _assignment(6), decode=_decode, on_span=boom) as cap:
         model.generate(**x, streamer=cap.streamer, max_new_tokens=30, min_new_tokens=30)
-    assert _no_hooks(model) and _ACTIVE.get() is None and not cap.active
+    assert _no_hooks(model) and active_capture() is None and not cap.active
     # The model still generates normally afterwards.
     model.generate(**x, max_new_tokens=2)
 
@@ -249,7 +249,7 @@ def test_adapter_registry() -> None:
 @pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_nnsight_backend_equals_native(family: str) -> None:
     pytest.importorskip("nnsight")
-    from attrib.capture_nnsight import nnsight_capture_generate
+    from attrib.capture.nnsight import nnsight_capture_generate
 
     model = build(family)
     x = inputs(family)

@@ -103,7 +103,7 @@ def _worker_pids() -> list[int]:
 
 @requires_ray
 def test_ray_equals_local(tmp_path: Path, reference: list[Path], cluster: str) -> None:
-    from attrib.collect_ray import collect_ray
+    from attrib.collect.ray import collect_ray
 
     outs = [tmp_path / "color-k8", tmp_path / "voronoi-k4"]
     seen: list[tuple[int, int]] = []
@@ -122,7 +122,7 @@ def test_ray_equals_local(tmp_path: Path, reference: list[Path], cluster: str) -
 def test_worker_sigkill_mid_shard_still_complete(
     tmp_path: Path, reference: list[Path], cluster: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from attrib.collect_ray import collect_ray
+    from attrib.collect.ray import collect_ray
 
     killed: list[int] = []
 
@@ -163,7 +163,7 @@ def test_driver_sigkill_then_rerun_resumes(tmp_path: Path, reference: list[Path]
     assert 1 <= len(partial["shards"]) < 3, "the kill must land mid-run"
     assert not partial.get("complete")
     # The rerun (in this process, connected to the same cluster) computes only the missing shards.
-    from attrib.collect_ray import collect_ray
+    from attrib.collect.ray import collect_ray
 
     written = {s["name"]: (out / f"{s['name']}.safetensors").stat().st_mtime_ns for s in partial["shards"]}
     collect_ray([CFGS[0]], [out], num_workers=1, threads=1)
@@ -177,7 +177,7 @@ def test_without_ray_a_clear_install_message(
 ) -> None:
     monkeypatch.setitem(sys.modules, "ray", None)  # makes `import ray` fail
     from attrib.cli import main
-    from attrib.collect_ray import RayUnavailableError, collect_ray
+    from attrib.collect.ray import RayUnavailableError, collect_ray
 
     with pytest.raises(RayUnavailableError, match=r'ray is not installed: pip install "attrib\[ray\]"'):
         collect_ray([CollectConfig(**SMALL)], [tmp_path / "c"])

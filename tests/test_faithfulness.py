@@ -10,7 +10,7 @@ import pytest
 
 from attrib.cli import main
 from attrib.collect import CollectConfig, Collection, collect_many
-from attrib.faithfulness import design_matrix, evaluate_methods, fit_estimator
+from attrib.evaluation import design_matrix, evaluate_methods, fit_estimator
 from estimators.baselines import BASELINES, best_layer_index, contextcite_scores, register_baseline
 
 
@@ -49,11 +49,10 @@ def test_design_matrix_and_fit(colls: tuple[Path, Path]) -> None:
 
 
 def test_evaluate_all_methods(colls: tuple[Path, Path]) -> None:
-    from attrib.shapes.model import load_bundled
+    import attrib
 
-    model, proc = load_bundled()
     est, _ = fit_estimator(Collection.open(colls[0]), loss="ridge", only_correct=False)
-    res = evaluate_methods(Collection.open(colls[1]), est, model=model, processor=proc)
+    res = evaluate_methods(Collection.open(colls[1]), est, loaded=attrib.load())
     assert res["n_examples"] == 3
     for name in ("estimator", "raw_attention", "leave_one_out", "contextcite", "integrated_gradients"):
         r = res["methods"][name]

@@ -7,11 +7,12 @@ import pytest
 import torch
 from PIL import Image
 
-from attrib.processing import ShapesProcessor, to_rgb
+from attrib.io import to_rgb
 from attrib.shapes import make_example
 from attrib.shapes.fastpath import vision_fast_path
 from attrib.shapes.model import ModelSize, build_config
-from attrib.shapes.train import TrainConfig, _batch
+from attrib.shapes.processor import ShapesProcessor
+from attrib.shapes.train import TrainConfig, step_batch
 
 
 def _model(proc: ShapesProcessor) -> torch.nn.Module:
@@ -23,7 +24,7 @@ def _model(proc: ShapesProcessor) -> torch.nn.Module:
 
 def test_fast_path_matches_stock_loss_and_gradients(shapes_processor: ShapesProcessor) -> None:
     model = _model(shapes_processor)
-    batch = _batch(shapes_processor, TrainConfig(batch_size=3, size=ModelSize.tiny()), 0)
+    batch = step_batch(shapes_processor, TrainConfig(batch_size=3, size=ModelSize.tiny()), 0)
     ref = model(**batch).loss
     ref.backward()
     g0 = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}

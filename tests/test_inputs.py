@@ -9,9 +9,9 @@ from tiny_models import FAMILY_NAMES, IMG, VEND, VSTART, build
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from attrib.adapters import get_adapter
 from attrib.capture import capture_generate
-from attrib.inputs import InputBuilder, load_image_processor
+from attrib.models.adapters import get_adapter
+from attrib.models.inputs import InputBuilder, load_image_processor
 from attrib.regions import GridSpec, segment
 
 TEMPLATE = (

@@ -11,8 +11,9 @@ import pytest
 import tiny_models as tm
 import torch
 
-from attrib.latent import LATENT, LatentModel, check_not_latent, latent_norm_stats, require_latent
-from attrib.latent_attribution import LatentCapture, capture_latent, latent_share
+import attrib
+from attrib.analysis.latent import latent_share
+from attrib.capture import AttentionCapture, KeyPart
 from attrib.shapes import make_example
 from attrib.shapes.latent_train import (
     LatentConfig,
@@ -29,9 +30,10 @@ from attrib.shapes.latent_train import (
     strip_latent,
     train_latent,
 )
-from attrib.shapes.model import ModelSize, load_any, load_model
+from attrib.shapes.model import ModelSize, load_model
 from attrib.shapes.pointing import target_cells
 from attrib.shapes.train import TrainConfig, train
+from attrib.variants.latent.model import LATENT, LatentModel, latent_norm_stats, require_latent
 
 IDS = (110, 111, 112)  # <latent>, </latent>, <|latent|> inside the tiny vocabulary
 
@@ -105,8 +107,9 @@ def test_cached_generation_equals_full_forward(mode: str, family: str) -> None:
     _prefer_open(m)
     inp = tm.inputs(family)
     g = m.generate(**inp, max_new_tokens=9, eos_token_id=-1)
-    gen = g.generated(0)
-    assert gen == [110, 112, 112, 111, 110, 112, 112, 111, 110]
+    gen, sources = g.generated(0)
+    assert gen == g.ids(0) == [110, 112, 112, 111, 110, 112, 112, 111, 110]
+    assert sources == [-1] * len(gen)  # latents alias no image token
     assert len(g.latents[0]) == 4 and [(b, s) for b, s, _ in g.latents[0]] == [(0, 0), (0, 1), (1, 0), (1, 1)]
     seq = g.sequences
     embeds = m.image_embeddings(inp["pixel_values"], inp["image_grid_thw"])
@@ -204,7 +207,19 @@ def test_select_train_probe_and_errors(tiny_base: Path, tmp_path: Path) -> None:
         train_latent(tiny_base, cfg, tmp_path / "x", {})
     log = train_latent(tiny_base, cfg, tmp_path / "lat", json.loads(sel.read_text())["accuracy"])
     assert log["n_hard"] == 3 and len(log["losses"]) == 2 and all(np.isfinite([v for _, v in log["losses"]]))
-    model, proc = load_any(tmp_path / "lat")
+    loaded = attrib.load(tmp_path / "lat")
+    model, proc = loaded.model, loaded.processor
+    assert loaded.variant == "latent"
+    # it streams through the variant registry: each span reports its latent share
+    from attrib.streaming.stream import Attributor
+    from estimators.linear import LinearHeadEstimator
+
+    est = LinearHeadEstimator(layer_head_shape=loaded.dims)
+    est.coef_, est.intercept_ = np.ones(loaded.dims), 0.0
+    ex0 = make_example("test", 0)
+    streamed = Attributor(loaded, est, k=4).stream(ex0.image(), ex0.question.text, max_new_tokens=24).run()
+    assert streamed.generated_tokens > 0
+    assert all(set(s.shares) == {"latent"} and 0.0 <= s.shares["latent"] <= 1.0 for s in streamed.spans)
     assert isinstance(model, LatentModel) and model.mode == "pca"
     # probing: every intervention, paired deltas, norm ratios
     res = evaluate_latent(model, proc, [make_example("test", i) for i in range(3)], batch_size=2, max_new_tokens=12)
@@ -232,7 +247,9 @@ def test_select_train_probe_and_errors(tiny_base: Path, tmp_path: Path) -> None:
         evaluate_latent(base, proc0, [make_example("test", 0)])
     with pytest.raises(ValueError, match="latent-visual-token checkpoint"):
         load_model(tmp_path / "lat")
-    check_not_latent(tiny_base)  # a plain directory passes
+    LatentModel.refuse_checkpoint(tiny_base)  # a plain directory passes
+    with pytest.raises(ValueError, match="latent-visual-token checkpoint, not a plain model"):
+        LatentModel.refuse_checkpoint(tmp_path / "lat")
     tab = tmp_path / "table.json"
     assert main(["latent", "table", str(out), str(out), "--json", str(tab)]) == 0
     assert json.loads(tab.read_text())["pca"]["seeds"] == 2
@@ -283,19 +300,21 @@ def test_capture_counts_attention_to_latents_and_restores_on_error() -> None:
     def decode(ids: list[int]) -> str:
         return " ".join("." if i == IDS[1] else str(i) for i in ids)
 
-    r = capture_latent(m, inp, np.ones((1, n_img), dtype=np.float32), decode=decode, max_new_tokens=9, eos_token_id=-1)
+    cap, gen = m.capture(inp, np.ones((1, n_img), dtype=np.float32), decode=decode, max_new_tokens=9, eos_token_id=-1)
+    latent = cap.parts["latent"]
     assert cfg._attn_implementation == impl
-    assert r.latent.shape == (len(r.capture.spans), cfg.num_hidden_layers, cfg.num_attention_heads)
-    assert len(r.capture.spans) >= 2
-    assert float(r.latent[0].sum()) > 0  # the first span holds latents, and later tokens attend to them
-    assert ((r.latent + r.capture.features.sum(axis=1)) <= 1 + 1e-5).all()
-    sh = r.share()
+    assert latent.shape == (len(cap.spans), cfg.num_hidden_layers, cfg.num_attention_heads)
+    assert len(cap.spans) >= 2 and cap.generated_ids == gen.generated(0)[0]
+    assert cap.token_sources == [-1] * len(cap.generated_ids)
+    assert float(latent[0].sum()) > 0  # the first span holds latents, and later tokens attend to them
+    assert ((latent + cap.features.sum(axis=1)) <= 1 + 1e-5).all()
+    sh = latent_share(cap.features, latent)
     assert ((sh > 0) & (sh < 1)).all()
     # the attention implementation is restored when generation raises
     ones = np.ones((1, n_img), dtype=np.float32)
     with (
         pytest.raises(RuntimeError, match="boom"),
-        LatentCapture(m.base, inp, ones, decode=decode, latent_positions=list),
+        AttentionCapture(m.base, inp, ones, decode=decode, parts=[KeyPart("latent")]),
     ):
         assert cfg._attn_implementation != impl
         raise RuntimeError("boom")

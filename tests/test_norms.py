@@ -12,8 +12,8 @@ import pytest
 import torch
 from tiny_models import FAMILY_NAMES, build, inputs, n_image_tokens
 
+from attrib.analysis.norms import measure_norms, norm_report, token_types
 from attrib.cli import main
-from attrib.norms import measure_norms, norm_report, token_types
 
 
 class KnownNorms(torch.nn.Module):

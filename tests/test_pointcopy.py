@@ -11,11 +11,12 @@ import pytest
 import tiny_models as tm
 import torch
 
-from attrib.pointcopy import COPY, PointCopyModel, check_not_pointcopy, provenance
+import attrib
 from attrib.shapes import make_example
-from attrib.shapes.model import ModelSize, load_any, load_model
+from attrib.shapes.model import ModelSize, load_model
 from attrib.shapes.pointing import pointing_trace, score_pointing, strip_pointing, target_cells
 from attrib.shapes.train import TrainConfig, train
+from attrib.variants.pointcopy.model import COPY, PointCopyModel, provenance
 
 COPY_ID = 110
 
@@ -160,9 +161,9 @@ def test_copy_feed_interventions_feed_the_mean_or_the_bare_token() -> None:
     means = PointCopyModel._row_means(flat, valid)
     assert means.tolist() == [[1.0, 2.0], [0.0, 0.0], [7.0, 8.0]]
     from attrib.shapes.evaluate import evaluate
-    from attrib.shapes.model import resolve_model
 
-    plain, proc = load_any(resolve_model("shapes-qwen25vl"))
+    m = attrib.load("shapes-qwen25vl")
+    plain, proc = m.model, m.processor
     with pytest.raises(ValueError, match="point-and-copy"):
         evaluate(plain, proc, n=1, copy_feed="mean")
 
@@ -206,7 +207,7 @@ def test_save_load_and_class_mismatch_errors(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp_path / "v1", local_files_only=True)
     with pytest.raises(ValueError, match="v1 point-and-copy checkpoint"):
-        check_not_pointcopy(tmp_path / "v1")
+        PointCopyModel.refuse_checkpoint(tmp_path / "v1")
     with pytest.raises(ValueError, match="v1 point-and-copy checkpoint"):
         load_model(tmp_path / "v1")
     pc.base.save_pretrained(tmp_path / "plain")
@@ -261,8 +262,9 @@ def test_v1_training_smoke_eval_and_cli(tmp_path: Path) -> None:
 
     res = train(_v1_cfg(), tmp_path / "v1")
     assert all(np.isfinite(loss) for _, loss in res.losses)
-    model, proc = load_any(tmp_path / "v1")
-    assert isinstance(model, PointCopyModel)
+    loaded = attrib.load(tmp_path / "v1")
+    model, proc = loaded.model, loaded.processor
+    assert isinstance(model, PointCopyModel) and loaded.variant == "pointcopy"
     assert proc.tokenizer.convert_tokens_to_ids(COPY) == model.copy_token_id
     log = json.loads((tmp_path / "v1" / "train_log.json").read_text())
     assert log["config"]["variant"] == "v1"
@@ -315,15 +317,12 @@ def _forced_trace(pc: PointCopyModel, inp: dict[str, torch.Tensor]) -> tuple[lis
 
 
 def test_capture_aliases_copies_to_their_source_regions() -> None:
-    from attrib.pointcopy_attribution import capture_pointcopy
-
     pc = PointCopyModel(tm.build("qwen2_5_vl", attn="eager"), COPY_ID).eval()
     inp = tm.inputs("qwen2_5_vl")
     assign = np.zeros((3, 6), dtype=np.float32)  # 3 regions over the 6 image tokens
     assign[0, :2] = assign[1, 2:4] = assign[2, 4:] = 1
     v = pc.n_vocab
-    res, gen = capture_pointcopy(
-        pc,
+    res, gen = pc.capture(
         inp,
         assign,
         decode=lambda ids: " ".join(map(str, ids)) + ".",
@@ -333,7 +332,7 @@ def test_capture_aliases_copies_to_their_source_regions() -> None:
         forced=torch.tensor([[30, v + 2, 41, v + 5, 12, v + 2]]),
     )
     ids, src = gen.generated(0)
-    assert res.copy_features is not None and res.per_token is not None
+    assert res.copy_features is not None and res.per_token is not None and res.token_sources == src
     assert pc.base.config.text_config._attn_implementation == "eager"  # restored
     # recompute the attention rows with eager attention over the full sequence
     seq, cs = gen.sequences, gen.copy_src
@@ -355,7 +354,7 @@ def test_capture_aliases_copies_to_their_source_regions() -> None:
 
 
 def test_ablation_removes_copies_with_their_region() -> None:
-    from attrib.pointcopy_attribution import PointCopyAblation
+    from attrib.variants.pointcopy.attribution import PointCopyAblation
 
     pc = _wrapped("qwen2_5_vl")
     inp = tm.inputs("qwen2_5_vl")

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from attrib.processing import IMAGE_PAD, ShapesProcessor, load_image, to_rgb
+from attrib.io import load_image, to_rgb
 from attrib.shapes import iter_split
+from attrib.shapes.processor import IMAGE_PAD, ShapesProcessor
 
 
 def test_tokenizer_roundtrips_every_benchmark_text(shapes_processor: ShapesProcessor) -> None:

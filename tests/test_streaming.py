@@ -57,12 +57,12 @@ def test_streamed_scores_equal_the_estimator_on_captured_features(attributor: At
 
     ex = make_example("test", 3)
     res = attributor.stream(ex.image(), ex.question.text, truth=ex.answer).run()
-    x = attributor.make_inputs(ex.image(), ex.question.text)
+    x = attributor.loaded.build(ex.image(), ex.question.text)
     cap = capture_generate(
         attributor.model,
         x,
         attributor.assignment(attributor.partition(ex.image()), x),
-        decode=attributor.decode,
+        decode=attributor.loaded.decode_raw,
         max_new_tokens=200,
         do_sample=False,
     )
@@ -122,11 +122,17 @@ def test_bad_inputs(attributor: Attributor, tmp_path: Path) -> None:
     same.save(tmp_path / "same", model_id="other-model", model_signature=sig)
     with pytest.raises(ValueError, match="fit on another model"):
         Attributor.load(estimator=tmp_path / "same")
-    # An unsupported model class.
-    import torch
+    # A checkpoint of an unsupported architecture, and a directory that is no checkpoint at all.
+    from transformers import BertConfig
 
-    with pytest.raises(ValueError, match="unsupported model class Linear"):
-        Attributor(torch.nn.Linear(2, 2), lambda i, p: {}, None, str, attributor.estimator)
+    BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8).save_pretrained(
+        tmp_path / "bert"
+    )
+    with pytest.raises(ValueError, match=r"unsupported model .*bert"):
+        Attributor.load(model=str(tmp_path / "bert"), estimator=tmp_path / "same")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"not a model checkpoint: it has no config\.json"):
+        Attributor.load(model=str(tmp_path / "empty"), estimator=tmp_path / "same")
     # Missing and corrupt images (CLI).
     (tmp_path / "bad.png").write_bytes(b"not a png")
     for img in (tmp_path / "missing.png", tmp_path / "bad.png"):
@@ -152,7 +158,7 @@ def test_cli_stream_and_demo(tmp_path: Path) -> None:
 
 
 def test_report_escapes_user_text(attributor: Attributor) -> None:
-    from attrib.report import json_for_script, render_report
+    from attrib.streaming.report import json_for_script, render_report
 
     res = StreamResult(
         image=Image.new("RGB", (56, 56)),
@@ -172,7 +178,7 @@ def test_report_escapes_user_text(attributor: Attributor) -> None:
 
 
 def test_server_stops_generation_when_the_client_disconnects(attributor: Attributor) -> None:
-    from attrib.serve import make_server
+    from attrib.streaming.serve import make_server
 
     srv = make_server(attributor, port=0, max_new_tokens=1500, min_new_tokens=1500)
     assert srv.server_address[0] == "127.0.0.1"

@@ -18,21 +18,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from attrib.analysis.trajectories import Chain, analyse, analyse_chains, load_chains
+from attrib.cli.trajectories import register, run
+from attrib.plots import trajectories_html
+from attrib.plots import trajectory_plots as write_plots
 from attrib.shapes import make_example
+from attrib.shapes.hallucination import names_absent_object, object_mentions, scene_for
 from attrib.shapes.scene import COLOURS, SHAPES, SIZES, Scene, ShapeObject
-from attrib.trajectories import (
-    Chain,
-    add_parser,
-    analyse,
-    analyse_chains,
-    load_chains,
-    names_absent_object,
-    object_mentions,
-    run,
-    scene_for,
-    trajectories_html,
-    write_plots,
-)
 from metrics import (
     TortuosityFlagger,
     TrajectoryPCA,
@@ -369,7 +361,7 @@ def _absent_description(scene: Scene) -> str:
 
 def _write_collection(root: Path, n: int = 36, k: int = K) -> Path:
     """A collection in the real shard format: thirds of success, reasoning error and hallucination."""
-    from attrib.collect import _write_shard
+    from attrib.collect.store import write_shard
 
     rng = np.random.default_rng(7)
     recs, loo, offsets, regions = [], [], [0], {}
@@ -408,7 +400,7 @@ def _write_collection(root: Path, n: int = 36, k: int = K) -> Path:
         **regions,
     }
     root.mkdir(parents=True, exist_ok=True)
-    _write_shard(root, "shard-00000", arrays, recs)
+    write_shard(root, "shard-00000", arrays, recs)
     manifest = {
         "shards": [{"name": "shard-00000", "n_examples": n, "n_failed": 0}],
         "config": {"dataset": "shapes:test", "region_method": "color", "k": k},
@@ -479,7 +471,7 @@ def test_load_chains_needs_scores() -> None:
 
 def test_cli_and_plots(collection_dir: Path, tmp_path: Path) -> None:
     parser = argparse.ArgumentParser()
-    add_parser(parser.add_subparsers(dest="command"))
+    register(parser.add_subparsers(dest="command"))
     out_json, plots = tmp_path / "t.json", tmp_path / "plots"
     args = parser.parse_args(
         [

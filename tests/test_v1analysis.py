@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from attrib.v1analysis import (
+from attrib.analysis.pointcopy import (
     attention_by_position,
     cliffs_delta,
     compare_decay,
@@ -88,7 +88,7 @@ def test_late_chain_attribution_finds_a_real_difference_and_not_a_fake_one() -> 
 
 
 def test_late_chain_can_leave_out_spans_that_copy_their_own_object() -> None:
-    from attrib.v1analysis import _copy_share_by_position
+    from attrib.analysis.pointcopy import copy_share_by_position
 
     # 3 spans of 4 tokens; the last span holds a copy (token 9) and puts everything on its ground truth
     scores = np.array([[0.5, 0.5], [0.25, 0.75], [1.0, 0.0]])
@@ -108,7 +108,7 @@ def test_late_chain_can_leave_out_spans_that_copy_their_own_object() -> None:
     row = without["buckets"][0]
     assert without["skip_own_copies"] is True
     assert row["v1"] == {"n": 1, "mean": pytest.approx(0.25)} and row["base"]["n"] == 2
-    share = _copy_share_by_position([ex, ex], max_position=1)
+    share = copy_share_by_position([ex, ex], max_position=1)
     assert share["overall"] == pytest.approx(0.8 / 3) and share["n_spans"] == 6
     assert share["by_position"] == [{"position": 0, "n": 2, "mean": 0.0}, {"position": 1, "n": 4, "mean": 0.4}]
 
@@ -129,7 +129,7 @@ def test_copy_vs_source_by_layer_hand_values() -> None:
 
 
 def test_copy_attention_refuses_a_plain_model() -> None:
-    from attrib.v1analysis import _copy_attention
+    from attrib.analysis.pointcopy import copy_attention
 
     with pytest.raises(ValueError, match="not a point-and-copy model"):
-        _copy_attention("shapes-qwen25vl", 1)
+        copy_attention("shapes-qwen25vl", n=1)

@@ -28,7 +28,7 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image
 
-from attrib.processing import to_rgb
+from attrib.io import to_rgb
 from attrib.regions.partition import RegionPartition
 
 __all__ = [

@@ -14,10 +14,10 @@ import torch
 from PIL import Image
 from transformers import PreTrainedModel
 
-from attrib.processing import ShapesProcessor
 from attrib.shapes.dataset import Example, iter_split
 from attrib.shapes.parse import parse_output
 from attrib.shapes.pointing import score_pointing, strip_pointing
+from attrib.shapes.processor import ShapesProcessor
 from attrib.shapes.scene import Difficulty
 from metrics.stats import mean_ci
 
@@ -168,34 +168,15 @@ def _generate(
     copy_feed: str = "source",
 ) -> list[tuple[str, list[int]]]:
     """Decoded outputs and, for point-and-copy models, the copy sources of each."""
-    from attrib.latent import LatentModel
-    from attrib.pointcopy import PointCopyModel
+    from attrib.variants.base import VariantModel
 
-    if isinstance(model, LatentModel):
-        batch = processor(images, questions)
-        with torch.inference_mode():
-            lg = model.generate(
-                batch["input_ids"],
-                batch["attention_mask"],
-                batch["mm_token_type_ids"],
-                batch["pixel_values"],
-                batch["image_grid_thw"],
-                max_new_tokens=max_new_tokens
-                + 4 * model.n_latent,  # latent slots count as positions: room for 4 blocks
-                eos_token_id=int(processor.tokenizer.eos_token_id),
-            )
-        return [(processor.decode(lg.generated(r)), []) for r in range(len(images))]
-    if not isinstance(model, PointCopyModel):
+    if not isinstance(model, VariantModel):
         return [(o, []) for o in generate_batch(model, processor, images, questions, max_new_tokens=max_new_tokens)]
-    batch = processor(images, questions)
+    batch: dict[str, Any] = dict(processor(images, questions))
     with torch.inference_mode():
         g = model.generate(
-            batch["input_ids"],
-            batch["attention_mask"],
-            batch["mm_token_type_ids"],
-            batch["pixel_values"],
-            batch["image_grid_thw"],
-            max_new_tokens=max_new_tokens,
+            **batch,
+            max_new_tokens=model.generation_budget(max_new_tokens),
             eos_token_id=int(processor.tokenizer.eos_token_id),
             copy_feed=copy_feed,
         )
@@ -253,7 +234,7 @@ def evaluate(
         examples = list(iter_split(split, n, start=start, benchmark_seed=benchmark_seed, difficulty=difficulty))
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    from attrib.pointcopy import PointCopyModel
+    from attrib.variants.pointcopy.model import PointCopyModel
 
     pointcopy = isinstance(model, PointCopyModel)
     if copy_feed != "source" and not pointcopy:

@@ -46,26 +46,27 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from attrib.latent import (
+from attrib.shapes.dataset import Example, iter_split, trace_text
+from attrib.shapes.parse import parse_output
+from attrib.shapes.pointing import target_cells
+from attrib.shapes.processor import ShapesProcessor, token_id
+from attrib.shapes.vocab import benchmark_words
+from attrib.variants.latent.model import (
     LATENT,
     LATENT_CLOSE,
     LATENT_OPEN,
     LATENT_TOKENS,
+    LatentGeneration,
     LatentModel,
     latent_norm_stats,
     require_latent,
 )
-from attrib.processing import ShapesProcessor, _token_id
-from attrib.shapes.dataset import Example, iter_split, trace_text
-from attrib.shapes.parse import parse_output
-from attrib.shapes.pointing import target_cells
-from attrib.shapes.vocab import benchmark_words
 
 __all__ = [
     "INTERVENTIONS",
@@ -126,8 +127,8 @@ def latent_batch(
         latent_trace(e, n_latent) if u else (e.target_text(), []) for e, u in zip(examples, use_latent, strict=True)
     ]
     batch = processor([e.image() for e in examples], [e.question.text for e in examples], [t for t, _ in traces])
-    lat_id = _token_id(processor.tokenizer, LATENT)
-    close_id = _token_id(processor.tokenizer, LATENT_CLOSE)
+    lat_id = token_id(processor.tokenizer, LATENT)
+    close_id = token_id(processor.tokenizer, LATENT_CLOSE)
     if lat_id == processor.tokenizer.unk_token_id:
         raise ValueError("the processor has no <|latent|> token; build it with extra_special=LATENT_TOKENS")
     ids = batch["input_ids"]
@@ -271,7 +272,7 @@ def build_latent_model(
         for mat in (base.get_input_embeddings().weight, base.lm_head.weight):
             mat[n_old:] = mat[:n_old].mean(0)
     base.config.text_config.vocab_size = len(processor.tokenizer)
-    ids = tuple(_token_id(processor.tokenizer, t) for t in LATENT_TOKENS)
+    ids = tuple(token_id(processor.tokenizer, t) for t in LATENT_TOKENS)
     torch.manual_seed(cfg.seed)
     model = LatentModel(base, ids, mode=cfg.mode, n_latent=cfg.n_latent, pca_k=cfg.pca_k)  # type: ignore[arg-type]
     if model.head is not None and cfg.seed:
@@ -426,8 +427,20 @@ def load_latent(path: str | Path) -> tuple[LatentModel, ShapesProcessor]:
         FileNotFoundError: If the directory is missing.
         ValueError: If it is not a latent checkpoint (the message says it has no latent support).
     """
-    model = LatentModel.from_pretrained(path, local_files_only=True)
-    return model, ShapesProcessor.from_pretrained(path)
+    from attrib.models.loading import load
+
+    p = Path(path)
+    if not p.is_dir():
+        raise FileNotFoundError(f"model directory not found: {p}")
+    if not LatentModel.is_checkpoint(p):
+        raise ValueError(
+            f"{p} is not a latent-visual-token checkpoint: it has no latent support; train one with "
+            "`attrib latent train`"
+        )
+    loaded = load(p)
+    if not isinstance(loaded.processor, ShapesProcessor):
+        raise ValueError(f"{p} does not use the benchmark's processor")
+    return loaded.model, loaded.processor
 
 
 def _derangement(n: int, seed: int) -> np.ndarray:
@@ -486,18 +499,18 @@ def evaluate_latent(
             chunk = examples[b : b + batch_size]
             fn = _intervention(kind, model, b, recorded, perm, gen)
             batch = processor([e.image() for e in chunk], [e.question.text for e in chunk])
-            g = model.generate(
-                batch["input_ids"],
-                batch["attention_mask"],
-                batch["mm_token_type_ids"],
-                batch["pixel_values"],
-                batch["image_grid_thw"],
-                max_new_tokens=max_new_tokens,
-                eos_token_id=int(processor.tokenizer.eos_token_id),
-                intervene=fn,
+            inputs: dict[str, Any] = dict(batch)
+            g = cast(
+                LatentGeneration,
+                model.generate(
+                    **inputs,
+                    max_new_tokens=max_new_tokens,
+                    eos_token_id=int(processor.tokenizer.eos_token_id),
+                    intervene=fn,
+                ),
             )
             for r, e in enumerate(chunk):
-                p = parse_output(strip_latent(processor.decode(g.generated(r))))
+                p = parse_output(strip_latent(processor.decode(g.generated(r)[0])))
                 correct[kind].append(bool(p.ok and p.answer == e.answer))
                 parsed[kind].append(bool(p.ok))
                 n_fed[kind] += len(g.latents[r])
@@ -616,43 +629,22 @@ def load_selection(path: str | Path) -> dict[str, float]:
         raise ValueError(f"malformed selection file {p}: {e}") from e
 
 
-@torch.inference_mode()
 def latent_norms(model: LatentModel, processor: ShapesProcessor, examples: Sequence[Example], *, name: str = "") -> Any:
     """Layer-wise norms by token type (text, image, latent) along the model's own greedy traces.
 
-    Each example is decoded greedily (latents fed back as in :meth:`LatentModel.generate`),
-    then the whole sequence is run once more with the same inputs to read every layer's
-    hidden states; latent positions are token type ``latent``, whose entry 0 is the
-    fed-back vector itself.
+    See :func:`attrib.variants.latent.variant.latent_norm_states`.
 
     Returns:
-        A :class:`attrib.norms.NormReport`.
+        A :class:`attrib.analysis.norms.NormReport`.
     """
-    from attrib.norms import norm_report, token_types
+    from attrib.analysis.norms import norm_report
+    from attrib.variants.latent.variant import latent_norm_states
 
     require_latent(model)
+    inputs = (processor.build(e.image(), e.question.text) for e in examples)
     hs_all: list[Sequence[torch.Tensor]] = []
     types: list[np.ndarray] = []
-    for e in examples:
-        b = processor([e.image()], [e.question.text])
-        embeds = model.image_embeddings(b["pixel_values"], b["image_grid_thw"])
-        g = model.generate(
-            b["input_ids"],
-            b["attention_mask"],
-            b["mm_token_type_ids"],
-            image_grid_thw=b["image_grid_thw"],
-            image_embeds=embeds,
-            eos_token_id=int(processor.tokenizer.eos_token_id),
-        )
-        seq = g.sequences[:, : g.prompt_len + g.lengths[0]]
-        vecs = [v for _, _, v in g.latents[0]]
-        lat = torch.stack(vecs) if vecs else None
-        mm = (seq == model.image_token_id).long()
-        pos = model.position_ids(seq, mm, b["image_grid_thw"], None)
-        out = model.base.model.language_model(
-            inputs_embeds=model.embed(seq, embeds, lat), position_ids=pos, output_hidden_states=True, use_cache=False
-        )
-        hs_all.append([h.detach() for h in out.hidden_states])
-        where = torch.nonzero(seq[0] == model.latent_id).flatten().tolist()
-        types.append(token_types(seq[0], model.image_token_id, dict.fromkeys(where, 3)))
+    for hs, ty in latent_norm_states(model, inputs, eos_token_id=int(processor.tokenizer.eos_token_id)):
+        hs_all.append(hs)
+        types.append(ty)
     return norm_report(hs_all, types, model=name or f"latent-{model.mode}")

@@ -6,29 +6,27 @@ import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-from attrib.processing import ShapesProcessor
+from attrib.shapes.processor import ShapesProcessor
 
 __all__ = [
+    "BUNDLED",
     "BUNDLED_DIR",
     "ModelSize",
     "build_config",
     "bundled_model_path",
-    "load_any",
-    "load_bundled",
     "load_model",
-    "resolve_model",
 ]
 
 logger = logging.getLogger(__name__)
 
 #: Where the bundled models live inside the package.
-BUNDLED_DIR = Path(__file__).resolve().parent.parent / "bundled"
-_BUNDLED = {"shapes-qwen25vl": "shapes-qwen25vl", "shapes-qwen25vl-v1": "shapes-qwen25vl-v1"}
+BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
+#: The bundled models' names (each a directory of :data:`BUNDLED_DIR`).
+BUNDLED: tuple[str, ...] = ("shapes-qwen25vl", "shapes-qwen25vl-v1")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -133,30 +131,32 @@ def build_config(processor: ShapesProcessor, size: ModelSize | None = None) -> Q
 
 
 def load_model(
-    path: str | Path, *, attn_implementation: str = "sdpa", dtype: torch.dtype = torch.float32
+    path: str | Path, *, dtype: torch.dtype = torch.float32
 ) -> tuple[Qwen2_5_VLForConditionalGeneration, ShapesProcessor]:
-    """Load a model directory written by ``attrib shapes train`` (local only, no hub).
+    """Load a plain model directory written by ``attrib shapes train`` (local only, no hub).
+
+    A thin, typed wrapper of :func:`attrib.models.load` for the benchmark's own
+    training and evaluation code, which needs the plain model and its processor.
 
     Args:
         path: Directory with ``config.json``, ``model.safetensors`` and processor files.
-        attn_implementation: ``"sdpa"`` (default) or ``"eager"``.
         dtype: Parameter dtype.
 
     Returns:
-        ``(model, processor)`` with the model in eval mode.
+        ``(model, processor)`` with the model in eval mode (SDPA attention).
 
     Raises:
         FileNotFoundError: If the directory or a required file is missing.
-        ValueError: If a file is corrupt or the model and processor disagree.
+        ValueError: If it holds a research variant, a file is corrupt, or the model and processor disagree.
     """
-    from attrib.latent import check_not_latent
-    from attrib.pointcopy import check_not_pointcopy
+    from attrib.models.loading import detect_model_kind, load
 
     p = Path(path)
     if not p.is_dir():
         raise FileNotFoundError(f"model directory not found: {p}")
-    check_not_pointcopy(p)
-    check_not_latent(p)
+    kind = detect_model_kind(p)
+    if kind is not None:
+        raise ValueError(f"{p} is a {kind.description}, not a plain model; load it with attrib.load")
     for name in ("config.json", "model.safetensors"):
         if not (p / name).is_file():
             raise FileNotFoundError(f"model directory {p} lacks {name}")
@@ -164,20 +164,12 @@ def load_model(
         json.loads((p / "config.json").read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"corrupt config.json in {p}: {e}") from e
-    processor = ShapesProcessor.from_pretrained(p)
-    try:
-        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-            p, attn_implementation=attn_implementation, dtype=dtype, local_files_only=True
-        )
-    except Exception as e:  # safetensors and transformers raise several types for bad files
-        raise ValueError(f"cannot load model weights from {p}: {type(e).__name__}: {e}") from e
-    if model.config.image_token_id != processor.image_token_id:
-        raise ValueError(
-            f"model in {p} expects image token id {model.config.image_token_id}, "
-            f"processor gives {processor.image_token_id}"
-        )
-    model.eval()
-    return model, processor
+    if not (p / "attrib_processor.json").is_file():
+        raise ValueError(f"{p} was not written by `attrib shapes train` (no attrib_processor.json)")
+    loaded = load(p, dtype=dtype)
+    if not isinstance(loaded.processor, ShapesProcessor):
+        raise ValueError(f"{p} does not use the benchmark's processor")
+    return loaded.model, loaded.processor
 
 
 def bundled_model_path(name: str = "shapes-qwen25vl") -> Path:
@@ -187,47 +179,10 @@ def bundled_model_path(name: str = "shapes-qwen25vl") -> Path:
         ValueError: For an unknown name (the message lists the bundled ones).
         FileNotFoundError: If the bundled files are absent from this install.
     """
-    if name not in _BUNDLED:
-        raise ValueError(f"unknown bundled model {name!r}; bundled: {sorted(_BUNDLED)}")
-    p = BUNDLED_DIR / _BUNDLED[name]
+    if name not in BUNDLED:
+        raise ValueError(f"unknown bundled model {name!r}; bundled: {sorted(BUNDLED)}")
+    p = BUNDLED_DIR / name
     if not ((p / "model.safetensors").is_file() or (p / "base" / "model.safetensors").is_file()):
         how = "attrib shapes train" + (" --variant v1" if name.endswith("-v1") else "") + f" --out {p}"
         raise FileNotFoundError(f"bundled model files missing at {p}; reinstall attrib or run `{how}`")
     return p
-
-
-def resolve_model(name: str | None) -> Path:
-    """A bundled model name (or ``None`` for the default) or a local directory, as a path.
-
-    Raises:
-        FileNotFoundError: If a bundled model's files are missing.
-    """
-    if name is None:
-        return bundled_model_path()
-    if name in _BUNDLED:
-        return bundled_model_path(name)
-    return Path(name)
-
-
-def load_any(path: str | Path, **kwargs: Any) -> tuple[Any, ShapesProcessor]:
-    """Load a plain model (:func:`load_model`) or a v1 point-and-copy one, whichever ``path`` holds.
-
-    Raises:
-        FileNotFoundError: If the directory is missing.
-        ValueError: If its files are corrupt.
-    """
-    from attrib.latent import LatentModel, is_latent_dir
-    from attrib.pointcopy import PointCopyModel, is_pointcopy_dir
-
-    if is_latent_dir(path):
-        return LatentModel.from_pretrained(path, local_files_only=True), ShapesProcessor.from_pretrained(path)
-    if is_pointcopy_dir(path):
-        return PointCopyModel.from_pretrained(path, local_files_only=True), ShapesProcessor.from_pretrained(path)
-    return load_model(path, **kwargs)
-
-
-def load_bundled(
-    name: str = "shapes-qwen25vl", **kwargs: Any
-) -> tuple[Qwen2_5_VLForConditionalGeneration, ShapesProcessor]:
-    """Load a bundled model by name (see :func:`load_model` for keyword arguments)."""
-    return load_model(bundled_model_path(name), **kwargs)

@@ -28,9 +28,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from attrib.pointcopy import COPY, REGION_CLOSE, REGION_OPEN
 from attrib.shapes.dataset import Example, trace_text
 from attrib.shapes.scene import Scene
+from attrib.variants.pointcopy.model import COPY, REGION_CLOSE, REGION_OPEN
 
 __all__ = ["PointingScore", "cell_cover", "pointing_trace", "score_pointing", "strip_pointing", "target_cells"]
 

@@ -25,22 +25,24 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import Qwen2_5_VLForConditionalGeneration
 
-from attrib.pointcopy import COPY, COPY_TOKENS, PointCopyModel
-from attrib.processing import ShapesProcessor, _token_id
 from attrib.shapes.dataset import BENCHMARK_VERSION, Example, make_example
 from attrib.shapes.fastpath import vision_fast_path
 from attrib.shapes.model import ModelSize, build_config
 from attrib.shapes.pointing import pointing_trace
+from attrib.shapes.processor import ShapesProcessor, token_id
 from attrib.shapes.questions import AUX_FAMILIES
 from attrib.shapes.scene import Difficulty
 from attrib.shapes.vocab import benchmark_words
+from attrib.variants.pointcopy.model import COPY, COPY_TOKENS, PointCopyModel
 
 __all__ = [
     "TrainConfig",
     "TrainResult",
+    "lr_at",
     "new_model",
     "pointing_batch",
     "set_generation_defaults",
+    "step_batch",
     "step_examples",
     "train",
     "weight_digest",
@@ -137,7 +139,8 @@ class TrainResult:
     resumed_from: int = 0
 
 
-def _lr_at(step: int, cfg: TrainConfig) -> float:
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """The learning rate at ``step``: linear warm-up, then cosine decay to a tenth."""
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
     progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
@@ -159,7 +162,8 @@ def step_examples(cfg: TrainConfig, step: int) -> list[Example]:
     return exs
 
 
-def _batch(processor: ShapesProcessor, cfg: TrainConfig, step: int) -> dict[str, torch.Tensor]:
+def step_batch(processor: ShapesProcessor, cfg: TrainConfig, step: int) -> dict[str, torch.Tensor]:
+    """The model inputs of training step ``step`` (with v1 pointing traces for the v1 variant)."""
     exs = step_examples(cfg, step)
     if cfg.variant == "v1":
         return pointing_batch(processor, exs)
@@ -198,7 +202,7 @@ def new_model(cfg: TrainConfig) -> tuple[torch.nn.Module, ShapesProcessor]:
     if cfg.variant == "v1":
         processor = ShapesProcessor.create(benchmark_words(), extra_special=COPY_TOKENS)
         base = Qwen2_5_VLForConditionalGeneration(build_config(processor, cfg.size))
-        return PointCopyModel(base, _token_id(processor.tokenizer, COPY), keys="hidden"), processor
+        return PointCopyModel(base, token_id(processor.tokenizer, COPY), keys="hidden"), processor
     processor = ShapesProcessor.create(benchmark_words())
     return Qwen2_5_VLForConditionalGeneration(build_config(processor, cfg.size)), processor
 
@@ -217,7 +221,7 @@ class _StepBatches(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
         return self.cfg.steps - self.start
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return _batch(self.processor, self.cfg, self.start + i)
+        return step_batch(self.processor, self.cfg, self.start + i)
 
 
 def _worker_init(_: int) -> None:
@@ -286,7 +290,7 @@ def _train(
     with vision_fast_path(model):
         for step in range(start, cfg.steps):
             for g in opt.param_groups:
-                g["lr"] = _lr_at(step, cfg)
+                g["lr"] = lr_at(step, cfg)
             batch = next(batches)
             loss = model(**batch).loss
             loss.backward()

@@ -1,0 +1,352 @@
+"""Reasoning trajectories in attribution space on a collected dataset.
+
+Each collected example becomes a :class:`Chain`: its per-span region scores
+(from the fitted estimator, or the leave-one-out drops when no estimator is
+given) and an outcome label:
+
+- ``success``: the answer is right;
+- ``hallucination``: the answer is wrong and the trace names an object that is
+  not in the image;
+- ``reasoning_error``: the answer is wrong and every object the trace names
+  is in the image;
+- ``failure``: the answer is wrong, and the dataset cannot tell which kind
+  (its kind has no ``failure_kind``, see :mod:`attrib.collect.datasets`);
+- ``unknown``: correctness is unknown (no reference answer); left out.
+
+The kind of failure is the dataset's to judge: the benchmark registers how it
+tells a hallucination (:func:`attrib.shapes.hallucination.names_absent_object`),
+so this module knows no shape or colour words.
+
+:func:`analyse_chains` compares path length, tortuosity and concentration of
+successes and failures, scores early failure prediction by reasoning progress,
+contrasts fixation (hallucination) with wandering (reasoning error), and
+calibrates an online :class:`~metrics.trajectory.TortuosityFlagger`. The
+metrics themselves live in :mod:`metrics.trajectory`; the figures are
+:func:`attrib.plots.trajectory_plots`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from attrib.collect.datasets import open_dataset
+from attrib.io import jsonable
+from metrics.trajectory import (
+    DEFAULT_FRACTIONS,
+    EPS,
+    TortuosityFlagger,
+    TrajectoryPCA,
+    auc_by_progress,
+    bonferroni,
+    compare_outcomes,
+    concentration,
+    effect_vectors,
+    path_length,
+    progress_curve,
+    three_outcome,
+    tortuosity,
+)
+
+__all__ = [
+    "FAILURES",
+    "Chain",
+    "ExampleSource",
+    "RegionScorer",
+    "analyse",
+    "analyse_chains",
+    "load_chains",
+    "outcome_of",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The outcome labels of wrong answers.
+FAILURES = ("failure", "reasoning_error", "hallucination")
+#: ``failure_kind(record) -> "hallucination" | "reasoning_error" | None``.
+FailureKind = Callable[[Mapping[str, Any]], "str | None"]
+
+
+class RegionScorer(Protocol):
+    """Anything with the estimator's ``region_scores`` (e.g. :class:`estimators.linear.LinearHeadEstimator`)."""
+
+    def region_scores(self, features: np.ndarray) -> np.ndarray:
+        """``(n_spans, K, L, H)`` features -> ``(n_spans, K)`` scores."""
+        ...
+
+
+class ExampleSource(Protocol):
+    """Anything with :meth:`attrib.collect.store.Collection.examples`."""
+
+    def examples(self) -> Iterator[dict[str, Any]]:
+        """Yield example records (see :class:`attrib.collect.store.Collection`)."""
+        ...
+
+
+# ---------------------------------------------------------------------------- chains
+@dataclass(frozen=True)
+class Chain:
+    """One reasoning chain in attribution space.
+
+    Attributes:
+        uid: Example uid.
+        scores: ``(n_spans, K)`` raw per-span region scores.
+        outcome: ``success``, ``reasoning_error``, ``hallucination``, ``failure`` or ``unknown``.
+    """
+
+    uid: str
+    scores: np.ndarray
+    outcome: str
+
+    @property
+    def n_spans(self) -> int:
+        """Number of spans (points)."""
+        return int(self.scores.shape[0])
+
+    @property
+    def failed(self) -> bool:
+        """Whether the answer was wrong."""
+        return self.outcome in FAILURES
+
+    def effect_vectors(self, top: int = 32, *, normalize: bool = True) -> np.ndarray:
+        """:func:`metrics.trajectory.effect_vectors` of the scores."""
+        return effect_vectors(self.scores, top, normalize=normalize)
+
+
+def outcome_of(ex: Mapping[str, Any], failure_kind: FailureKind | None = None) -> str:
+    """The outcome label of one collected example (see the module docstring).
+
+    Args:
+        ex: A collected example (``correct``, ``output``, ``uid``, ...).
+        failure_kind: Tells a wrong answer's kind (``None``, or it returns ``None``: ``"failure"``).
+    """
+    correct = ex.get("correct")
+    if correct is None:
+        return "unknown"
+    if correct:
+        return "success"
+    kind = failure_kind(ex) if failure_kind is not None else None
+    if kind not in (None, "hallucination", "reasoning_error"):
+        raise ValueError(f"failure_kind returned {kind!r}; expected 'hallucination', 'reasoning_error' or None")
+    return kind or "failure"
+
+
+def load_chains(
+    collection: ExampleSource,
+    estimator: RegionScorer | None = None,
+    *,
+    limit: int | None = None,
+    failure_kind: FailureKind | None = None,
+) -> list[Chain]:
+    """Chains of a collection, with outcome labels.
+
+    Args:
+        collection: An opened :class:`attrib.collect.store.Collection` (or anything
+            with ``examples()``; a ``manifest`` with ``config.dataset`` names the
+            dataset that tells the kind of a failure).
+        estimator: Scores spans with ``region_scores(features)``; when ``None``,
+            the leave-one-out drops ``loo_deltas`` are the scores.
+        limit: Read at most this many examples.
+        failure_kind: Overrides the dataset's ``failure_kind``.
+
+    Returns:
+        The chains, in collection order (examples without spans are skipped).
+
+    Raises:
+        ValueError: Without an estimator, for an example that has no
+            ``loo_deltas`` (collect with ``--loo`` or pass an estimator).
+    """
+    manifest = getattr(collection, "manifest", None) or {}
+    spec = manifest.get("config", {}).get("dataset")
+    if failure_kind is None and spec:
+        try:
+            failure_kind = open_dataset(str(spec)).failure_kind
+        except (ValueError, OSError) as e:
+            logger.warning("dataset %s of the collection is not available (%s); failures are left untyped", spec, e)
+    chains: list[Chain] = []
+    for i, ex in enumerate(collection.examples()):
+        if limit is not None and i >= limit:
+            break
+        if estimator is not None:
+            scores = np.asarray(estimator.region_scores(ex["features"]), dtype=np.float64)
+        else:
+            if "loo_deltas" not in ex:
+                raise ValueError(
+                    f"example {ex.get('uid')} has no leave-one-out drops; pass an estimator "
+                    "or use a collection made with --loo"
+                )
+            scores = np.asarray(ex["loo_deltas"], dtype=np.float64)
+        if scores.ndim != 2 or scores.shape[0] == 0:
+            logger.info("example %s has no spans; skipped", ex.get("uid"))
+            continue
+        uid = str(ex.get("uid", i))
+        chains.append(Chain(uid=uid, scores=scores, outcome=outcome_of(ex, failure_kind)))
+    return chains
+
+
+# ---------------------------------------------------------------------------- analysis
+def _mean_conc(scores: np.ndarray) -> float:
+    c = concentration(scores)
+    c = c[np.isfinite(c)]
+    return float(c.mean()) if c.size else float("nan")
+
+
+def _flagger_block(
+    chains: Sequence[Chain], *, fpr: float, min_spans: int, top: int, normalize: bool, eps: float, seed: int
+) -> tuple[dict[str, Any], list[int | None]]:
+    """Calibrate on all successes; held-out FPR by 2-fold cross-fitting; flag rates on failures."""
+    flagged: list[int | None] = [None] * len(chains)
+    succ = [i for i, c in enumerate(chains) if c.outcome == "success" and c.n_spans >= min_spans]
+    out: dict[str, Any] = {"fpr_target": fpr, "min_spans": min_spans, "n_reference": len(succ)}
+    if len(succ) < 2:
+        out["error"] = f"need >= 2 successful chains with >= {min_spans} spans to calibrate; got {len(succ)}"
+        return out, flagged
+    fl = TortuosityFlagger(fpr=fpr, min_spans=min_spans, top=top, normalize=normalize, eps=eps)
+    fl.fit([chains[i].scores for i in succ])
+    for i, c in enumerate(chains):
+        if c.n_spans >= min_spans and c.outcome != "unknown":
+            flagged[i] = fl.run(c.scores)
+    # 2-fold cross-fitting: a threshold fit on one half of the successes, false positives counted on the other.
+    perm = np.random.default_rng(seed).permutation(len(succ))
+    folds = [[succ[j] for j in perm[: len(succ) // 2]], [succ[j] for j in perm[len(succ) // 2 :]]]
+    held = []
+    for a, b in ((0, 1), (1, 0)):
+        fa = TortuosityFlagger(fpr=fpr, min_spans=min_spans, top=top, normalize=normalize, eps=eps)
+        fa.fit([chains[i].scores for i in folds[a]])
+        held += [fa.run(chains[i].scores) is not None for i in folds[b]]
+
+    def rate(kinds: Iterable[str]) -> tuple[float, int]:
+        idx = [i for i, c in enumerate(chains) if c.outcome in kinds and c.n_spans >= min_spans]
+        if not idx:
+            return float("nan"), 0
+        return float(np.mean([flagged[i] is not None for i in idx])), len(idx)
+
+    progress = [(f + 1) / c.n_spans for f, c in zip(flagged, chains, strict=True) if c.failed and f is not None]
+    out.update(
+        {
+            "threshold": fl.threshold_,
+            "fpr_reference": rate(["success"])[0],
+            "fpr_heldout": float(np.mean(held)),
+            "flagged_rate_failure": rate(FAILURES)[0],
+            "n_failure": rate(FAILURES)[1],
+            "flagged_rate_reasoning_error": rate(["reasoning_error"])[0],
+            "flagged_rate_hallucination": rate(["hallucination"])[0],
+            "median_flag_progress": float(np.median(progress)) if progress else float("nan"),
+            "state": fl.to_dict(),
+        }
+    )
+    return out, flagged
+
+
+def analyse_chains(
+    chains: Sequence[Chain],
+    *,
+    fpr: float = 0.1,
+    top: int = 32,
+    normalize: bool = True,
+    min_spans: int = 3,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    n_boot: int = 1000,
+    seed: int = 0,
+    n_bins: int = 10,
+    n_components: int = 3,
+    eps: float = EPS,
+) -> dict[str, Any]:
+    """The trajectory analysis of labelled chains, as a JSON-ready dict.
+
+    Args:
+        chains: From :func:`load_chains`; ``unknown`` outcomes are left out.
+        fpr: Target false-positive rate of the flagger.
+        top: Effect-vector entries kept per span (:func:`metrics.trajectory.effect_vectors`).
+        normalize: L2-normalise effect vectors.
+        min_spans: Spans before the flagger may raise.
+        fractions: Reasoning progress values for the AUC curve.
+        n_boot: Bootstrap resamples of the AUC intervals.
+        seed: Seed of the bootstrap and of the flagger's cross-fitting split.
+        n_bins: Progress bins of the concentration curves.
+        n_components: PCA components stored for the pictures.
+        eps: See :func:`metrics.trajectory.tortuosity`.
+
+    Returns:
+        See ``docs/trajectories.md`` for the schema. NaN is written as ``null``.
+    """
+    known = [c for c in chains if c.outcome != "unknown"]
+    evs = [c.effect_vectors(top, normalize=normalize) for c in known]
+    failed = np.array([c.failed for c in known], dtype=bool)
+    pl = np.array([path_length(e) for e in evs])
+    tt = np.array([tortuosity(e, eps=eps) for e in evs])
+    conc = np.array([_mean_conc(c.scores) for c in known])
+    comps = {name: compare_outcomes(v[~failed], v[failed]) for name, v in (("path_length", pl), ("tortuosity", tt))}
+    comps["concentration"] = compare_outcomes(conc[~failed], conc[failed])
+    for name, pb in zip(comps, bonferroni([comps[n]["p_value"] for n in comps]), strict=True):
+        comps[name]["p_value_bonferroni"] = pb
+    groups = {
+        "success": [c for c in known if c.outcome == "success"],
+        "failure": [c for c in known if c.failed],
+        "reasoning_error": [c for c in known if c.outcome == "reasoning_error"],
+        "hallucination": [c for c in known if c.outcome == "hallucination"],
+    }
+    curves = {g: progress_curve([concentration(c.scores) for c in cs], n_bins) for g, cs in groups.items()}
+    progress = curves["success"]["progress"]
+    for cv in curves.values():
+        cv.pop("progress")
+    flag, flagged_at = _flagger_block(
+        known, fpr=fpr, min_spans=min_spans, top=top, normalize=normalize, eps=eps, seed=seed
+    )
+    result: dict[str, Any] = {
+        "config": {
+            "top": top,
+            "normalize": normalize,
+            "fpr": fpr,
+            "min_spans": min_spans,
+            "n_boot": n_boot,
+            "seed": seed,
+            "eps": eps,
+            "concentration": "1 - H(|s|/sum|s|) / log K",
+        },
+        "n_chains": len(chains),
+        "n_unknown": len(chains) - len(known),
+        "n_success": len(groups["success"]),
+        "n_failure": len(groups["failure"]),
+        "n_reasoning_error": len(groups["reasoning_error"]),
+        "n_hallucination": len(groups["hallucination"]),
+        "n_failure_untyped": sum(c.outcome == "failure" for c in known),
+        "path_length": comps["path_length"],
+        "tortuosity": comps["tortuosity"],
+        "concentration": {"progress": progress, "by_outcome": curves, "comparison": comps["concentration"]},
+        "auc_by_progress": auc_by_progress(evs, failed, fractions, n_boot=n_boot, seed=seed, eps=eps),
+        "three_outcome": three_outcome(
+            [c.scores for c in known], [c.outcome for c in known], top=top, normalize=normalize, eps=eps
+        ),
+        "flagger": flag,
+        "chains": [
+            {
+                "uid": c.uid,
+                "outcome": c.outcome,
+                "n_spans": c.n_spans,
+                "path_length": pl[i],
+                "tortuosity": tt[i],
+                "concentration": conc[i],
+                "flagged_at": flagged_at[i],
+            }
+            for i, c in enumerate(known)
+        ],
+    }
+    if evs:
+        result["pca"] = TrajectoryPCA(n_components).fit(evs).to_dict()
+    return dict(jsonable(result))
+
+
+def analyse(
+    collection: ExampleSource,
+    estimator: RegionScorer | None = None,
+    *,
+    limit: int | None = None,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """:func:`load_chains`, then :func:`analyse_chains` (keyword arguments go to the latter)."""
+    return analyse_chains(load_chains(collection, estimator, limit=limit), **kwargs)

@@ -1,0 +1,134 @@
+"""``attrib collect``: features and causal targets, locally or on a Ray cluster."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.markup import escape
+
+from attrib.cli.console import console, progress
+
+__all__ = ["register"]
+
+
+def _cmd_collect(args: argparse.Namespace) -> int:
+    from attrib.collect.pipeline import CollectConfig, collect_many
+
+    methods = [m.strip() for m in str(args.regions).split(",") if m.strip()]
+    try:
+        ks = [int(k) for k in str(args.k).split(",") if k.strip()]
+    except ValueError:
+        raise ValueError(f"--k must be an integer or a comma-separated list of integers, got {args.k!r}") from None
+    if not methods or not ks:
+        raise ValueError("--regions and --k need at least one value each")
+    cfgs = [
+        CollectConfig(
+            model=args.model,
+            dataset=args.dataset,
+            n=args.n,
+            start=args.start,
+            k=k,
+            region_method=m,
+            ablation_mode=args.ablation,
+            n_subsets=args.subsets,
+            loo=args.loo,
+            seed=args.seed,
+            shard_size=args.shard_size,
+            max_new_tokens=args.max_new_tokens,
+            batch_size=args.batch_size,
+        )
+        for m in methods
+        for k in ks
+    ]
+    outs = [Path(args.out)] if len(cfgs) == 1 else [Path(args.out) / f"{c.region_method}-k{c.k}" for c in cfgs]
+    if args.backend != "ray" and (args.address is not None or args.workers is not None or args.gpus_per_worker):
+        raise ValueError("--address, --workers and --gpus-per-worker need --backend ray")
+    t0 = time.perf_counter()
+    with progress() as prog:
+        task = prog.add_task("collect", total=None)
+
+        def on_progress(d: int, t: int) -> None:
+            prog.update(task, completed=d, total=t)
+
+        if args.backend == "ray":
+            from attrib.collect.ray import RayCollectError, RayUnavailableError, collect_ray
+
+            try:
+                colls = collect_ray(
+                    cfgs,
+                    outs,
+                    address=args.address,
+                    num_workers=args.workers,
+                    num_gpus_per_worker=args.gpus_per_worker or 0.0,
+                    num_cpus_per_worker=max(1, args.threads),
+                    threads=args.threads or None,
+                    on_progress=on_progress,
+                )
+            except RayUnavailableError as e:
+                console.print(f"[bold red]error:[/bold red] {escape(str(e))}")
+                return 2
+            except RayCollectError as e:
+                console.print(
+                    f"[bold red]error:[/bold red] {escape(str(e))} (finished shards are kept; rerun to resume)"
+                )
+                return 1
+        else:
+            colls = collect_many(cfgs, outs, threads=args.threads, on_progress=on_progress)
+    for o, coll in zip(outs, colls, strict=True):
+        n_ok = sum(s["n_examples"] for s in coll.manifest["shards"])
+        console.print(f"collection at {o}: {n_ok} examples, {len(coll.failures)} failures")
+    console.print(f"{time.perf_counter() - t0:.0f} s this run")
+    return 0
+
+
+def register(sub: Any) -> None:
+    """Add ``collect``."""
+    c = sub.add_parser("collect", help="generate traces, capture features, compute ablation targets (resumable)")
+    c.add_argument(
+        "--model", default="shapes-qwen25vl", help="bundled model name, local checkpoint directory or hub id"
+    )
+    c.add_argument(
+        "--dataset", default="shapes:train", help="shapes:<split>, or a JSONL file of image/question[/answer]"
+    )
+    c.add_argument("--n", type=int, default=100, help="examples (JSONL: the first n lines; 0 = all)")
+    c.add_argument("--start", type=int, default=0, help="first example")
+    c.add_argument(
+        "--k", default="32", help="regions per image; a comma-separated list writes one collection per value"
+    )
+    c.add_argument(
+        "--regions",
+        default="color",
+        help="region method; a comma-separated list (with several --k values) collects every combination from "
+        "one generation per example, into OUT/<method>-k<K>/",
+    )
+    c.add_argument(
+        "--ablation",
+        default="mask",
+        choices=["mask", "mean", "repaint"],
+        help="how removed regions are removed (mask: their keys are masked in every layer)",
+    )
+    c.add_argument("--subsets", type=int, default=32, help="random removal sets per example")
+    c.add_argument("--loo", action="store_true", help="also compute leave-one-out targets")
+    c.add_argument("--seed", type=int, default=0, help="seed of the regions and removal sets")
+    c.add_argument("--shard-size", dest="shard_size", type=int, default=16, help="examples per shard")
+    c.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=200, help="generation budget")
+    c.add_argument("--batch-size", dest="batch_size", type=int, default=16, help="removal sets per forward")
+    c.add_argument(
+        "--threads", type=int, default=0, help="torch threads (with --backend ray: per worker, and its CPUs; default 1)"
+    )
+    c.add_argument("--out", required=True, help="collection directory (an existing one is resumed)")
+    c.add_argument(
+        "--backend",
+        default="local",
+        choices=["local", "ray"],
+        help="local: this process; ray: model replicas on a Ray cluster (pip install 'attrib[ray]'; see docs/ray.md)",
+    )
+    c.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray instance)")
+    c.add_argument("--workers", type=int, default=None, help="Ray workers (default: as many as the cluster holds)")
+    c.add_argument(
+        "--gpus-per-worker", dest="gpus_per_worker", type=float, default=None, help="GPUs per Ray worker (num_gpus)"
+    )
+    c.set_defaults(fn=_cmd_collect)

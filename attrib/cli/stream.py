@@ -1,0 +1,195 @@
+"""``attrib demo``, ``attrib stream`` and ``attrib serve``: attributions streamed while the model thinks."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+
+from attrib.cli.console import add_model_options, console, load_flagger, out
+
+__all__ = ["register"]
+
+
+def _stream_options(q: argparse.ArgumentParser) -> None:
+    q.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=200, help="generation budget")
+    q.add_argument("--top", type=int, default=3, help="top regions shown per span")
+    q.add_argument(
+        "--no-verify", dest="no_verify", action="store_true", help="skip the per-example check against ablation"
+    )
+    q.add_argument(
+        "--flagger", default=None, help="failure-flagger JSON ('none' disables; default: the model's own, if any)"
+    )
+
+
+def _print_event(console_out: Console, ev: Any) -> None:
+    from attrib.streaming.stream import SpanEvent
+
+    if isinstance(ev, SpanEvent):
+        via = ev.parts.get("via_copy")
+        tops = "  ".join(
+            f"r{r}:{v:+.3f}" + (f" (copy {float(via[r]):+.3f})" if via is not None else "") for r, v in ev.top_regions
+        )
+        shares = "".join(f"  [magenta]{k} share {v:.3f}[/magenta]" for k, v in ev.shares.items())
+        flag = " [red bold]FLAG[/red bold]" if ev.flagged else ""
+        console_out.print(
+            f"  [dim]{ev.index:>2} @{ev.span_end_s:5.2f}s +{ev.latency_ms:4.1f}ms[/dim] {escape(ev.text)}"
+            f"  [cyan]-> {tops}[/cyan]{shares}{flag}"
+        )
+
+
+def run_stream(console_out: Console, attributor: Any, image: Any, prompt: str, truth: str | None, args: Any) -> Any:
+    """Stream one image and prompt, print each span as it arrives, then the answer and (unless skipped) the check."""
+    from attrib.streaming.stream import FinalEvent
+
+    flagger = load_flagger(getattr(args, "flagger", None), attributor.loaded)
+    res = None
+    with attributor.stream(
+        image, prompt, truth=truth, max_new_tokens=args.max_new_tokens, flagger=flagger, top=args.top
+    ) as stream:
+        for ev in stream:
+            if isinstance(ev, FinalEvent):
+                res = ev.result
+                verdict = ""
+                if res.correct is not None:
+                    verdict = (
+                        " [green]right[/green]" if res.correct else f" [red]wrong[/red] (truth {escape(truth or '')})"
+                    )
+                console_out.print(f"  answer: [bold]{escape(str(res.answer))}[/bold]{verdict}")
+            else:
+                _print_event(console_out, ev)
+    if res is None:
+        raise RuntimeError("the stream ended without a final event")
+    if not getattr(args, "no_verify", False):
+        if not attributor.variant.ablation_modes:
+            console_out.print(
+                f"  [dim]no check against ablation: {attributor.variant.description} has no ablator[/dim]"
+            )
+            return res
+        f = attributor.verify(res)
+        if f.get("n_spans"):
+            pear = f["pearson_vs_loo"]
+            console_out.print(
+                f"  [dim]check against ablation: Pearson vs leave-one-out "
+                f"{'-' if pear is None else f'{pear:.3f}'}; "
+                f"top-{f['k']} drop {f['topk_drop']:.3f} vs oracle {f['topk_drop_oracle']:.3f} "
+                f"vs random {f['random_drop']:.3f}[/dim]"
+            )
+    return res
+
+
+def _attributor(args: argparse.Namespace, **kw: Any) -> Any:
+    from attrib.streaming.stream import Attributor
+
+    return Attributor.load(args.model, args.estimator, device=args.device, dtype=args.dtype, **kw)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from attrib.collect.datasets import open_dataset
+    from attrib.io import atomic_write_json, atomic_write_text
+    from attrib.streaming.report import render_report
+
+    t0 = time.perf_counter()
+    attributor = _attributor(args)
+    console.print(
+        f"loaded {attributor.name} and its estimator ({attributor.region_method} regions, K={attributor.k}) "
+        f"in {time.perf_counter() - t0:.1f} s"
+    )
+    spec = args.dataset or attributor.loaded.default_dataset
+    if spec is None:
+        raise ValueError(f"{attributor.name} has no default examples: pass --dataset (shapes:test or a JSONL file)")
+    results = []
+    for item in open_dataset(spec).items(args.n, args.start):
+        family = f" ({escape(str(item.meta['family']))})" if "family" in item.meta else ""
+        out.print(f"\n[bold]{escape(item.uid)}[/bold]{family}: {escape(item.question)}")
+        results.append(run_stream(out, attributor, item.load_image(), item.question, item.answer, args))
+    outdir = Path(args.out)
+    html_path = outdir / "report.html"
+    named = attributor.loaded.named
+    who = "the bundled model" if named is not None and named.default else attributor.name
+    atomic_write_text(html_path, render_report(results, title=f"attrib demo: {who}, streamed"))
+    atomic_write_json(outdir / "demo.json", {"results": [r.to_dict() for r in results]})
+    n_right = sum(bool(r.correct) for r in results)
+    console.print(f"\n{n_right}/{len(results)} answered right; wrote {html_path} and {outdir / 'demo.json'}")
+    return 0
+
+
+def _cmd_stream(args: argparse.Namespace) -> int:
+    from attrib.io import atomic_write_json, atomic_write_text, load_image
+    from attrib.streaming.report import render_report
+
+    image = load_image(args.image)
+    attributor = _attributor(args, region_method=args.regions, k=args.k)
+    res = run_stream(out, attributor, image, args.prompt, args.truth, args)
+    if args.html:
+        atomic_write_text(args.html, render_report([res], title="attrib stream"))
+        console.print(f"wrote {args.html}")
+    if args.json:
+        atomic_write_json(args.json, res.to_dict())
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from attrib.streaming.serve import make_server, run_until_interrupted
+
+    attributor = _attributor(args)
+    examples = None
+    if args.dataset:
+        from attrib.collect.datasets import open_dataset
+
+        examples = list(open_dataset(args.dataset).items(args.examples, 0))
+    srv = make_server(
+        attributor,
+        host=args.host,
+        port=args.port,
+        flagger=load_flagger(args.flagger, attributor.loaded),
+        max_new_tokens=args.max_new_tokens,
+        examples=examples,
+    )
+    host, port = srv.server_address[:2]
+    console.print(f"attrib serve: open http://{host!s}:{port}/  (Ctrl-C stops)")
+    run_until_interrupted(srv)
+    return 0
+
+
+def register(sub: Any) -> None:
+    """Add ``demo``, ``stream`` and ``serve``."""
+    d = sub.add_parser("demo", help="stream attributions on the bundled model's examples (the main job)")
+    add_model_options(d)
+    d.add_argument("--estimator", default=None, help="estimator path stem (default: the one that ships with the model)")
+    d.add_argument("--dataset", default=None, help="examples to stream (default: the model's own, e.g. shapes:test)")
+    d.add_argument("--n", type=int, default=4, help="examples to stream")
+    d.add_argument("--start", type=int, default=0, help="first example")
+    d.add_argument("--out", default="out/demo", help="output directory (report.html, demo.json)")
+    _stream_options(d)
+    d.set_defaults(fn=_cmd_demo)
+
+    st = sub.add_parser("stream", help="stream attributions for one image and prompt, on any supported model")
+    add_model_options(st)
+    st.add_argument("--estimator", default=None, help="estimator path stem (required unless one ships with the model)")
+    st.add_argument("--image", required=True, help="the image file")
+    st.add_argument("--prompt", required=True, help="the question")
+    st.add_argument("--truth", default=None, help="expected answer, if known")
+    st.add_argument("--regions", default=None, help="region method (default: the estimator's)")
+    st.add_argument("--k", type=int, default=None, help="regions (default: the estimator's)")
+    st.add_argument("--html", default=None, help="write a self-contained HTML report here")
+    st.add_argument("--json", default=None, help="write the result (spans, scores, answer) as JSON here")
+    _stream_options(st)
+    st.set_defaults(fn=_cmd_stream)
+
+    sv = sub.add_parser("serve", help="a local web view that streams attributions live")
+    add_model_options(sv)
+    sv.add_argument(
+        "--estimator", default=None, help="estimator path stem (default: the one that ships with the model)"
+    )
+    sv.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    sv.add_argument("--port", type=int, default=8765, help="TCP port (0 picks a free one)")
+    sv.add_argument("--flagger", default=None, help="failure-flagger JSON ('none' disables; default: the model's own)")
+    sv.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=200, help="generation budget")
+    sv.add_argument("--dataset", default=None, help="examples offered in the page (default: the model's own)")
+    sv.add_argument("--examples", type=int, default=12, help="how many examples of --dataset to offer")
+    sv.set_defaults(fn=_cmd_serve)

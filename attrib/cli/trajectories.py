@@ -1,0 +1,120 @@
+"""``attrib trajectories``: reasoning trajectories in attribution space, failure statistics, the flagger."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from rich.table import Table
+
+from attrib.cli.console import console
+
+__all__ = ["register"]
+
+
+def register(subparsers: Any) -> None:
+    """Add ``trajectories``."""
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "trajectories",
+        help="reasoning trajectories in attribution space: success vs failure, early failure flagging",
+    )
+    p.add_argument("--data", required=True, metavar="DIR", help="collection directory (attrib collect)")
+    p.add_argument(
+        "--estimator",
+        default=None,
+        metavar="PATH",
+        help="estimator path stem (attrib fit); without it the leave-one-out drops are the scores",
+    )
+    p.add_argument("--json", default=None, metavar="FILE", help="write the results here")
+    p.add_argument("--plots", default=None, metavar="DIR", help="write the figures here")
+    p.add_argument("--fpr", type=float, default=0.1, help="flagger false-positive rate on successful chains")
+    p.add_argument("--top", type=int, default=32, help="effect-vector entries kept per span")
+    p.add_argument("--min-spans", dest="min_spans", type=int, default=3, help="spans before the flagger may raise")
+    p.add_argument("--n-boot", dest="n_boot", type=int, default=1000, help="bootstrap resamples of the AUC intervals")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and of the flagger's cross-fitting")
+    p.add_argument("--limit", type=int, default=None, help="read at most this many examples")
+    p.add_argument(
+        "--save-flagger",
+        dest="save_flagger",
+        default=None,
+        metavar="FILE",
+        help="write the flagger calibrated on this collection's successful chains (JSON; "
+        "`attrib stream/serve --flagger FILE`)",
+    )
+    p.set_defaults(fn=run)
+
+
+def _fmt(x: Any) -> str:
+    return "-" if x is None else f"{x:.3g}"
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the ``trajectories`` subcommand.
+
+    Returns:
+        0 on success.
+
+    Raises:
+        ValueError: On unusable input (no scores, too few chains).
+        OSError: When the collection or estimator cannot be read or outputs cannot be written.
+    """
+    from attrib.analysis.trajectories import analyse_chains, load_chains
+    from attrib.collect.store import Collection
+    from attrib.io import atomic_write_json
+    from attrib.plots import trajectory_plots
+
+    coll = Collection.open(args.data)
+    est = None
+    if args.estimator:
+        from estimators.linear import LinearHeadEstimator
+
+        est = LinearHeadEstimator.load(args.estimator)
+        meta = getattr(est, "metadata_", {})
+        region_method = coll.manifest.get("config", {}).get("region_method")
+        if meta.get("region_method") not in (None, region_method):
+            console.print(
+                f"[yellow]warning:[/yellow] estimator fit on {meta.get('region_method')!r} regions, "
+                f"the collection uses {region_method!r}"
+            )
+    chains = load_chains(coll, est, limit=args.limit)
+    if not chains:
+        raise ValueError(f"collection {args.data} holds no chains with spans")
+    res = analyse_chains(
+        chains, fpr=args.fpr, top=args.top, min_spans=args.min_spans, n_boot=args.n_boot, seed=args.seed
+    )
+    res["collection"] = str(args.data)
+    res["scores"] = f"estimator {args.estimator}" if args.estimator else "leave-one-out drops"
+    if args.json:
+        atomic_write_json(args.json, res)
+    if args.plots:
+        trajectory_plots(res, chains, args.plots)
+    if args.save_flagger:
+        state = res["flagger"].get("state")
+        if state is None:
+            raise ValueError(f"the flagger could not be calibrated: {res['flagger'].get('error')}")
+        atomic_write_json(args.save_flagger, state)
+    t = Table(
+        title=f"trajectories: {res['n_success']} success, {res['n_failure']} failure "
+        f"({res['n_hallucination']} hallucination, {res['n_reasoning_error']} reasoning error)"
+    )
+    for col in ("metric", "success median", "failure median", "p (Bonferroni)"):
+        t.add_column(col, justify="right")
+    for name in ("path_length", "tortuosity"):
+        r = res[name]
+        t.add_row(name, _fmt(r["success_median"]), _fmt(r["failure_median"]), _fmt(r["p_value_bonferroni"]))
+    c = res["concentration"]["comparison"]
+    t.add_row("concentration", _fmt(c["success_median"]), _fmt(c["failure_median"]), _fmt(c["p_value_bonferroni"]))
+    console.print(t)
+    a30 = res["auc_by_progress"].get("0.3", {})
+    fl = res["flagger"]
+    console.print(
+        f"failure AUC at 30 % of the reasoning: {_fmt(a30.get('auc'))} "
+        f"[{_fmt(a30.get('ci_low'))}, {_fmt(a30.get('ci_high'))}]; flagger at FPR {args.fpr}: "
+        f"threshold {_fmt(fl.get('threshold'))}, held-out FPR {_fmt(fl.get('fpr_heldout'))}, "
+        f"failures flagged {_fmt(fl.get('flagged_rate_failure'))}"
+    )
+    if args.json:
+        console.print(f"wrote {args.json}")
+    if args.plots:
+        console.print(f"wrote figures to {args.plots}")
+    return 0

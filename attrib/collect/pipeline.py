@@ -1,0 +1,411 @@
+"""``attrib collect``: generate, capture, cut regions and compute causal targets, into resumable shards.
+
+For each example: one generation of the model under an attention capture (its
+variant's own tokens included, see :mod:`attrib.variants`), a region partition
+per configuration, and the log-prob drops of every span under random region
+removals (and leave-one-out) from the variant's ablator. The storage format
+and its atomic, resumable shards are :mod:`attrib.collect.store`'s; the
+examples come from :mod:`attrib.collect.datasets`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from attrib.ablation import loo_subsets, random_subsets
+from attrib.collect.datasets import CollectItem, Dataset, open_dataset
+from attrib.collect.store import Collection, check_writable, open_manifest, write_shard
+from attrib.io import atomic_write_json
+from attrib.models.loading import LoadedModel, load
+from attrib.models.loading import resolve_path as resolve_model_path
+from attrib.models.signature import weights_fingerprint
+from attrib.regions import segment
+from attrib.variants.registry import AblationRequest, CaptureRequest, get_variant
+
+__all__ = [
+    "CollectConfig",
+    "check_ablation_mode",
+    "check_configs",
+    "collect",
+    "collect_chunk",
+    "collect_many",
+    "example_results",
+    "gt_regions",
+    "iter_items",
+    "model_fingerprint",
+    "shard_arrays",
+]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CollectConfig:
+    """Settings of a collection (all part of its identity).
+
+    Attributes:
+        model: A named (bundled) model, a local checkpoint directory or a hub id.
+        dataset: A dataset spec (see :mod:`attrib.collect.datasets`): ``"shapes:<split>"``
+            or a JSONL path (``image``, ``question``, optional ``answer``).
+        n: Examples to take (generated datasets) or the first ``n`` lines (JSONL; 0 = all).
+        start: First example index.
+        k: Regions per image.
+        region_method: Region method (see :mod:`attrib.regions`).
+        ablation_mode: ``mask``, ``mean`` or ``repaint``.
+        n_subsets: Random removal sets per example (each region removed with p = 0.5).
+        loo: Also compute leave-one-out targets.
+        seed: Seed of the removal sets (mixed with the example index).
+        shard_size: Examples per shard.
+        max_new_tokens: Generation budget.
+        batch_size: Removal sets per ablation forward.
+    """
+
+    model: str = "shapes-qwen25vl"
+    dataset: str = "shapes:train"
+    n: int = 100
+    start: int = 0
+    k: int = 32
+    region_method: str = "color"
+    ablation_mode: str = "mask"
+    n_subsets: int = 32
+    loo: bool = False
+    seed: int = 0
+    shard_size: int = 16
+    max_new_tokens: int = 200
+    batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        if self.shard_size < 1 or self.n < 0 or self.k < 1 or self.n_subsets < 1:
+            raise ValueError("shard_size, k and n_subsets must be >= 1 and n >= 0")
+
+    def identity(self) -> dict[str, Any]:
+        """What a resume must match (everything but the batch size, which does not change results)."""
+        d = asdict(self)
+        d.pop("batch_size")
+        return d
+
+
+def iter_items(cfg: CollectConfig) -> Iterator[CollectItem]:
+    """The collection's examples, in order.
+
+    Raises:
+        ValueError: For an unknown dataset kind.
+        FileNotFoundError: For a missing JSONL file.
+    """
+    return open_dataset(cfg.dataset).items(cfg.n, cfg.start)
+
+
+def model_fingerprint(model: str) -> dict[str, Any]:
+    """What identifies the collection's model on disk (its directory and weight sizes, or the hub id)."""
+    return weights_fingerprint(resolve_model_path(model))
+
+
+def collect(
+    cfg: CollectConfig,
+    out_dir: str | Path,
+    *,
+    on_progress: Callable[[int, int], None] | None = None,
+    threads: int | None = None,
+) -> Collection:
+    """Run (or resume) a collection into ``out_dir``.
+
+    Args:
+        cfg: Settings.
+        out_dir: Output directory; an existing collection there is resumed.
+        on_progress: Called as ``on_progress(done_examples, total_examples)``.
+        threads: torch CPU threads.
+
+    Returns:
+        The finished :class:`Collection`.
+
+    Raises:
+        ValueError: If ``out_dir`` holds a collection with a different identity.
+        OSError: If ``out_dir`` is not writable (a clear message; no shard is left half-written).
+    """
+    return collect_many([cfg], [out_dir], on_progress=on_progress, threads=threads)[0]
+
+
+def collect_many(
+    cfgs: Sequence[CollectConfig],
+    out_dirs: Sequence[str | Path],
+    *,
+    on_progress: Callable[[int, int], None] | None = None,
+    threads: int | None = None,
+) -> list[Collection]:
+    """Several collections that differ only in their regions, from one generation per example.
+
+    Greedy generation does not depend on the regions, and capture is linear in
+    the region -> token assignment, so every configuration's partition is
+    stacked into one assignment and captured in the same ``generate`` call; the
+    ablation targets are then computed per configuration. Each output directory
+    is an ordinary collection, the same as :func:`collect` would write for its
+    configuration (features agree to float rounding), and each resumes
+    independently.
+
+    Args:
+        cfgs: Settings; they must agree on everything except ``region_method`` and ``k``.
+        out_dirs: One output directory per configuration.
+        on_progress: Called as ``on_progress(done_examples, total_examples)``.
+        threads: torch CPU threads.
+
+    Returns:
+        The finished collections, in the order of ``cfgs``.
+
+    Raises:
+        ValueError: If the configurations differ in more than their regions, or an
+            output directory holds a collection with a different identity.
+        OSError: If an output directory is not writable.
+    """
+    check_configs(cfgs, out_dirs, "collect_many")
+    base = cfgs[0]
+    if threads:
+        torch.set_num_threads(threads)
+    outs = [Path(o) for o in out_dirs]
+    for o in outs:
+        check_writable(o)
+    fingerprint = model_fingerprint(base.model)
+    dataset = open_dataset(base.dataset)
+    items = list(dataset.items(base.n, base.start))  # a bad dataset fails here, before anything is written
+    manifests = [open_manifest(c.identity(), o, fingerprint) for c, o in zip(cfgs, outs, strict=True)]
+    loaded = load(base.model)
+    check_ablation_mode(base, loaded)
+    sig = loaded.signature
+    for m, o in zip(manifests, outs, strict=True):
+        if m.get("model_signature") != sig:
+            m["model_signature"] = sig
+            atomic_write_json(o / "manifest.json", m)
+    total = len(items)
+    n_shards = (total + base.shard_size - 1) // base.shard_size
+    done_names = [{s["name"] for s in m["shards"]} for m in manifests]
+    done = sum(s["n_examples"] + s["n_failed"] for s in manifests[0]["shards"])
+    if on_progress:
+        on_progress(done, total)
+    for si in range(n_shards):
+        name = f"shard-{si:05d}"
+        todo = [i for i in range(len(cfgs)) if name not in done_names[i]]
+        if not todo:
+            continue
+        chunk = items[si * base.shard_size : (si + 1) * base.shard_size]
+        results = collect_chunk([cfgs[i] for i in todo], loaded, dataset, chunk, si, on_progress, done, total)
+        done += len(chunk)
+        for i, (arrays, recs, failures) in zip(todo, results, strict=True):
+            write_shard(outs[i], name, arrays, recs)
+            manifests[i]["shards"].append({"name": name, "n_examples": len(recs), "n_failed": len(failures)})
+            manifests[i]["failures"].extend(failures)
+            atomic_write_json(outs[i] / "manifest.json", manifests[i])
+    out = []
+    for m, o in zip(manifests, outs, strict=True):
+        m["complete"] = True
+        atomic_write_json(o / "manifest.json", m)
+        out.append(Collection.open(o))
+    return out
+
+
+def check_configs(cfgs: Sequence[CollectConfig], out_dirs: Sequence[str | Path], who: str) -> None:
+    """Refuse configurations that differ in more than their regions, or outputs that are not one per config.
+
+    Raises:
+        ValueError: Naming ``who`` (the caller) and the problem.
+    """
+    if len(cfgs) != len(out_dirs) or not cfgs:
+        raise ValueError(f"need one output directory per configuration, got {len(cfgs)} and {len(out_dirs)}")
+    base = cfgs[0]
+    for c in cfgs[1:]:
+        if replace(c, region_method=base.region_method, k=base.k) != base:
+            raise ValueError(f"{who}: configurations may differ only in region_method and k")
+    if len({str(Path(o).resolve()) for o in out_dirs}) != len(out_dirs):
+        raise ValueError(f"{who}: output directories must be distinct")
+
+
+def collect_chunk(
+    cfgs: list[CollectConfig],
+    loaded: LoadedModel,
+    dataset: Dataset,
+    chunk: list[CollectItem],
+    shard_index: int,
+    on_progress: Callable[[int, int], None] | None,
+    done: int,
+    total: int,
+) -> list[tuple[dict[str, np.ndarray], list[dict[str, Any]], list[dict[str, str]]]]:
+    """One shard's examples for every configuration: ``(arrays, records, failures)`` per configuration.
+
+    An example that fails (unreadable image, no complete span, a region method
+    that cannot give K regions) is recorded with its reason and the rest go on.
+    """
+    per: list[list[dict[str, Any]]] = [[] for _ in cfgs]
+    failures: list[list[dict[str, str]]] = [[] for _ in cfgs]
+    for j, item in enumerate(chunk):
+        index = shard_index * cfgs[0].shard_size + j
+        try:
+            rs: list[dict[str, Any] | Exception] = list(example_results(cfgs, loaded, dataset, item, index))
+        except (ValueError, OSError) as e:
+            rs = [e] * len(cfgs)
+        for c, r in enumerate(rs):
+            if isinstance(r, Exception):
+                failures[c].append({"uid": item.uid, "reason": f"{type(r).__name__}: {r}"})
+                logger.warning("example %s failed: %s", item.uid, r)
+            else:
+                per[c].append(r)
+        if on_progress:
+            on_progress(done + j + 1, total)
+    return [shard_arrays(cfg, rs, fs) for cfg, rs, fs in zip(cfgs, per, failures, strict=True)]
+
+
+def shard_arrays(
+    cfg: CollectConfig, results: list[dict[str, Any]], failures: list[dict[str, str]]
+) -> tuple[dict[str, np.ndarray], list[dict[str, Any]], list[dict[str, str]]]:
+    """One shard's arrays, records and failures for one configuration (empty shards stay well-formed)."""
+    k = cfg.k
+    offsets = np.cumsum([0] + [r["features"].shape[0] for r in results]).astype(np.int64)
+    arrays: dict[str, np.ndarray] = {
+        "features": np.concatenate([r["features"] for r in results]).astype(np.float32)
+        if results
+        else np.zeros((0, k, 1, 1), np.float32),
+        "span_offsets": offsets,
+        "subsets": np.stack([r["subsets"] for r in results]).astype(np.uint8)
+        if results
+        else np.zeros((0, cfg.n_subsets, k), np.uint8),
+        "subset_deltas": np.concatenate([r["subset_deltas"] for r in results]).astype(np.float32)
+        if results
+        else np.zeros((0, cfg.n_subsets), np.float32),
+    }
+    if cfg.loo:
+        arrays["loo_deltas"] = (
+            np.concatenate([r["loo_deltas"] for r in results]).astype(np.float32)
+            if results
+            else np.zeros((0, k), np.float32)
+        )
+    for i, r in enumerate(results):
+        arrays[f"regions_{i}"] = r["regions"].astype(np.int16)
+    return arrays, [r["record"] for r in results], failures
+
+
+def example_results(
+    cfgs: list[CollectConfig], loaded: LoadedModel, dataset: Dataset, item: CollectItem, index: int
+) -> list[dict[str, Any] | Exception]:
+    """One generation, then per configuration: features, targets and the record (or the error).
+
+    Args:
+        cfgs: Configurations that differ only in their regions.
+        loaded: The model.
+        dataset: The dataset (it judges the answer).
+        item: The example.
+        index: Its index in the collection (seeds its regions).
+    """
+    base = cfgs[0]
+    variant = get_variant(loaded.variant)
+    image = item.load_image()
+    x = loaded.build(image, item.question)
+    grid = loaded.grid_spec
+    parts, assigns = [], []
+    for cfg in cfgs:
+        part = segment(image, cfg.k, method=cfg.region_method, seed=cfg.seed + index)
+        if part.k != cfg.k:
+            raise ValueError(f"region method {cfg.region_method} gave K={part.k}, expected {cfg.k}")
+        parts.append(part)
+        assigns.append(part.assign_tokens(grid))
+    stacked = np.concatenate([a.matrix for a in assigns]) if len(assigns) > 1 else assigns[0]
+    res = variant.capture(loaded, CaptureRequest(x, stacked, max_new_tokens=base.max_new_tokens))
+    if not res.spans:
+        raise ValueError("the generated trace has no complete span")
+    spans = [(s.start, s.end) for s in res.spans]
+    text = loaded.decode(res.generated_ids)
+    predicted, correct = dataset.judge(text, item.answer)
+    rng_seed = int.from_bytes(hashlib.sha256(f"{base.seed}:{item.uid}".encode()).digest()[:4], "little")
+    out: list[dict[str, Any] | Exception] = []
+    offset = 0
+    for cfg, part, assign in zip(cfgs, parts, assigns, strict=True):
+        cols = slice(offset, offset + cfg.k)
+        feats = res.features[:, cols]
+        offset += cfg.k
+        record_extras = variant.record_extras(res, cols, cfg.ablation_mode)
+        try:
+            runner = variant.ablator(
+                loaded,
+                AblationRequest(
+                    x,
+                    res.generated_ids,
+                    assign,
+                    record=record_extras,
+                    mode=cfg.ablation_mode,
+                    batch_size=cfg.batch_size,
+                    image=image,
+                    region_labels=part.labels,
+                    encode_image=lambda im: loaded.build(im, item.question),
+                ),
+            )
+            subsets = random_subsets(cfg.k, cfg.n_subsets, seed=rng_seed)
+            r: dict[str, Any] = {
+                "features": np.ascontiguousarray(feats),
+                "subsets": subsets,
+                "subset_deltas": runner.deltas(subsets, spans).T,
+                "regions": part.labels,
+            }
+            if cfg.loo:
+                r["loo_deltas"] = runner.deltas(loo_subsets(cfg.k), spans).T
+        except (ValueError, OSError) as e:
+            out.append(e)
+            continue
+        rec: dict[str, Any] = {
+            "uid": item.uid,
+            "question": item.question,
+            "answer": item.answer,
+            "output": text,
+            "generated_ids": res.generated_ids,
+            "image": item.image_path,
+            "predicted": predicted,
+            "correct": correct,
+            "spans": [{"text": s.text, "start": s.start, "end": s.end} for s in res.spans],
+            **record_extras,
+        }
+        if item.truth is not None:
+            rec["span_gt_regions"] = gt_regions(res.spans, item.truth, part.labels, cfg.k)
+        r["record"] = rec
+        out.append(r)
+    return out
+
+
+def gt_regions(
+    spans: Sequence[Any], truth: Callable[[str], np.ndarray | None], labels: np.ndarray, k: int
+) -> list[list[int] | None]:
+    """Per span, the regions mostly (over half their pixels) inside the objects it names.
+
+    Args:
+        spans: The generated spans (``text`` attribute).
+        truth: ``truth(span_text)``: the pixel mask of the objects the span names,
+            ``None`` when the dataset cannot tell (the span gets ``None``).
+        labels: ``(H, W)`` region map.
+        k: Number of regions.
+    """
+    out: list[list[int] | None] = []
+    area = np.bincount(labels.ravel(), minlength=k)
+    for s in spans:
+        mask = truth(s.text)
+        if mask is None:
+            out.append(None)
+            continue
+        inside = np.bincount(labels[mask].ravel(), minlength=k)
+        out.append([int(r) for r in np.nonzero(inside > 0.5 * np.maximum(area, 1))[0]])
+    return out
+
+
+def check_ablation_mode(cfg: CollectConfig, loaded: LoadedModel) -> None:
+    """Refuse an ablation mode the model's variant does not support, before any work.
+
+    Raises:
+        ValueError: Naming the mode, the variant and the modes it supports.
+    """
+    variant = get_variant(loaded.variant)
+    if cfg.ablation_mode not in variant.ablation_modes:
+        supported = ", ".join(variant.ablation_modes) or "none (it cannot be collected)"
+        raise ValueError(
+            f"ablation mode {cfg.ablation_mode!r} is not supported for {variant.description}; supported: {supported}"
+        )

@@ -1,0 +1,248 @@
+"""Model adapters, described as data: one small record per VLM family.
+
+An adapter says where the language model's decoder layers are, how to read
+L, H and the KV heads from the config, which token id marks image tokens, how
+the image's merged token grid is read from the inputs, and which
+:class:`~attrib.regions.geometry.GridSpec` maps pixels to tokens. No code
+elsewhere branches on model names: a new family is one more record here (see
+docs/architecture.md, "A new model family").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+__all__ = [
+    "ADAPTERS",
+    "CHECKPOINTS",
+    "ModelAdapter",
+    "adapter_for",
+    "adapter_for_config",
+    "get_adapter",
+    "register_adapter",
+    "register_checkpoint",
+]
+
+
+@dataclass(frozen=True)
+class ModelAdapter:
+    """Where things are in one VLM family.
+
+    Attributes:
+        family: Family name (also the :class:`GridSpec` name unless ``grid_family`` is set).
+        classes: transformers class names handled (``*ForConditionalGeneration``).
+        layers_path: Dotted path from the top model to the decoder layer list.
+        attn_attr: Attribute of a decoder layer holding its self-attention module.
+        image_token_attr: Config attribute holding the image token id.
+        grid_source: ``"grid_thw"`` (rows/cols from ``image_grid_thw`` / merge) or
+            ``"square"`` (a square grid of the image-token count, LLaVA).
+        merge_attr: Vision-config attribute holding the spatial merge size.
+        grid_family: Name of the pixel -> token :class:`GridSpec` (defaults to ``family``).
+        max_images: Images per prompt the capture supports.
+        encode_once: Batched ablation forwards may reuse one vision encoding
+            (``mm_encoder_outputs``); otherwise the image is re-encoded per batch.
+        image_placeholder: Prompt text standing for one image before expansion.
+        pad_token: The token repeated once per visual token.
+        image_processor: ``"qwen2_vl"`` (PIL Qwen2-VL processor), ``"glm4v"`` (PIL GLM-4.1V)
+            or ``"clip"`` (LLaVA's CLIP processor).
+        token_types: Inputs carry ``mm_token_type_ids`` (1 on image tokens), as
+            transformers 5.x requires for the Qwen and GLM families.
+        grid_from_processor: The pixel -> token grid follows the checkpoint's image processor
+            (``smart`` resize within its ``shortest_edge``/``longest_edge`` pixel budget, its
+            patch and merge sizes); otherwise the registered grid spec ``grid_spec_name`` is used.
+    """
+
+    family: str
+    classes: tuple[str, ...]
+    layers_path: str = "model.language_model.layers"
+    attn_attr: str = "self_attn"
+    image_token_attr: str = "image_token_id"
+    grid_source: str = "grid_thw"
+    merge_attr: str = "spatial_merge_size"
+    grid_family: str | None = None
+    max_images: int = 1
+    encode_once: bool = True
+    image_placeholder: str = "<|vision_start|><|image_pad|><|vision_end|>"
+    pad_token: str = "<|image_pad|>"
+    image_processor: str = "qwen2_vl"
+    token_types: bool = True
+    grid_from_processor: bool = True
+
+    # ------------------------------------------------------------ reading the model
+    def text_config(self, model: Any) -> Any:
+        """The language model's config."""
+        cfg = model.config
+        return getattr(cfg, "text_config", cfg)
+
+    def dims(self, model: Any) -> tuple[int, int, int]:
+        """``(L, H, KV heads)`` of the language model."""
+        tc = self.text_config(model)
+        heads = int(tc.num_attention_heads)
+        kv = int(getattr(tc, "num_key_value_heads", None) or heads)
+        return int(tc.num_hidden_layers), heads, kv
+
+    def layers(self, model: Any) -> list[torch.nn.Module]:
+        """The decoder layers, in order.
+
+        Raises:
+            ValueError: If the path does not exist on this model.
+        """
+        obj = model
+        for part in self.layers_path.split("."):
+            if not hasattr(obj, part):
+                raise ValueError(f"{type(model).__name__} has no {self.layers_path!r} (adapter {self.family!r})")
+            obj = getattr(obj, part)
+        return list(obj)
+
+    def attention_modules(self, model: Any) -> list[torch.nn.Module]:
+        """The language model's self-attention modules, one per layer."""
+        return [getattr(layer, self.attn_attr) for layer in self.layers(model)]
+
+    def image_token_id(self, model: Any) -> int:
+        """The id of the image placeholder token."""
+        tid = getattr(model.config, self.image_token_attr, None)
+        if tid is None:
+            tid = getattr(model.config, "image_token_index", None)
+        if tid is None:
+            raise ValueError(f"{type(model).__name__} config has no {self.image_token_attr}")
+        return int(tid)
+
+    def image_grids(self, model: Any, inputs: dict[str, Any]) -> list[tuple[int, int]]:
+        """Per image, the merged token grid ``(rows, cols)`` in the model's token order.
+
+        Raises:
+            ValueError: If the inputs hold no image.
+        """
+        ids = inputs["input_ids"]
+        n_img_tokens = int((ids[0] == self.image_token_id(model)).sum())
+        if n_img_tokens == 0:
+            raise ValueError("the prompt holds no image tokens: pass an image with the prompt")
+        if self.grid_source == "grid_thw":
+            thw = inputs.get("image_grid_thw")
+            if thw is None:
+                raise ValueError("inputs lack image_grid_thw")
+            merge = int(getattr(model.config.vision_config, self.merge_attr, 2))
+            return [(int(h) // merge, int(w) // merge) for _, h, w in thw.tolist()]
+        side = round(n_img_tokens**0.5)
+        if side * side != n_img_tokens:
+            raise ValueError(f"{n_img_tokens} image tokens do not form a square grid")
+        return [(side, side)]
+
+    @property
+    def grid_spec_name(self) -> str:
+        """Name of the :class:`GridSpec` that maps pixels to this family's tokens."""
+        return self.grid_family or self.family
+
+
+ADAPTERS: dict[str, ModelAdapter] = {}
+#: Public checkpoints (hub ids) mapped to their adapter family.
+CHECKPOINTS: dict[str, str] = {}
+
+
+def register_adapter(adapter: ModelAdapter) -> ModelAdapter:
+    """Register an adapter; a family or class already registered is refused."""
+    if adapter.family in ADAPTERS:
+        raise ValueError(f"adapter family {adapter.family!r} is already registered")
+    for other in ADAPTERS.values():
+        clash = set(other.classes) & set(adapter.classes)
+        if clash:
+            raise ValueError(f"classes {sorted(clash)} are already handled by adapter {other.family!r}")
+    ADAPTERS[adapter.family] = adapter
+    return adapter
+
+
+def register_checkpoint(hub_id: str, family: str) -> None:
+    """Map a public checkpoint id to an adapter family; duplicates are refused."""
+    if hub_id in CHECKPOINTS:
+        raise ValueError(f"checkpoint {hub_id!r} is already registered (family {CHECKPOINTS[hub_id]!r})")
+    if family not in ADAPTERS:
+        raise ValueError(f"unknown adapter family {family!r}; supported: {sorted(ADAPTERS)}")
+    CHECKPOINTS[hub_id] = family
+
+
+def get_adapter(family: str) -> ModelAdapter:
+    """The adapter of ``family`` (or of a registered checkpoint id).
+
+    Raises:
+        ValueError: For an unknown name (the message lists the supported families).
+    """
+    family = CHECKPOINTS.get(family, family)
+    if family not in ADAPTERS:
+        raise ValueError(f"unsupported model family {family!r}; supported families: {sorted(ADAPTERS)}")
+    return ADAPTERS[family]
+
+
+def adapter_for(model: Any) -> ModelAdapter:
+    """The adapter handling ``model``'s class.
+
+    Raises:
+        ValueError: For an unsupported class (the message lists the supported families).
+    """
+    name = type(model).__name__
+    for a in ADAPTERS.values():
+        if name in a.classes:
+            return a
+    raise ValueError(
+        f"unsupported model class {name}; supported families: "
+        + ", ".join(f"{a.family} ({'/'.join(a.classes)})" for a in ADAPTERS.values())
+    )
+
+
+def adapter_for_config(config: Any) -> ModelAdapter:
+    """The adapter for a model *config* (before loading any weights).
+
+    Raises:
+        ValueError: For an unsupported architecture (the message lists the supported families).
+    """
+    for name in getattr(config, "architectures", None) or []:
+        for a in ADAPTERS.values():
+            if name in a.classes:
+                return a
+    mt = getattr(config, "model_type", None)
+    if mt in ADAPTERS:
+        return ADAPTERS[mt]
+    raise ValueError(
+        f"unsupported model (model_type={mt!r}, architectures={getattr(config, 'architectures', None)}); "
+        "supported families: " + ", ".join(f"{a.family} ({'/'.join(a.classes)})" for a in ADAPTERS.values())
+    )
+
+
+register_adapter(ModelAdapter("qwen2_vl", ("Qwen2VLForConditionalGeneration",)))
+register_adapter(ModelAdapter("qwen2_5_vl", ("Qwen2_5_VLForConditionalGeneration",)))
+register_adapter(ModelAdapter("qwen3_vl", ("Qwen3VLForConditionalGeneration",), encode_once=False))
+register_adapter(
+    ModelAdapter(
+        "glm4v",
+        ("Glm4vForConditionalGeneration",),
+        image_placeholder="<|begin_of_image|><|image|><|end_of_image|>",
+        pad_token="<|image|>",
+        image_processor="glm4v",
+        grid_from_processor=False,
+    )
+)
+register_adapter(
+    ModelAdapter(
+        "llava",
+        ("LlavaForConditionalGeneration",),
+        image_token_attr="image_token_id",
+        grid_source="square",
+        encode_once=False,
+        image_placeholder="<image>",
+        pad_token="<image>",
+        image_processor="clip",
+        token_types=False,
+        grid_from_processor=False,
+    )
+)
+
+register_checkpoint("Qwen/Qwen3-VL-8B-Thinking", "qwen3_vl")
+register_checkpoint("zai-org/GLM-4.1V-9B-Thinking", "glm4v")
+register_checkpoint("THUDM/GLM-4.1V-9B-Thinking", "glm4v")
+register_checkpoint("XiaomiMiMo/MiMo-VL-7B-RL", "qwen2_5_vl")
+register_checkpoint("nvidia/Cosmos-Reason1-7B", "qwen2_5_vl")
+register_checkpoint("Qwen/Qwen2.5-VL-7B-Instruct", "qwen2_5_vl")
+register_checkpoint("Qwen/Qwen2-VL-7B-Instruct", "qwen2_vl")
+register_checkpoint("llava-hf/llava-1.5-7b-hf", "llava")

@@ -1,0 +1,209 @@
+"""Turn a (PIL image, prompt) pair into model inputs for any supported family, without torchvision.
+
+transformers' Qwen and GLM ``Processor`` classes cannot be built without
+torchvision (their constructors check a video-processor class), so inputs are
+assembled here, in one place, from the family's *PIL* image processor and its
+tokenizer: the chat template is applied (or the adapter's placeholder is
+prepended when the tokenizer has none), the single image pad token is expanded
+to one token per visual token, and ``mm_token_type_ids`` is set where the
+family needs it. Everything loads from a local directory; no hub is contacted
+unless you pass a hub id yourself.
+
+:class:`Processor` is what the rest of attrib needs of any input builder: this
+module's :class:`InputBuilder` for Hugging Face checkpoints, or a processor kind
+registered with :func:`attrib.models.register_processor_kind` (the bundled
+models' :class:`attrib.shapes.processor.ShapesProcessor`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from PIL import Image
+
+from attrib.io import to_rgb
+from attrib.models.adapters import ModelAdapter
+from attrib.regions.geometry import GridSpec, get_grid_spec
+
+__all__ = ["InputBuilder", "Processor", "load_image_processor"]
+
+
+class Processor(Protocol):
+    """What attrib needs of a model's input builder.
+
+    Attributes:
+        tokenizer: The model's tokenizer (``decode`` keeps special tokens, for span segmentation).
+    """
+
+    tokenizer: Any
+
+    def build(self, image: Image.Image, prompt: str, answer: str | None = None) -> dict[str, torch.Tensor]:
+        """Batch-1 model inputs for one image and prompt (``answer`` appended for teacher forcing)."""
+        ...
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Generated ids -> display text."""
+        ...
+
+    def grid_spec(self) -> GridSpec:
+        """The pixel -> visual-token grid of this processor's images."""
+        ...
+
+
+def load_image_processor(kind: str, path: str | Path | None = None, **kwargs: Any) -> Any:
+    """A PIL-backend image processor of ``kind`` (from ``path`` when given).
+
+    Args:
+        kind: ``"qwen2_vl"``, ``"glm4v"`` or ``"clip"``.
+        path: A local model directory (or hub id) holding ``preprocessor_config.json``.
+        **kwargs: Constructor overrides when ``path`` is ``None``.
+
+    Raises:
+        ValueError: For an unknown kind.
+    """
+    cls: Any
+    if kind == "qwen2_vl":
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+        cls = Qwen2VLImageProcessorPil
+    elif kind == "glm4v":
+        from transformers.models.glm4v.image_processing_pil_glm4v import Glm4vImageProcessorPil
+
+        cls = Glm4vImageProcessorPil
+    elif kind == "clip":
+        from transformers import CLIPImageProcessor
+
+        cls = CLIPImageProcessor
+    else:
+        raise ValueError(f"unknown image processor kind {kind!r}; choose qwen2_vl, glm4v or clip")
+    if path is not None:
+        return cls.from_pretrained(path)
+    return cls(**kwargs)
+
+
+class InputBuilder:
+    """Builds batch-1 model inputs for one family (a :class:`Processor`).
+
+    Args:
+        adapter: The family's :class:`~attrib.models.adapters.ModelAdapter`.
+        tokenizer: The model's tokenizer (with its chat template, if any).
+        image_processor: A PIL-backend image processor (see :func:`load_image_processor`).
+        tokens_per_image: LLaVA only: visual tokens per image (``(image_size / patch) ** 2``).
+    """
+
+    def __init__(
+        self, adapter: ModelAdapter, tokenizer: Any, image_processor: Any, *, tokens_per_image: int | None = None
+    ) -> None:
+        self.adapter = adapter
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.tokens_per_image = tokens_per_image
+        pad = tokenizer.convert_tokens_to_ids(adapter.pad_token)
+        if not isinstance(pad, int) or pad == tokenizer.unk_token_id:
+            raise ValueError(f"tokenizer lacks the image token {adapter.pad_token!r} of family {adapter.family}")
+        self.pad_id = pad
+
+    @classmethod
+    def from_pretrained(cls, adapter: ModelAdapter, path: str | Path, config: Any = None) -> InputBuilder:
+        """Load tokenizer and image processor from a local directory (or hub id).
+
+        Args:
+            adapter: The family's adapter.
+            path: Checkpoint directory or hub id.
+            config: The model's config (LLaVA: sets the visual tokens per image).
+        """
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(path)
+        ip = load_image_processor(adapter.image_processor, path)
+        n = None
+        if adapter.grid_source == "square" and config is not None:
+            vc = config.vision_config
+            n = (vc.image_size // vc.patch_size) ** 2
+        return cls(adapter, tok, ip, tokens_per_image=n)
+
+    def prompt_text(self, prompt: str) -> str:
+        """The prompt with the chat template applied and one image placeholder."""
+        a = self.adapter
+        if getattr(self.tokenizer, "chat_template", None):
+            msgs: Any = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+            text = str(self.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False))
+            if a.pad_token in text:
+                return text
+        return a.image_placeholder + prompt
+
+    def __call__(self, image: Image.Image | None, prompt: str) -> dict[str, torch.Tensor]:
+        """Model inputs for one image and one prompt (see :meth:`build`)."""
+        return self.build(image, prompt)  # type: ignore[arg-type]
+
+    def build(self, image: Image.Image, prompt: str, answer: str | None = None) -> dict[str, torch.Tensor]:
+        """Model inputs for one image and one prompt.
+
+        Args:
+            image: The image.
+            prompt: The user's question.
+            answer: Assistant text appended after the prompt (teacher forcing), or ``None``.
+
+        Raises:
+            ValueError: If ``image`` is ``None`` or the prompt text already holds image tokens.
+        """
+        if image is None:
+            raise ValueError("a prompt with no image: attrib attributes reasoning to image regions")
+        if self.adapter.pad_token in prompt:
+            raise ValueError(
+                f"the prompt must not contain {self.adapter.pad_token!r} itself; pass the image separately"
+            )
+        img = to_rgb(image)
+        text = self.prompt_text(prompt)
+        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        out: dict[str, torch.Tensor] = {}
+        if self.adapter.image_processor == "clip":
+            vis = self.image_processor(images=[img], return_tensors="pt")
+            n = self.tokens_per_image or 576
+            out["pixel_values"] = vis["pixel_values"]
+        else:
+            vis = self.image_processor(images=[img], return_tensors="np")
+            grid = np.asarray(vis["image_grid_thw"])
+            merge = int(getattr(self.image_processor, "merge_size", 2))
+            n = int(np.prod(grid[0])) // merge**2
+            out["pixel_values"] = torch.from_numpy(np.asarray(vis["pixel_values"], dtype=np.float32))
+            out["image_grid_thw"] = torch.from_numpy(grid.astype(np.int64))
+        pos = [i for i, t in enumerate(ids) if t == self.pad_id]
+        if len(pos) != 1:
+            raise ValueError(f"expected one image placeholder in the prompt, found {len(pos)}")
+        j = pos[0]
+        ids = ids[:j] + [self.pad_id] * n + ids[j + 1 :]
+        if answer is not None:
+            ids = ids + list(self.tokenizer.encode(answer, add_special_tokens=False))
+        t = torch.tensor([ids])
+        out["input_ids"] = t
+        out["attention_mask"] = torch.ones_like(t)
+        if self.adapter.token_types:
+            out["mm_token_type_ids"] = (t == self.pad_id).long()
+        return out
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Generated ids -> text, special tokens dropped."""
+        return str(self.tokenizer.decode(list(ids), skip_special_tokens=True))
+
+    def grid_spec(self) -> GridSpec:
+        """The visual-token grid of this builder's image processor (see ``ModelAdapter.grid_from_processor``)."""
+        a = self.adapter
+        ip = self.image_processor
+        size = getattr(ip, "size", None)
+        if a.grid_from_processor and size is not None:
+            lo = size["shortest_edge"] if isinstance(size, dict) else size.shortest_edge
+            hi = size["longest_edge"] if isinstance(size, dict) else size.longest_edge
+            return GridSpec(
+                a.family,
+                int(ip.patch_size),
+                int(getattr(ip, "merge_size", 2)),
+                "smart",
+                min_pixels=int(lo),
+                max_pixels=int(hi),
+            )
+        return get_grid_spec(a.grid_spec_name)

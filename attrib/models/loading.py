@@ -1,0 +1,448 @@
+"""One home for loading models: named (bundled) models, local checkpoint directories and hub ids.
+
+:func:`load` returns a :class:`LoadedModel`: the model, its input builder
+(:class:`~attrib.models.inputs.Processor`), its family adapter and visual-token
+grid, its decoders, its answer parser and (computed on first use) its signature.
+
+Three registries, filled by plugins (see :mod:`attrib.plugins`), let the core
+load what it does not know:
+
+- named models (:func:`register_named_model`): names such as ``shapes-qwen25vl``
+  that resolve to a directory, with their default estimator, flagger and dataset;
+- model kinds (:func:`register_model_kind`): checkpoint directories that are not
+  plain transformers checkpoints (the research variants), detected by their files;
+- processor kinds (:func:`register_processor_kind`): input builders named in a
+  directory's ``attrib_processor.json`` (the bundled models' word-level processor).
+
+Anything else is a transformers checkpoint of a supported family, loaded with
+``AutoModelForImageTextToText`` under SDPA and an :class:`~attrib.models.inputs.InputBuilder`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from attrib.models.adapters import ModelAdapter, adapter_for, adapter_for_config
+from attrib.models.inputs import InputBuilder, Processor
+from attrib.models.signature import model_signature
+from attrib.plugins import load_plugins
+from attrib.regions.geometry import GridSpec
+
+__all__ = [
+    "MODEL_KINDS",
+    "NAMED_MODELS",
+    "PROCESSOR_KINDS",
+    "LoadedModel",
+    "ModelKind",
+    "NamedModel",
+    "ProcessorKind",
+    "answer_after_think",
+    "default_model_name",
+    "detect_model_kind",
+    "get_named_model",
+    "load",
+    "load_processor",
+    "register_model_kind",
+    "register_named_model",
+    "register_processor_kind",
+    "resolve_path",
+]
+
+logger = logging.getLogger(__name__)
+
+_ANSWER = re.compile(r"^\s*(?:the\s+)?(?:final\s+)?answer\s*(?:is|:)\s*(.+?)\s*\.?\s*$", re.IGNORECASE | re.S)
+
+
+def answer_after_think(text: str) -> str | None:
+    """The final answer of a thinking trace: the text after ``</think>`` (``None`` when empty).
+
+    ``"The answer is X."`` gives ``"X"``; any other text is returned stripped.
+    """
+    tail = text.split("</think>")[-1].strip()
+    if not tail:
+        return None
+    m = _ANSWER.match(tail)
+    return m.group(1).strip() if m else tail
+
+
+@dataclass(frozen=True)
+class NamedModel:
+    """A model known by name (the bundled ones).
+
+    Attributes:
+        name: The name users pass (``--model NAME``).
+        path: Resolves the model's directory (raises ``FileNotFoundError`` with a rebuild hint).
+        estimator: Path stem of its default estimator, relative to its directory (``None``: none ships).
+        flagger: File of its calibrated failure flagger, relative to its directory (``None``: none).
+        dataset: Dataset spec of its demo and live-view examples (e.g. ``"shapes:test"``).
+        default: The model loaded when none is named.
+        description: One line for ``attrib info``.
+    """
+
+    name: str
+    path: Callable[[], Path]
+    estimator: str | None = "estimator"
+    flagger: str | None = None
+    dataset: str | None = None
+    default: bool = False
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class ModelKind:
+    """A kind of checkpoint directory that ``AutoModel`` cannot load as it is (a research variant).
+
+    Attributes:
+        name: The kind's name; also the name of its :class:`attrib.variants.Variant`.
+        detect: ``detect(directory) -> bool``.
+        load: ``load(directory, *, dtype) -> model`` (the wrapper module, eval mode).
+        description: What it is, for messages.
+    """
+
+    name: str
+    detect: Callable[[Path], bool]
+    load: Callable[..., Any]
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class ProcessorKind:
+    """An input builder named in a checkpoint directory's ``attrib_processor.json``.
+
+    Attributes:
+        name: The ``class`` recorded in ``attrib_processor.json``.
+        load: ``load(directory) -> Processor``.
+        parse_answer: The final answer of a model using it (default :func:`answer_after_think`).
+        dataset: The dataset spec of the examples such models were made for (their default
+            examples for the demo, the live view and ``attrib norms``).
+    """
+
+    name: str
+    load: Callable[[Path], Processor]
+    parse_answer: Callable[[str], str | None] | None = None
+    dataset: str | None = None
+
+
+NAMED_MODELS: dict[str, NamedModel] = {}
+MODEL_KINDS: dict[str, ModelKind] = {}
+PROCESSOR_KINDS: dict[str, ProcessorKind] = {}
+
+
+def _register(table: dict[str, Any], name: str, entry: Any, what: str) -> Any:
+    if name in table:
+        raise ValueError(f"{what} {name!r} is already registered")
+    table[name] = entry
+    return entry
+
+
+def register_named_model(entry: NamedModel) -> NamedModel:
+    """Register a named model; a name already registered (or a second default) is refused."""
+    if entry.default and any(m.default for m in NAMED_MODELS.values()):
+        raise ValueError(f"a default model is already registered; {entry.name!r} cannot be one too")
+    return _register(NAMED_MODELS, entry.name, entry, "named model")  # type: ignore[no-any-return]
+
+
+def register_model_kind(kind: ModelKind) -> ModelKind:
+    """Register a checkpoint-directory kind; duplicates are refused."""
+    return _register(MODEL_KINDS, kind.name, kind, "model kind")  # type: ignore[no-any-return]
+
+
+def register_processor_kind(kind: ProcessorKind) -> ProcessorKind:
+    """Register an input-builder kind; duplicates are refused."""
+    return _register(PROCESSOR_KINDS, kind.name, kind, "processor kind")  # type: ignore[no-any-return]
+
+
+def get_named_model(name: str) -> NamedModel | None:
+    """The named model ``name`` (plugins loaded first), or ``None``."""
+    load_plugins()
+    return NAMED_MODELS.get(name)
+
+
+def default_model_name() -> str:
+    """The name of the default model (the bundled one).
+
+    Raises:
+        ValueError: If no plugin registered a default model.
+    """
+    load_plugins()
+    for m in NAMED_MODELS.values():
+        if m.default:
+            return m.name
+    raise ValueError("no default model is registered; pass a model name, directory or hub id")
+
+
+def detect_model_kind(path: str | Path) -> ModelKind | None:
+    """The registered kind of checkpoint directory ``path`` holds, or ``None`` for a plain checkpoint."""
+    load_plugins()
+    p = Path(path)
+    for kind in MODEL_KINDS.values():
+        if kind.detect(p):
+            return kind
+    return None
+
+
+def _looks_local(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1
+
+
+def resolve_path(name_or_path: str | Path | None) -> Path | str:
+    """A named model's directory, a local directory, or the hub id itself.
+
+    Raises:
+        FileNotFoundError: For a missing local path or missing bundled files.
+    """
+    name = str(name_or_path) if name_or_path is not None else default_model_name()
+    named = get_named_model(name)
+    if named is not None:
+        return named.path()
+    p = Path(name).expanduser()
+    if p.exists():
+        return p
+    if _looks_local(name):
+        raise FileNotFoundError(f"model directory not found: {name}")
+    return name
+
+
+def load_processor(path: str | Path, config: Any = None) -> tuple[Processor, ProcessorKind | None]:
+    """The input builder of a checkpoint directory (or hub id).
+
+    A directory with ``attrib_processor.json`` uses the processor kind it names;
+    anything else gets an :class:`~attrib.models.inputs.InputBuilder` for its family.
+
+    Raises:
+        ValueError: For an unknown processor kind or an unsupported architecture.
+    """
+    p = Path(path)
+    marker = p / "attrib_processor.json"
+    if marker.is_file():
+        try:
+            cls = json.loads(marker.read_text())["class"]
+        except (json.JSONDecodeError, KeyError) as e:
+            raise ValueError(f"corrupt {marker}: {e}") from e
+        load_plugins()
+        kind = PROCESSOR_KINDS.get(cls)
+        if kind is None:
+            raise ValueError(
+                f"{p} uses the processor {cls!r}, which no installed plugin provides; known: {sorted(PROCESSOR_KINDS)}"
+            )
+        return kind.load(p), kind
+    if config is None:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(path)
+    return InputBuilder.from_pretrained(adapter_for_config(config), path, config), None
+
+
+def _dtype(dtype: torch.dtype | str | None) -> torch.dtype:
+    if dtype is None or dtype == "auto":
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if dtype not in names:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(names)} or auto")
+    return names[dtype]
+
+
+def _load_transformers(path: str | Path, dtype: torch.dtype, local: bool) -> Any:
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    if local:
+        p = Path(path)
+        if not (p / "config.json").is_file():
+            raise ValueError(f"{p} is not a model checkpoint: it has no config.json")
+    config = AutoConfig.from_pretrained(path, local_files_only=local)
+    adapter_for_config(config)  # an unsupported architecture fails here, before weights load
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(
+            path, dtype=dtype, attn_implementation="sdpa", local_files_only=local
+        )
+    except Exception as e:  # safetensors and transformers raise several types for bad files
+        raise ValueError(f"cannot load model weights from {path}: {type(e).__name__}: {e}") from e
+    return model
+
+
+@dataclass
+class LoadedModel:
+    """A loaded model with everything the pipeline needs to run it.
+
+    Attributes:
+        name: The name or path it was loaded from.
+        model: The model (a transformers model, or a research-variant wrapper), in eval mode.
+        processor: Its input builder.
+        variant: ``"plain"``, or the registered model kind (``"pointcopy"``, ``"latent"``).
+        path: Its checkpoint directory (``None`` for a hub id).
+        named: The named-model entry, when loaded by name.
+        parse_answer: Generated text -> final answer.
+        processor_kind: The registered processor kind, when the directory names one.
+    """
+
+    name: str
+    model: Any
+    processor: Processor
+    variant: str = "plain"
+    path: Path | None = None
+    named: NamedModel | None = None
+    parse_answer: Callable[[str], str | None] = field(default=answer_after_think)
+    processor_kind: ProcessorKind | None = None
+
+    @property
+    def default_dataset(self) -> str | None:
+        """The dataset spec of this model's default examples (its named entry's, else its processor kind's)."""
+        if self.named is not None and self.named.dataset is not None:
+            return self.named.dataset
+        return self.processor_kind.dataset if self.processor_kind is not None else None
+
+    @property
+    def hf_model(self) -> Any:
+        """The transformers model (the wrapper's ``base`` for research variants)."""
+        base = getattr(self.model, "base", None)
+        return base if base is not None and hasattr(base, "config") else self.model
+
+    @property
+    def adapter(self) -> ModelAdapter:
+        """The family adapter."""
+        return adapter_for(self.hf_model)
+
+    @property
+    def family(self) -> str:
+        """The family name (``qwen2_5_vl``, ...)."""
+        return self.adapter.family
+
+    @property
+    def dims(self) -> tuple[int, int]:
+        """``(L, H)`` of the language model."""
+        n_layers, n_heads, _ = self.adapter.dims(self.hf_model)
+        return n_layers, n_heads
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's parameters are."""
+        return next(self.model.parameters()).device
+
+    @cached_property
+    def grid_spec(self) -> GridSpec:
+        """The pixel -> visual-token grid of the processor's images."""
+        return self.processor.grid_spec()
+
+    @cached_property
+    def signature(self) -> dict[str, Any]:
+        """:func:`~attrib.models.signature.model_signature` of the model (computed once)."""
+        return model_signature(self.model)
+
+    @property
+    def eos_token_id(self) -> int | None:
+        """The tokenizer's end-of-sequence id."""
+        e = getattr(self.processor.tokenizer, "eos_token_id", None)
+        return None if e is None else int(e)
+
+    def build(self, image: Image.Image, prompt: str, answer: str | None = None) -> dict[str, torch.Tensor]:
+        """Batch-1 inputs for ``image`` and ``prompt``, on the model's device."""
+        x = self.processor.build(image, prompt, answer)
+        dev = self.device
+        return {k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in x.items()}
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Generated ids -> display text."""
+        return self.processor.decode(list(ids))
+
+    def decode_raw(self, ids: Sequence[int]) -> str:
+        """Generated ids -> text with special tokens kept (what span segmentation reads)."""
+        return str(self.processor.tokenizer.decode(list(ids)))
+
+    def default_estimator(self) -> Path | None:
+        """The path stem of the estimator that ships with this model, if any."""
+        if self.named is None or self.named.estimator is None or self.path is None:
+            return None
+        p = self.path / self.named.estimator
+        return p if p.with_suffix(".safetensors").is_file() else None
+
+    def default_flagger(self) -> Path | None:
+        """The calibrated failure flagger that ships with this model, if any."""
+        if self.named is None or self.named.flagger is None or self.path is None:
+            return None
+        p = self.path / self.named.flagger
+        return p if p.is_file() else None
+
+
+def load(
+    name_or_path: str | Path | None = None,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | str | None = None,
+) -> LoadedModel:
+    """Load a model by name (bundled), local checkpoint directory or hub id.
+
+    Args:
+        name_or_path: A named model (``None``: the default one), a directory or a hub id.
+        device: ``"cpu"`` (default), ``"cuda"``, ``"cuda:N"`` or a ``torch.device``.
+        dtype: ``float32`` (default), ``bfloat16``, ``float16`` or ``auto``.
+
+    Raises:
+        FileNotFoundError: For a local path that does not exist.
+        ValueError: For a directory that is not a checkpoint, an unsupported
+            architecture, an unknown processor or corrupt files.
+    """
+    load_plugins()
+    name = str(name_or_path) if name_or_path is not None else default_model_name()
+    named = NAMED_MODELS.get(name)
+    where = resolve_path(name)
+    dt = _dtype(dtype)
+    path: Path | None = None
+    parse: Callable[[str], str | None] = answer_after_think
+    variant = "plain"
+    pkind: ProcessorKind | None = None
+    if isinstance(where, Path):
+        path = where
+        if not path.is_dir():
+            raise ValueError(f"{path} is not a model checkpoint directory")
+        kind = detect_model_kind(path)
+        if kind is not None:
+            model = kind.load(path, dtype=dt)
+            variant = kind.name
+        else:
+            model = _load_transformers(path, dt, local=True)
+        hf = getattr(model, "base", None) if kind is not None else model
+        processor, pkind = load_processor(path, getattr(hf, "config", None))
+        if pkind is not None and pkind.parse_answer is not None:
+            parse = pkind.parse_answer
+    else:
+        model = _load_transformers(where, dt, local=False)
+        processor, _ = load_processor(where, model.config)
+    if device is not None:
+        model = model.to(torch.device(device))
+    model.eval()
+    loaded = LoadedModel(
+        name=name,
+        model=model,
+        processor=processor,
+        variant=variant,
+        path=path,
+        named=named,
+        parse_answer=parse,
+        processor_kind=pkind,
+    )
+    _check_image_token(loaded)
+    return loaded
+
+
+def _check_image_token(loaded: LoadedModel) -> None:
+    hf = loaded.hf_model
+    want = loaded.adapter.image_token_id(hf)
+    tid = getattr(loaded.processor, "image_token_id", None)
+    if tid is None:
+        tid = getattr(loaded.processor, "pad_id", None)
+    if tid is not None and int(tid) != want:
+        raise ValueError(
+            f"model {loaded.name} expects image token id {want}, its processor gives {tid}: the files disagree"
+        )

@@ -1,0 +1,140 @@
+"""The benchmark's registrations with the core: its processor, its bundled models and its dataset.
+
+Called through the ``attrib.plugins`` entry point (see :mod:`attrib.plugins`);
+the core never imports :mod:`attrib.shapes`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+__all__ = ["judge", "parse_answer", "register", "shapes_items"]
+
+
+def parse_answer(text: str) -> str | None:
+    """The final answer of a benchmark trace (region and latent blocks of the variants ignored)."""
+    from attrib.shapes.latent_train import strip_latent
+    from attrib.shapes.parse import parse_output
+    from attrib.shapes.pointing import strip_pointing
+
+    return parse_output(strip_latent(strip_pointing(text))).answer
+
+
+def judge(output: str, reference: str | None) -> tuple[str | None, bool | None]:
+    """``(predicted, correct)``: the benchmark's strict format, ``<think>...</think> The answer is X.``."""
+    from attrib.shapes.parse import parse_output
+    from attrib.shapes.pointing import strip_pointing
+
+    p = parse_output(strip_pointing(output))
+    return p.answer, None if reference is None else bool(p.ok and p.answer == reference)
+
+
+def shapes_items(split: str, n: int, start: int) -> Iterator[Any]:
+    """Examples ``start .. start + n - 1`` of a benchmark split as :class:`attrib.collect.datasets.CollectItem`.
+
+    Each carries its ground truth: per generated span, the pixel mask of the
+    objects of the ground-truth sentence with the same text (region blocks of
+    v1 traces removed), and the reference trace.
+
+    Raises:
+        ValueError: For an unknown split, or ``n`` < 1 (a generated split has no end).
+    """
+    from attrib.collect.datasets import CollectItem
+    from attrib.shapes.dataset import iter_split
+    from attrib.shapes.pointing import strip_pointing
+
+    if n < 1:
+        raise ValueError(f"shapes:{split} is generated: give the number of examples (n >= 1), got {n}")
+    for ex in iter_split(split, n, start=start):
+        by_text = {s.text: list(s.objects) for s in ex.question.sentences}
+        scene = ex.scene
+
+        def truth(span_text: str, by_text: Mapping[str, list[int]] = by_text, scene: Any = scene) -> np.ndarray | None:
+            objs = by_text.get(strip_pointing(span_text))
+            if objs is None:
+                return None
+            mask = np.zeros((scene.height, scene.width), dtype=bool)
+            for o in objs:
+                mask |= scene.mask(o)
+            return mask
+
+        yield CollectItem(
+            uid=ex.uid,
+            question=ex.question.text,
+            answer=ex.answer,
+            image=ex.image(),
+            truth=truth,
+            reference=ex.target_text(),
+            meta={"family": ex.question.family},
+        )
+
+
+def _image(uid: str) -> Image.Image:
+    from attrib.shapes.dataset import make_example
+
+    split, idx = uid.rsplit("-", 1)
+    return make_example(split, int(idx)).image()
+
+
+def _failure_kind(record: Mapping[str, Any]) -> str | None:
+    from attrib.shapes.hallucination import failure_kind
+
+    return failure_kind(record)
+
+
+def _processor(path: Path) -> Any:
+    from attrib.shapes.processor import ShapesProcessor
+
+    return ShapesProcessor.from_pretrained(path)
+
+
+def _bundled(name: str) -> Any:
+    def path() -> Path:
+        from attrib.shapes.model import bundled_model_path
+
+        return bundled_model_path(name)
+
+    return path
+
+
+def register() -> None:
+    """Register the processor kind, the bundled models and the ``shapes:<split>`` dataset."""
+    from attrib.collect.datasets import DatasetKind, register_dataset
+    from attrib.models.loading import NamedModel, ProcessorKind, register_named_model, register_processor_kind
+
+    register_processor_kind(ProcessorKind("ShapesProcessor", _processor, parse_answer, dataset="shapes:test"))
+    register_named_model(
+        NamedModel(
+            "shapes-qwen25vl",
+            _bundled("shapes-qwen25vl"),
+            estimator="estimator",
+            flagger="flagger.json",
+            dataset="shapes:test",
+            default=True,
+            description="the bundled thinking VLM (Qwen2.5-VL class, trained on attrib.shapes)",
+        )
+    )
+    register_named_model(
+        NamedModel(
+            "shapes-qwen25vl-v1",
+            _bundled("shapes-qwen25vl-v1"),
+            estimator="estimator",
+            dataset="shapes:test",
+            description="the bundled v1 point-and-copy model (same data and budget as the base)",
+        )
+    )
+    register_dataset(
+        DatasetKind(
+            "shapes",
+            shapes_items,
+            judge=judge,
+            image=_image,
+            failure_kind=_failure_kind,
+            description="the attrib.shapes benchmark: shapes:train, shapes:validation, shapes:test",
+        )
+    )

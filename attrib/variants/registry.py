@@ -1,0 +1,269 @@
+"""The variant registry: how the pipeline captures through and ablates each kind of model.
+
+A :class:`Variant` is what collection, evaluation, streaming and the analyses
+need of a kind of model, so that none of them branches on model classes:
+
+- :meth:`Variant.capture`: generate under an attention capture (its own key
+  parts included, e.g. copy tokens credited to their source regions);
+- :meth:`Variant.ablator`: an :class:`~attrib.ablation.Ablator` for a fixed trace;
+- :meth:`Variant.record_extras`: what a collection records beside the features;
+- :meth:`Variant.norm_states`: hidden states and token types for ``attrib norms``
+  (``None``: the core's teacher-forced default).
+
+The arguments travel as one :class:`CaptureRequest` or :class:`AblationRequest`,
+so adding an option changes one dataclass, not every implementation.
+
+Plain transformers models use :data:`PLAIN` (registered as ``"plain"``);
+:class:`ResearchVariant` is the base of the research variants, whose models
+(:class:`~attrib.variants.base.VariantModel`) capture themselves. The research
+variants register from their own packages, through the plugin entry points
+(:mod:`attrib.plugins`); the core imports only this module.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+import torch
+from PIL import Image
+
+from attrib.ablation import AblationRunner, Ablator
+from attrib.capture.sdpa import AttentionCapture, CaptureResult, SpanCallback
+from attrib.plugins import load_plugins
+
+if TYPE_CHECKING:
+    from attrib.models.loading import LoadedModel
+
+__all__ = [
+    "PLAIN",
+    "VARIANTS",
+    "AblationRequest",
+    "CaptureRequest",
+    "NormItem",
+    "PlainVariant",
+    "ResearchVariant",
+    "StopFlag",
+    "Variant",
+    "get_variant",
+    "register_variant",
+]
+
+#: ``stop() -> bool``: polled once per generated token; ``True`` ends generation at that token.
+StopFlag = Callable[[], bool]
+#: ``(image, question, reference answer or None)``: one input of ``attrib norms``.
+NormItem = tuple[Image.Image, str, "str | None"]
+
+
+@dataclass(frozen=True)
+class CaptureRequest:
+    """One generation to capture.
+
+    Attributes:
+        inputs: Batch-1 model inputs.
+        assignment: ``(K, N_image)`` region -> image-token matrix (or a ``TokenAssignment``).
+        max_new_tokens: Generation budget.
+        per_token: Keep per-token features.
+        on_span: Called as ``on_span(span, features, parts)`` as spans complete.
+        stop: Polled once per token; ``True`` ends generation.
+        generate_kwargs: Further options for the model's generation (``min_new_tokens``,
+            sampling options for plain models; ``copy_feed``, ``intervene`` for the variants).
+    """
+
+    inputs: dict[str, Any]
+    assignment: Any
+    max_new_tokens: int = 200
+    per_token: bool = False
+    on_span: SpanCallback | None = None
+    stop: StopFlag | None = None
+    generate_kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AblationRequest:
+    """One fixed trace to ablate.
+
+    Attributes:
+        inputs: The batch-1 prompt inputs that produced the trace.
+        generated_ids: The trace's token ids.
+        assignment: ``(K, N_image)`` region -> image-token matrix.
+        record: What :meth:`Variant.record_extras` stored for the trace (v1: its copy sources).
+        mode: Ablation mode (see :data:`attrib.ablation.ABLATION_MODES`).
+        batch_size: Removal sets per forward.
+        image: The image (``repaint`` mode).
+        region_labels: ``(H, W)`` region map (``repaint`` mode).
+        encode_image: ``image -> inputs`` for the same prompt (``repaint`` mode).
+    """
+
+    inputs: dict[str, Any]
+    generated_ids: Sequence[int]
+    assignment: Any
+    record: Mapping[str, Any] | None = None
+    mode: str = "mask"
+    batch_size: int = 16
+    image: Image.Image | None = None
+    region_labels: np.ndarray | None = None
+    encode_image: Callable[[Image.Image], dict[str, Any]] | None = None
+
+
+class Variant(Protocol):
+    """What the pipeline needs of a kind of model.
+
+    Attributes:
+        name: Registry key; equals the model kind that :func:`attrib.models.load` reports.
+        description: One line for messages.
+        parts: Names of the key parts its captures report (e.g. ``("via_copy",)``).
+        ablation_modes: The ablation modes its ablator supports (empty: none).
+    """
+
+    name: str
+    description: str
+    parts: tuple[str, ...]
+    ablation_modes: tuple[str, ...]
+
+    def capture(self, loaded: LoadedModel, request: CaptureRequest) -> CaptureResult:
+        """Generate for the request's inputs and capture region attention features."""
+        ...
+
+    def ablator(self, loaded: LoadedModel, request: AblationRequest) -> Ablator:
+        """A runner for the request's fixed trace."""
+        ...
+
+    def record_extras(self, result: CaptureResult, columns: slice, mode: str) -> dict[str, Any]:
+        """What a collection records for one example beside the features (``columns``: this config's regions)."""
+        ...
+
+    def norm_states(
+        self, loaded: LoadedModel, items: Sequence[NormItem]
+    ) -> Iterator[tuple[Sequence[torch.Tensor], np.ndarray]] | None:
+        """Per item, the hidden states and token types for ``attrib norms``; ``None`` for the default."""
+        ...
+
+
+class PlainVariant:
+    """Plain transformers models: ``model.generate`` under an :class:`~attrib.capture.sdpa.AttentionCapture`."""
+
+    name = "plain"
+    description = "a transformers checkpoint of a supported family"
+    parts: tuple[str, ...] = ()
+    ablation_modes: tuple[str, ...] = ("mask", "mean", "repaint")
+
+    def capture(self, loaded: LoadedModel, request: CaptureRequest) -> CaptureResult:
+        """``loaded.model.generate`` (greedy unless ``generate_kwargs`` say otherwise) under a capture."""
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        kw: dict[str, Any] = {"do_sample": False, **request.generate_kwargs}
+        if request.stop is not None:
+            flag: StopFlag = request.stop
+
+            class _Stop(StoppingCriteria):
+                def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **_: Any) -> torch.Tensor:
+                    return torch.full((input_ids.shape[0],), flag(), dtype=torch.bool, device=input_ids.device)
+
+            kw["stopping_criteria"] = StoppingCriteriaList([_Stop(), *kw.pop("stopping_criteria", [])])
+        model = loaded.model
+        x = request.inputs
+        with AttentionCapture(
+            model,
+            x,
+            request.assignment,
+            decode=loaded.decode_raw,
+            per_token=request.per_token,
+            on_span=request.on_span,
+        ) as cap:
+            model.generate(**x, streamer=cap.streamer, max_new_tokens=request.max_new_tokens, **kw)
+        return cap.result()
+
+    def ablator(self, loaded: LoadedModel, request: AblationRequest) -> Ablator:
+        """An :class:`~attrib.ablation.AblationRunner`."""
+        r = request
+        return AblationRunner(
+            loaded.model,
+            r.inputs,
+            r.generated_ids,
+            r.assignment,
+            mode=r.mode,
+            batch_size=r.batch_size,
+            image=r.image,
+            region_labels=r.region_labels,
+            encode_image=r.encode_image,
+        )
+
+    def record_extras(self, result: CaptureResult, columns: slice, mode: str) -> dict[str, Any]:
+        """Nothing beyond the common record."""
+        return {}
+
+    def norm_states(
+        self, loaded: LoadedModel, items: Sequence[NormItem]
+    ) -> Iterator[tuple[Sequence[torch.Tensor], np.ndarray]] | None:
+        """``None``: the core's teacher-forced measurement applies."""
+        return None
+
+
+class ResearchVariant(PlainVariant):
+    """Base of the research variants: their model (a :class:`~attrib.variants.base.VariantModel`) captures itself.
+
+    Subclasses set :attr:`name`, :attr:`description`, :attr:`parts` and
+    :attr:`ablation_modes`, and override :meth:`ablator` when they can ablate.
+    """
+
+    name = "research-variant"
+    ablation_modes: tuple[str, ...] = ()
+
+    def capture(self, loaded: LoadedModel, request: CaptureRequest) -> CaptureResult:
+        """The model's own :meth:`~attrib.variants.base.VariantModel.capture`."""
+        r = request
+        res, _ = loaded.model.capture(
+            r.inputs,
+            r.assignment,
+            decode=loaded.decode_raw,
+            max_new_tokens=r.max_new_tokens,
+            eos_token_id=loaded.eos_token_id,
+            per_token=r.per_token,
+            on_span=r.on_span,
+            stop=r.stop,
+            **r.generate_kwargs,
+        )
+        return res  # type: ignore[no-any-return]
+
+    def ablator(self, loaded: LoadedModel, request: AblationRequest) -> Ablator:
+        """Not available unless the variant overrides it.
+
+        Raises:
+            ValueError: Naming the variant and what works without ablation.
+        """
+        raise ValueError(
+            f"ablation is not implemented for {self.description}: collect, evaluate and verify need a model "
+            "that can be ablated (stream and norms work without)"
+        )
+
+
+#: The variant of plain transformers models.
+PLAIN = PlainVariant()
+VARIANTS: dict[str, Variant] = {PLAIN.name: PLAIN}
+_LOCK = threading.Lock()
+
+
+def register_variant(variant: Variant) -> Variant:
+    """Register a variant under ``variant.name``; duplicates are refused."""
+    with _LOCK:
+        if variant.name in VARIANTS:
+            raise ValueError(f"variant {variant.name!r} is already registered")
+        VARIANTS[variant.name] = variant
+    return variant
+
+
+def get_variant(name: str) -> Variant:
+    """The variant registered as ``name`` (plugins loaded first).
+
+    Raises:
+        ValueError: For an unknown name (the message lists the registered ones).
+    """
+    if name not in VARIANTS:
+        load_plugins()
+    if name not in VARIANTS:
+        raise ValueError(f"no variant {name!r} is registered; known: {sorted(VARIANTS)}")
+    return VARIANTS[name]
