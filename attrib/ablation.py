@@ -4,7 +4,7 @@
 teacher-forced on the original trace: one forward pass per removal set V gives
 Δ for every span at once, and many V share one batched forward.
 
-Ablation modes (:data:`ABLATION_MODES`):
+Ablation modes (``ABLATION_MODES``):
 
 - ``mask`` (default): the keys of the removed regions' image tokens are masked
   for every query in every language-model layer, through an explicit additive
@@ -18,8 +18,8 @@ Ablation modes (:data:`ABLATION_MODES`):
   (the image's mean colour) and the image is re-encoded (Captum-style); this
   needs a pixel-level region map and an ``encode_image`` callable.
 
-Every runner satisfies the :class:`Ablator` protocol; research variants bring
-their own (see :mod:`attrib.variants`), and the pipeline only uses the protocol.
+Every runner satisfies the [`Ablator`][attrib.ablation.Ablator] protocol; research variants bring
+their own (see [`attrib.variants`][attrib.variants]), and the pipeline only uses the protocol.
 """
 
 from __future__ import annotations
@@ -131,7 +131,7 @@ class AblationRunner:
     """Teacher-forced log-probs of a fixed trace under region removals.
 
     Args:
-        model: A supported VLM (see :mod:`attrib.adapters`).
+        model: A supported VLM (see [`attrib.models.adapters`][attrib.models.adapters]).
         inputs: The prompt inputs (batch size 1) that produced the trace.
         generated_ids: The generated trace's token ids.
         assignment: ``(K, N_image)`` region -> image-token matrix (or a ``TokenAssignment``).

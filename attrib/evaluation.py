@@ -2,7 +2,7 @@
 
 ``fit_estimator`` builds the design rows (summed removed-region features per
 span and removal set) from correctly answered training examples and fits a
-:class:`~estimators.linear.LinearHeadEstimator`. ``evaluate_methods`` computes,
+[`LinearHeadEstimator`][estimators.linear.LinearHeadEstimator]. ``evaluate_methods`` computes,
 for the estimator and every baseline, LDS on held-out removal sets, R² against
 leave-one-out, pointing accuracy against the benchmark's ground truth, the
 top-K drop (with real ablation forwards of each method's top-K regions) and the
@@ -13,8 +13,8 @@ removal sets (64 by default here): the ContextCite surrogate fits on the first
 half of each example's sets and every method is scored on the second half, so
 no method sees the sets it is scored on.
 
-Every method is dispatched through :data:`estimators.baselines.BASELINES` with
-one :class:`~estimators.baselines.MethodContext` per example; methods that need
+Every method is dispatched through ``estimators.baselines.BASELINES`` with
+one [`MethodContext`][estimators.baselines.MethodContext] per example; methods that need
 the model get a differentiable forward from the model variant's ablator, so a
 new baseline is one registered function (see docs/architecture.md).
 """
@@ -124,7 +124,7 @@ def fit_estimator(
         loss: ``"pearson"`` (the paper's) or ``"ridge"``.
         only_correct: Fit on correctly answered examples only.
         limit: Use at most this many examples.
-        **params: Further :class:`~estimators.linear.LinearHeadEstimator` hyper-parameters.
+        **params: Further [`LinearHeadEstimator`][estimators.linear.LinearHeadEstimator] hyper-parameters.
 
     Returns:
         ``(estimator, n_examples_used)``.
@@ -218,7 +218,7 @@ def evaluate_methods(
         estimator: The fitted estimator.
         loaded: The model the collection was made with (needed for top-K drops and
             gradient baselines; without it only the feature- and target-based metrics run).
-        methods: Registered methods to score (:data:`estimators.baselines.BASELINES`).
+        methods: Registered methods to score (``estimators.baselines.BASELINES``).
         best_layer: Layer of the ``best_layer`` baseline (chosen on training data).
         topk: K of the top-K drop.
         limit: Evaluate at most this many examples.

@@ -40,7 +40,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
-    """:func:`atomic_write_text` of ``obj`` as indented JSON."""
+    """[`atomic_write_text`][attrib.io.atomic_write_text] of ``obj`` as indented JSON."""
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
@@ -97,7 +97,7 @@ def json_for_script(obj: Any) -> str:
 
     ``<``, ``>``, ``&`` and the JavaScript line separators are escaped, so no
     ``</script>`` or HTML comment in user text can close the element. NaN is
-    refused (use :func:`jsonable` first).
+    refused (use [`jsonable`][attrib.io.jsonable] first).
     """
     s = json.dumps(obj, separators=(",", ":"), allow_nan=False)
     return (

@@ -2,7 +2,7 @@
 
 matplotlib (and plotly, for the interactive 3-D trajectories) are imported
 inside the functions, and figures are built with matplotlib's object-oriented
-API (:class:`matplotlib.figure.Figure`), so nothing here selects a backend or
+API (``matplotlib.figure.Figure``), so nothing here selects a backend or
 touches pyplot's global state: a notebook keeps its inline backend. Every
 function returns its figure (and saves it when given a path).
 """
@@ -87,7 +87,8 @@ def data_efficiency_plot(rows: list[dict[str, Any]], path: str | Path | None = N
     """LDS and normalised top-K drop against the number of training examples, with 95 % intervals.
 
     Args:
-        rows: Output of :func:`attrib.evaluation.data_efficiency` (skipped sizes are left out).
+        rows: Output of [`attrib.evaluation.data_efficiency`][attrib.evaluation.data_efficiency] (skipped sizes are left
+            out).
         path: Save the figure here when given.
         topk: K of the top-K drop in ``rows``.
 
@@ -124,7 +125,7 @@ def region_comparison_plot(rows: list[dict[str, Any]], path: str | Path | None =
     """Grouped bars of estimator LDS and normalised top-K drop per region method and K.
 
     Args:
-        rows: Output of :func:`attrib.evaluation.region_comparison`.
+        rows: Output of [`attrib.evaluation.region_comparison`][attrib.evaluation.region_comparison].
         path: Save the figure here when given.
         topk: K of the top-K drop in ``rows``.
 
@@ -163,7 +164,7 @@ def decay_plot(res: dict[str, Any], path: str | Path | None = None) -> Any:
     """Image and ground-truth attention mass against span position, one line per model (v1 Fig. 3).
 
     Args:
-        res: Output of :func:`attrib.analysis.pointcopy.compare_decay`.
+        res: Output of [`attrib.analysis.pointcopy.compare_decay`][attrib.analysis.pointcopy.compare_decay].
         path: Save the figure here when given.
 
     Returns:
@@ -195,7 +196,8 @@ def copy_attention_plot(res: dict[str, Any], path: str | Path | None = None) -> 
     """Per-layer attention to copy tokens vs to their source image tokens (v1 Fig. 5).
 
     Args:
-        res: Output of :func:`attrib.analysis.pointcopy.copy_vs_source_by_layer`.
+        res: Output of
+            [`attrib.analysis.pointcopy.copy_vs_source_by_layer`][attrib.analysis.pointcopy.copy_vs_source_by_layer].
         path: Save the figure here when given.
 
     Returns:
@@ -221,7 +223,7 @@ def norms_plot(report: Any, path: str | Path | None = None) -> Any:
     """Two panels: mean hidden-state norm per layer by token type, and its ratio to that type's input embeddings.
 
     Args:
-        report: A :class:`attrib.analysis.norms.NormReport`.
+        report: A [`attrib.analysis.norms.NormReport`][attrib.analysis.norms.NormReport].
         path: Save the figure here when given.
 
     Returns:
@@ -383,7 +385,8 @@ def _plotly_html(
     title: str,
     explained: Sequence[float] | None,
 ) -> Path:
-    """The plotly version of :func:`trajectories_html`: plotly.js is inlined, so the file works offline."""
+    """The plotly version of [`trajectories_html`][attrib.plots.trajectories_html]: plotly.js is inlined, so the file
+    works offline."""
 
     fig = go.Figure()
     seen: set[str] = set()
@@ -431,7 +434,7 @@ def trajectory_plots(
     """Draw the analysis: 3-D trajectories (PNG + interactive HTML), metric distributions, AUC, concentration.
 
     Args:
-        result: From :func:`attrib.analysis.trajectories.analyse_chains`.
+        result: From [`attrib.analysis.trajectories.analyse_chains`][attrib.analysis.trajectories.analyse_chains].
         chains: The chains it was computed from.
         out_dir: Output directory (created).
         per_outcome: At most this many chains per outcome in the trajectory pictures.

@@ -1,14 +1,17 @@
 """Plugins: packages that register model kinds, processors, named models, datasets and variants with the core.
 
-The core never imports the benchmark (:mod:`attrib.shapes`) or a research
-variant (:mod:`attrib.variants.pointcopy`, :mod:`attrib.variants.latent`). They
-register themselves through the ``attrib.plugins`` entry-point group (see
-``pyproject.toml``), and the core's registries call :func:`load_plugins` the
+The core never imports the benchmark ([`attrib.shapes`][attrib.shapes]) or a research
+variant ([`attrib.variants.pointcopy`][attrib.variants.pointcopy],
+[`attrib.variants.latent`][attrib.variants.latent]). They register themselves
+through the ``attrib.plugins`` entry-point group (see
+``pyproject.toml``), and the core's registries call [`load_plugins`][attrib.plugins.load_plugins] the
 first time a lookup misses. A third-party package adds a model kind, a dataset
-or a variant the same way, with an entry point of its own::
+or a variant the same way, with an entry point of its own:
 
-    [project.entry-points."attrib.plugins"]
-    mything = "mypackage.attrib_plugin:register"
+```toml
+[project.entry-points."attrib.plugins"]
+mything = "mypackage.attrib_plugin:register"
+```
 
 where ``register()`` calls the core's ``register_*`` functions.
 """

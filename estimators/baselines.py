@@ -3,7 +3,7 @@
 Every method is called the same way, ``fn(example, ctx) -> (n_spans, K)``: the
 example is a collected example (a dict with ``features``, ``subsets``,
 ``subset_deltas`` and, from a ``--loo`` collection, ``loo_deltas``), and the
-:class:`MethodContext` carries what a method may need beyond it. Nothing here
+[`MethodContext`][estimators.baselines.MethodContext] carries what a method may need beyond it. Nothing here
 imports ``attrib``: methods that need the model (gradients) receive a
 differentiable forward through the context.
 

@@ -225,7 +225,8 @@ class LinearHeadEstimator(RegressorMixin, BaseEstimator):  # type: ignore[misc]
 
     @classmethod
     def load(cls, path: str | Path, *, expected_shape: tuple[int, int] | None = None) -> LinearHeadEstimator:
-        """Load an estimator saved by :meth:`save` (safetensors + JSON; nothing is unpickled).
+        """Load an estimator saved by [`save`][estimators.linear.LinearHeadEstimator.save] (safetensors + JSON; nothing
+        is unpickled).
 
         Args:
             path: Path stem.

@@ -1,6 +1,6 @@
 """Faithfulness metrics against exhaustive ablation, as pure functions over arrays.
 
-Each returns a :class:`MetricResult` with a percentile-bootstrap 95 % interval
+Each returns a [`MetricResult`][metrics.faithfulness.MetricResult] with a percentile-bootstrap 95 % interval
 over the units it averages (spans, or (span, region) pairs).
 """
 

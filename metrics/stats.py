@@ -47,7 +47,8 @@ def bootstrap_ci(
 
 
 def mean_ci(values: np.ndarray | list[float], **kwargs: float | int) -> dict[str, float]:
-    """``{"mean", "ci_low", "ci_high"}`` with a bootstrap interval (see :func:`bootstrap_ci`)."""
+    """``{"mean", "ci_low", "ci_high"}`` with a bootstrap interval (see
+    [`bootstrap_ci`][metrics.stats.bootstrap_ci])."""
     x = np.asarray(values, dtype=np.float64)
     lo, hi = bootstrap_ci(x, **kwargs)  # type: ignore[arg-type]
     return {"mean": float(x.mean()), "ci_low": lo, "ci_high": hi}

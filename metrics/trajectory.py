@@ -2,12 +2,13 @@
 
 A reasoning chain with ``n`` spans and an image cut into ``K`` regions gives
 per-span region scores ``(n, K)``. Each span becomes a point (its *effect
-vector*, :func:`effect_vectors`), and the chain becomes a path through those
-points. Geometry of that path (:func:`path_length`, :func:`net_displacement`,
-:func:`tortuosity`) and the peakedness of each span's attribution
-(:func:`concentration`) separate successful chains from failures; the
+vector*, [`effect_vectors`][metrics.trajectory.effect_vectors]), and the chain becomes a path through those
+points. Geometry of that path ([`path_length`][metrics.trajectory.path_length],
+[`net_displacement`][metrics.trajectory.net_displacement],
+[`tortuosity`][metrics.trajectory.tortuosity]) and the peakedness of each span's attribution
+([`concentration`][metrics.trajectory.concentration]) separate successful chains from failures; the
 tortuosity of a chain's first spans flags failures early
-(:func:`auc_by_progress`, :class:`TortuosityFlagger`).
+([`auc_by_progress`][metrics.trajectory.auc_by_progress], [`TortuosityFlagger`][metrics.trajectory.TortuosityFlagger]).
 
 Choices made here (see ``docs/trajectories.md``):
 
@@ -17,7 +18,7 @@ Choices made here (see ``docs/trajectories.md``):
   that the path follows *which* regions matter rather than how long a span is
   (span drops are sums over the span's tokens).
 - **Geometry is measured in the full effect-vector space**; PCA
-  (:class:`TrajectoryPCA`) is for pictures only.
+  ([`TrajectoryPCA`][metrics.trajectory.TrajectoryPCA]) is for pictures only.
 - **Concentration** is ``1 - H(p) / log K`` with ``p = |s| / sum |s|``: 1 for a
   one-hot span, 0 for a uniform one.
 - **Prefixes** keep the first ``ceil(fraction * n)`` spans, at least 2.
@@ -62,13 +63,14 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Reasoning progress at which :func:`auc_by_progress` scores prefixes: 0.1, 0.2, ..., 1.0.
+#: Reasoning progress at which [`auc_by_progress`][metrics.trajectory.auc_by_progress] scores prefixes:
+#: 0.1, 0.2, ..., 1.0.
 DEFAULT_FRACTIONS: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(1, 11))
-#: Floor of the net displacement in :func:`tortuosity`.
+#: Floor of the net displacement in [`tortuosity`][metrics.trajectory.tortuosity].
 EPS = 1e-6
 #: Tortuosities below ``1 + STRAIGHT_TOL`` are rounding noise around a straight path and read as 1.
 STRAIGHT_TOL = 1e-9
-#: The three outcome classes of :func:`three_outcome`.
+#: The three outcome classes of [`three_outcome`][metrics.trajectory.three_outcome].
 OUTCOMES: tuple[str, ...] = ("success", "reasoning_error", "hallucination")
 
 
@@ -191,7 +193,7 @@ def tortuosity(points: np.ndarray, *, eps: float = EPS) -> float:
 
 
 def _ratio(length: float, displacement: float, eps: float) -> float:
-    """Path length / displacement with the conventions of :func:`tortuosity`."""
+    """Path length / displacement with the conventions of [`tortuosity`][metrics.trajectory.tortuosity]."""
     if length < eps:
         return 1.0
     t = length / max(displacement, eps)
@@ -265,7 +267,7 @@ def progress_curve(per_step: Sequence[np.ndarray], n_bins: int = 10) -> dict[str
     standard error of that mean (0 when one chain contributes).
 
     Args:
-        per_step: Per chain, a 1-D array of per-step values (e.g. :func:`concentration`).
+        per_step: Per chain, a 1-D array of per-step values (e.g. [`concentration`][metrics.trajectory.concentration]).
         n_bins: Number of progress bins.
 
     Returns:
@@ -381,7 +383,8 @@ class TrajectoryPCA:
         return np.asarray((p - self.mean_) @ self.components_.T)
 
     def fit_transform(self, chains: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """:meth:`fit`, then :meth:`transform` every chain."""
+        """[`fit`][metrics.trajectory.TrajectoryPCA.fit], then [`transform`][metrics.trajectory.TrajectoryPCA.transform]
+        every chain."""
         self.fit(chains)
         return [self.transform(c) for c in chains]
 
@@ -397,7 +400,7 @@ class TrajectoryPCA:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TrajectoryPCA:
-        """Inverse of :meth:`to_dict`.
+        """Inverse of [`to_dict`][metrics.trajectory.TrajectoryPCA.to_dict].
 
         Raises:
             ValueError: If the arrays' shapes disagree.
@@ -416,7 +419,7 @@ class TrajectoryPCA:
 
     @classmethod
     def load(cls, path: str | Path) -> TrajectoryPCA:
-        """Read a state written by :meth:`save`."""
+        """Read a state written by [`save`][metrics.trajectory.TrajectoryPCA.save]."""
         return cls.from_dict(json.loads(Path(path).read_text()))
 
 
@@ -515,21 +518,21 @@ def auc_by_progress(
 ) -> dict[float, dict[str, float]]:
     """ROC AUC of prefix tortuosity predicting failure, per reasoning progress.
 
-    For each fraction ``p``, every chain is cut to :func:`prefix` ``(chain, p)``
-    and scored by its :func:`tortuosity`; the AUC treats failures as positives
+    For each fraction ``p``, every chain is cut to [`prefix`][metrics.trajectory.prefix] ``(chain, p)``
+    and scored by its [`tortuosity`][metrics.trajectory.tortuosity]; the AUC treats failures as positives
     (higher tortuosity = predicted failure). Chains whose prefix tortuosity is
     undefined (fewer than 2 spans) are left out. The interval is a stratified
     percentile bootstrap: successes and failures are resampled separately, so
     every resample holds both classes in their observed numbers.
 
     Args:
-        chains: Effect-vector chains ``(n_spans, D)`` (see :func:`effect_vectors`).
+        chains: Effect-vector chains ``(n_spans, D)`` (see [`effect_vectors`][metrics.trajectory.effect_vectors]).
         labels: True for a failed chain.
         fractions: Progress values in ``(0, 1]``.
         n_boot: Bootstrap resamples (0 skips the interval).
         seed: Resampling seed.
         level: Interval coverage.
-        eps: See :func:`tortuosity`.
+        eps: See [`tortuosity`][metrics.trajectory.tortuosity].
 
     Returns:
         ``{fraction: {"auc", "ci_low", "ci_high", "n_success", "n_failure", "mean_prefix_spans"}}``
@@ -585,9 +588,9 @@ def three_outcome(
     """Fixation vs wandering: per-chain statistics by outcome, and pairwise tests.
 
     Per chain (raw scores ``(n, K)``): ``concentration`` (mean of
-    :func:`concentration` over spans), ``concentration_sd`` (its standard
-    deviation across spans: instability), ``persistence`` (:func:`persistence`),
-    ``step_size`` (mean :func:`step_lengths` of the effect vectors),
+    [`concentration`][metrics.trajectory.concentration] over spans), ``concentration_sd`` (its standard
+    deviation across spans: instability), ``persistence`` ([`persistence`][metrics.trajectory.persistence]),
+    ``step_size`` (mean [`step_lengths`][metrics.trajectory.step_lengths] of the effect vectors),
     ``path_length`` and ``tortuosity``. Hallucinations are expected to
     *fixate* (high, steady concentration, high persistence, small steps) and
     reasoning errors to *wander* (low, unstable concentration, large steps).
@@ -596,9 +599,9 @@ def three_outcome(
         score_chains: Per chain, raw scores ``(n_spans, K)``.
         outcomes: Per chain, ``"success"``, ``"reasoning_error"`` or
             ``"hallucination"``; other labels are ignored.
-        top: See :func:`effect_vectors`.
-        normalize: See :func:`effect_vectors`.
-        eps: See :func:`tortuosity`.
+        top: See [`effect_vectors`][metrics.trajectory.effect_vectors].
+        normalize: See [`effect_vectors`][metrics.trajectory.effect_vectors].
+        eps: See [`tortuosity`][metrics.trajectory.tortuosity].
 
     Returns:
         ``{"by_outcome": {outcome: {"n", metric: {"median", "mean", "sem"}}},
@@ -670,25 +673,25 @@ def three_outcome(
 class TortuosityFlagger:
     """Online early-failure flag: raise when a chain's prefix tortuosity crosses a calibrated threshold.
 
-    Calibration (:meth:`fit`) runs every reference chain (successful chains)
+    Calibration ([`fit`][metrics.trajectory.TortuosityFlagger.fit]) runs every reference chain (successful chains)
     through the same online rule and records, per chain, the largest prefix
     tortuosity seen from ``min_spans`` spans on; the threshold is the
     ``1 - fpr`` quantile of those maxima. So about a fraction ``fpr`` of
     reference chains would be flagged at some point: ``fpr`` is a per-chain
     false-positive rate, not a per-span one.
 
-    Online use: :meth:`update` takes one span's raw region scores at a time,
-    maps it to its effect vector (:func:`effect_vectors` with the same ``top``
+    Online use: [`update`][metrics.trajectory.TortuosityFlagger.update] takes one span's raw region scores at a time,
+    maps it to its effect vector ([`effect_vectors`][metrics.trajectory.effect_vectors] with the same ``top``
     and ``normalize``), and updates path length, first and last point in O(K).
-    Once it flags, it stays flagged until :meth:`reset`.
+    Once it flags, it stays flagged until [`reset`][metrics.trajectory.TortuosityFlagger.reset].
 
     Args:
         fpr: Target per-chain false-positive rate on the reference, in (0, 1).
         min_spans: Spans needed before a flag can be raised (>= 3; two points
             always have tortuosity 1).
-        top: See :func:`effect_vectors`.
-        normalize: See :func:`effect_vectors`.
-        eps: See :func:`tortuosity`.
+        top: See [`effect_vectors`][metrics.trajectory.effect_vectors].
+        normalize: See [`effect_vectors`][metrics.trajectory.effect_vectors].
+        eps: See [`tortuosity`][metrics.trajectory.tortuosity].
 
     Attributes:
         threshold_: The calibrated threshold.
@@ -792,10 +795,11 @@ class TortuosityFlagger:
         return self.flagged_at is not None
 
     def run(self, scores: np.ndarray) -> int | None:
-        """Feed a whole chain ``(n_spans, K)`` from a fresh start; return :attr:`flagged_at`.
+        """Feed a whole chain ``(n_spans, K)`` from a fresh start; return ``flagged_at``.
 
-        The state after the chain stays readable (:attr:`flagged_at`,
-        :attr:`current_tortuosity`) until the next :meth:`reset` or :meth:`run`.
+        The state after the chain stays readable (``flagged_at``,
+        [`current_tortuosity`][metrics.trajectory.TortuosityFlagger.current_tortuosity]) until the next
+        [`reset`][metrics.trajectory.TortuosityFlagger.reset] or [`run`][metrics.trajectory.TortuosityFlagger.run].
         """
         self.reset()
         for row in _as_2d(scores, "scores"):
@@ -818,7 +822,7 @@ class TortuosityFlagger:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TortuosityFlagger:
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of [`to_dict`][metrics.trajectory.TortuosityFlagger.to_dict]."""
         f = cls(
             fpr=float(d["fpr"]),
             min_spans=int(d["min_spans"]),

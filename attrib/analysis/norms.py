@@ -118,7 +118,7 @@ class NormReport:
         """Two panels: mean norm per layer by type, and the ratio to the same type's input embeddings (log y).
 
         Returns:
-            The matplotlib figure (see :func:`attrib.plots.norms_plot`).
+            The matplotlib figure (see [`attrib.plots.norms_plot`][attrib.plots.norms_plot]).
         """
         from attrib.plots import norms_plot
 
@@ -186,7 +186,7 @@ def norm_report(
 
     Args:
         hidden_states: Per input, the ``L + 1`` hidden states ``(1, T, D)`` (or ``(T, D)``).
-        types: Per input, ``(T,)`` type codes (see :func:`token_types`).
+        types: Per input, ``(T,)`` type codes (see [`token_types`][attrib.analysis.norms.token_types]).
         model: Name for the report.
 
     Raises:
@@ -213,7 +213,7 @@ def measure_norms(
         model: A supported VLM (or any model whose forward accepts ``output_hidden_states``).
         inputs: Model inputs, batch 1 each.
         image_token_id: The image placeholder id (default: from the model's adapter).
-        type_overrides: Per input, copy/latent positions (see :func:`token_types`).
+        type_overrides: Per input, copy/latent positions (see [`token_types`][attrib.analysis.norms.token_types]).
         name: Model name for the report.
 
     Raises:
@@ -246,7 +246,7 @@ def model_norms(loaded: LoadedModel, items: Sequence[tuple[Any, str, str | None]
     teacher-forced when one is given.
 
     Args:
-        loaded: From :func:`attrib.models.load`.
+        loaded: From [`attrib.models.load`][attrib.models.loading.load].
         items: ``(image, question, reference or None)`` per input.
         name: Model name for the report.
     """

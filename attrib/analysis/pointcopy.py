@@ -1,25 +1,29 @@
 """Analyses of the v1 point-and-copy variant against the base model trained on the same data.
 
-Three questions (v1 paper, its referee; ../shared/DESIGN.md §5):
+Three questions (the v1 paper and its referee; docs/pointcopy.md):
 
-1. :func:`attention_by_position` / :func:`compare_decay`: does attention to the
+1. [`attention_by_position`][attrib.analysis.pointcopy.attention_by_position] /
+[`compare_decay`][attrib.analysis.pointcopy.compare_decay]: does attention to the
    image, and to the span's ground-truth region, decay along the chain (v1 Fig. 3)?
    Per span, the image mass is the attention mass on all image tokens (copies
-   aliased to their source, see :mod:`attrib.variants.pointcopy.attribution`), summed over
+   aliased to their source, see [`attrib.variants.pointcopy.attribution`][attrib.variants.pointcopy.attribution]),
+   summed over
    regions and averaged over layers and heads; the ground-truth mass is the part
    on the regions inside the objects the span names.
-2. :func:`copy_vs_source_by_layer`: per layer, attention to copy tokens vs to the
+2. [`copy_vs_source_by_layer`][attrib.analysis.pointcopy.copy_vs_source_by_layer]: per layer, attention to copy tokens
+vs to the
    original image tokens they copy (v1 Fig. 5).
-3. :func:`late_chain_attribution`: with chains bucketed by length, is the correct
+3. [`late_chain_attribution`][attrib.analysis.pointcopy.late_chain_attribution]: with chains bucketed by length, is the
+correct
    region's attribution late in the chain higher for v1 than for the base model?
    Per late span (the last third of its chain), the ground-truth share is the part
    of the positive attribution on ground-truth regions; the groups are compared
    with a two-sided Mann–Whitney U test, Cliff's delta and the difference of
    means with a bootstrap interval.
 
-Every function takes collections (see :mod:`attrib.collect`), captures or arrays
+Every function takes collections (see [`attrib.collect`][attrib.collect]), captures or arrays
 and returns JSON-ready dicts; nothing prints. Captures come through the model's
-variant (:mod:`attrib.variants`), so nothing here imports the variant itself.
+variant ([`attrib.variants`][attrib.variants]), so nothing here imports the variant itself.
 """
 
 from __future__ import annotations
@@ -156,7 +160,7 @@ def copy_vs_source_by_layer(captures: Iterable[Any], copy_sources: Iterable[Sequ
     generated tokens that come after at least one copy count.
 
     Args:
-        captures: :class:`~attrib.capture.sdpa.CaptureResult` objects.
+        captures: [`CaptureResult`][attrib.capture.sdpa.CaptureResult] objects.
         copy_sources: Per capture, the copied image token of every generated token (``-1`` for text).
 
     Returns:
@@ -376,7 +380,7 @@ def copy_attention(model: str, *, dataset: str = "shapes:test", n: int = 30) -> 
 
     Each example is captured through the model's variant with one region per
     image token (``K = N_image``) and per-token features, then passed to
-    :func:`copy_vs_source_by_layer`.
+    [`copy_vs_source_by_layer`][attrib.analysis.pointcopy.copy_vs_source_by_layer].
 
     Raises:
         ValueError: If the model has no copy tokens.

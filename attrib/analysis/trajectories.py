@@ -1,6 +1,6 @@
 """Reasoning trajectories in attribution space on a collected dataset.
 
-Each collected example becomes a :class:`Chain`: its per-span region scores
+Each collected example becomes a [`Chain`][attrib.analysis.trajectories.Chain]: its per-span region scores
 (from the fitted estimator, or the leave-one-out drops when no estimator is
 given) and an outcome label:
 
@@ -10,19 +10,20 @@ given) and an outcome label:
 - ``reasoning_error``: the answer is wrong and every object the trace names
   is in the image;
 - ``failure``: the answer is wrong, and the dataset cannot tell which kind
-  (its kind has no ``failure_kind``, see :mod:`attrib.collect.datasets`);
+  (its kind has no ``failure_kind``, see [`attrib.collect.datasets`][attrib.collect.datasets]);
 - ``unknown``: correctness is unknown (no reference answer); left out.
 
 The kind of failure is the dataset's to judge: the benchmark registers how it
-tells a hallucination (:func:`attrib.shapes.hallucination.names_absent_object`),
+tells a hallucination
+([`attrib.shapes.hallucination.names_absent_object`][attrib.shapes.hallucination.names_absent_object]),
 so this module knows no shape or colour words.
 
-:func:`analyse_chains` compares path length, tortuosity and concentration of
+[`analyse_chains`][attrib.analysis.trajectories.analyse_chains] compares path length, tortuosity and concentration of
 successes and failures, scores early failure prediction by reasoning progress,
 contrasts fixation (hallucination) with wandering (reasoning error), and
-calibrates an online :class:`~metrics.trajectory.TortuosityFlagger`. The
-metrics themselves live in :mod:`metrics.trajectory`; the figures are
-:func:`attrib.plots.trajectory_plots`.
+calibrates an online [`TortuosityFlagger`][metrics.trajectory.TortuosityFlagger]. The
+metrics themselves live in [`metrics.trajectory`][metrics.trajectory]; the figures are
+[`attrib.plots.trajectory_plots`][attrib.plots.trajectory_plots].
 """
 
 from __future__ import annotations
@@ -72,7 +73,8 @@ FailureKind = Callable[[Mapping[str, Any]], "str | None"]
 
 
 class RegionScorer(Protocol):
-    """Anything with the estimator's ``region_scores`` (e.g. :class:`estimators.linear.LinearHeadEstimator`)."""
+    """Anything with the estimator's ``region_scores`` (e.g.
+    [`estimators.linear.LinearHeadEstimator`][estimators.linear.LinearHeadEstimator])."""
 
     def region_scores(self, features: np.ndarray) -> np.ndarray:
         """``(n_spans, K, L, H)`` features -> ``(n_spans, K)`` scores."""
@@ -80,10 +82,10 @@ class RegionScorer(Protocol):
 
 
 class ExampleSource(Protocol):
-    """Anything with :meth:`attrib.collect.store.Collection.examples`."""
+    """Anything with [`attrib.collect.store.Collection.examples`][attrib.collect.store.Collection.examples]."""
 
     def examples(self) -> Iterator[dict[str, Any]]:
-        """Yield example records (see :class:`attrib.collect.store.Collection`)."""
+        """Yield example records (see [`attrib.collect.store.Collection`][attrib.collect.store.Collection])."""
         ...
 
 
@@ -113,7 +115,7 @@ class Chain:
         return self.outcome in FAILURES
 
     def effect_vectors(self, top: int = 32, *, normalize: bool = True) -> np.ndarray:
-        """:func:`metrics.trajectory.effect_vectors` of the scores."""
+        """[`metrics.trajectory.effect_vectors`][metrics.trajectory.effect_vectors] of the scores."""
         return effect_vectors(self.scores, top, normalize=normalize)
 
 
@@ -145,7 +147,7 @@ def load_chains(
     """Chains of a collection, with outcome labels.
 
     Args:
-        collection: An opened :class:`attrib.collect.store.Collection` (or anything
+        collection: An opened [`attrib.collect.store.Collection`][attrib.collect.store.Collection] (or anything
             with ``examples()``; a ``manifest`` with ``config.dataset`` names the
             dataset that tells the kind of a failure).
         estimator: Scores spans with ``region_scores(features)``; when ``None``,
@@ -259,9 +261,10 @@ def analyse_chains(
     """The trajectory analysis of labelled chains, as a JSON-ready dict.
 
     Args:
-        chains: From :func:`load_chains`; ``unknown`` outcomes are left out.
+        chains: From [`load_chains`][attrib.analysis.trajectories.load_chains]; ``unknown`` outcomes are left out.
         fpr: Target false-positive rate of the flagger.
-        top: Effect-vector entries kept per span (:func:`metrics.trajectory.effect_vectors`).
+        top: Effect-vector entries kept per span
+            ([`metrics.trajectory.effect_vectors`][metrics.trajectory.effect_vectors]).
         normalize: L2-normalise effect vectors.
         min_spans: Spans before the flagger may raise.
         fractions: Reasoning progress values for the AUC curve.
@@ -269,7 +272,7 @@ def analyse_chains(
         seed: Seed of the bootstrap and of the flagger's cross-fitting split.
         n_bins: Progress bins of the concentration curves.
         n_components: PCA components stored for the pictures.
-        eps: See :func:`metrics.trajectory.tortuosity`.
+        eps: See [`metrics.trajectory.tortuosity`][metrics.trajectory.tortuosity].
 
     Returns:
         See ``docs/trajectories.md`` for the schema. NaN is written as ``null``.
@@ -348,5 +351,6 @@ def analyse(
     limit: int | None = None,
     **kwargs: Any,
 ) -> dict[str, Any]:
-    """:func:`load_chains`, then :func:`analyse_chains` (keyword arguments go to the latter)."""
+    """[`load_chains`][attrib.analysis.trajectories.load_chains], then
+    [`analyse_chains`][attrib.analysis.trajectories.analyse_chains] (keyword arguments go to the latter)."""
     return analyse_chains(load_chains(collection, estimator, limit=limit), **kwargs)

@@ -1,10 +1,11 @@
 """Capture: layer x head attention mass on image regions during generation, and span segmentation.
 
-- :mod:`attrib.capture.sdpa`: the native backend (SDPA stays on; the newest
-  query row is computed beside it), :class:`AttentionCapture`, :class:`CaptureResult`
-  and the :class:`KeyPart` through which research variants add their own tokens;
-- :mod:`attrib.capture.nnsight`: the same features through nnsight's tracing API;
-- :mod:`attrib.capture.spans`: reasoning spans, cut as tokens arrive.
+- [`attrib.capture.sdpa`][attrib.capture.sdpa]: the native backend (SDPA stays on; the newest
+  query row is computed beside it), [`AttentionCapture`][attrib.capture.sdpa.AttentionCapture],
+  [`CaptureResult`][attrib.capture.sdpa.CaptureResult]
+  and the [`KeyPart`][attrib.capture.sdpa.KeyPart] through which research variants add their own tokens;
+- [`attrib.capture.nnsight`][attrib.capture.nnsight]: the same features through nnsight's tracing API;
+- [`attrib.capture.spans`][attrib.capture.spans]: reasoning spans, cut as tokens arrive.
 """
 
 from attrib.capture.sdpa import (

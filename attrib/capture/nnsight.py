@@ -63,10 +63,10 @@ def nnsight_capture_generate(
         **generate_kwargs: Passed to ``generate``.
 
     Returns:
-        A :class:`~attrib.capture.sdpa.CaptureResult` equal to the native backend's.
+        A [`CaptureResult`][attrib.capture.sdpa.CaptureResult] equal to the native backend's.
 
     Raises:
-        ValueError: As :class:`~attrib.capture.sdpa.AttentionCapture`; also when nnsight is missing.
+        ValueError: As [`AttentionCapture`][attrib.capture.sdpa.AttentionCapture]; also when nnsight is missing.
     """
     try:
         from nnsight import NNsight

@@ -1,6 +1,6 @@
 """Capture layer x head attention mass on image regions while a VLM generates, with SDPA kept on.
 
-How it works. On entering :class:`AttentionCapture`, the language model's
+How it works. On entering [`AttentionCapture`][attrib.capture.sdpa.AttentionCapture], the language model's
 attention implementation is switched from ``sdpa`` to ``attrib_sdpa``, a
 function registered with transformers' ``AttentionInterface``. It returns
 exactly what ``sdpa`` returns (same kernel, same output) and, beside it, computes
@@ -18,11 +18,11 @@ Alignment. The row computed in the forward pass that *predicts* generated token
 matches the causal target, which scores ``log p(y_t | x, y_<t)`` at the same
 position.
 
-Spans. A :class:`~attrib.capture.spans.SpanSegmenter` splits the generated text
+Spans. A [`SpanSegmenter`][attrib.capture.spans.SpanSegmenter] splits the generated text
 into sentences on the fly; each completed span's features are the mean over its tokens.
 
 Key parts. A research variant that adds tokens of its own to the sequence
-declares them as :class:`KeyPart` objects, and the capture reads attention to
+declares them as [`KeyPart`][attrib.capture.sdpa.KeyPart] objects, and the capture reads attention to
 them in the same pass: an *alias* part (v1 copy tokens, each standing for an
 image token) counts for its source's regions and is also kept apart; any other
 part (latent tokens) is kept apart as ``(L, H)`` mass credited to no region.
@@ -141,7 +141,7 @@ SpanCallback = Callable[[Span, np.ndarray, dict[str, np.ndarray]], None]
 class KeyPart:
     """Key positions a research variant adds to the sequence, and how attention to them counts.
 
-    The variant appends to :attr:`positions` (and :attr:`sources`) as it generates;
+    The variant appends to ``positions`` (and ``sources``) as it generates;
     the capture reads them at every step.
 
     Attributes:
@@ -176,7 +176,7 @@ class CaptureResult:
         per_token: ``(T, K, L, H)`` per generated token (only with ``per_token=True``).
         meta: Model class, family, L, H, K, number of image tokens.
         parts: Per key part, its span means: ``(n_spans, K, L, H)`` for an alias part
-            (the part of :attr:`features` that reached the regions through it),
+            (the part of ``features`` that reached the regions through it),
             ``(n_spans, L, H)`` otherwise.
         per_token_parts: Per key part, the same per generated token (with ``per_token=True``).
         token_sources: Per generated token, the image token it aliases (``-1`` for
@@ -200,7 +200,7 @@ class CaptureResult:
 
     @property
     def per_token_copy(self) -> np.ndarray | None:
-        """The via-copy part of :attr:`per_token` (v1 point-and-copy models with ``per_token=True``)."""
+        """The via-copy part of ``per_token`` (v1 point-and-copy models with ``per_token=True``)."""
         return self.per_token_parts.get("via_copy")
 
     def part_share(self, name: str) -> np.ndarray:
@@ -218,7 +218,7 @@ class CaptureResult:
 
     @property
     def shape(self) -> tuple[int, ...]:
-        """Shape of :attr:`features`."""
+        """Shape of ``features``."""
         return tuple(self.features.shape)
 
     def save(self, path: str | Path) -> None:
@@ -248,7 +248,7 @@ class CaptureResult:
 
     @classmethod
     def load(cls, path: str | Path) -> CaptureResult:
-        """Inverse of :meth:`save` (safetensors + JSON; nothing is unpickled).
+        """Inverse of [`save`][attrib.capture.sdpa.CaptureResult.save] (safetensors + JSON; nothing is unpickled).
 
         Raises:
             FileNotFoundError: If a file is missing.
@@ -321,18 +321,19 @@ class AttentionCapture:
         ```
 
     A model that runs its own decode loop (a research variant) calls
-    :meth:`push_token` for every generated token instead of passing :attr:`streamer`.
+    [`push_token`][attrib.capture.sdpa.AttentionCapture.push_token] for every generated token instead of passing
+    [`streamer`][attrib.capture.sdpa.AttentionCapture.streamer].
 
     Args:
-        model: A supported VLM (see :mod:`attrib.models.adapters`).
+        model: A supported VLM (see [`attrib.models.adapters`][attrib.models.adapters]).
         inputs: The model inputs (``input_ids`` etc.); batch size 1.
         assignment: ``(K, N_image)`` region -> image-token matrix (rows may be fractional),
-            or a :class:`~attrib.regions.partition.TokenAssignment`.
+            or a [`TokenAssignment`][attrib.regions.partition.TokenAssignment].
         decode: Token ids -> text, special tokens kept (for span segmentation).
         per_token: Also keep per-token features (O(T · K · L · H) memory).
-        segmenter: A custom :class:`~attrib.capture.spans.SpanSegmenter`.
+        segmenter: A custom [`SpanSegmenter`][attrib.capture.spans.SpanSegmenter].
         on_span: Called as ``on_span(span, features[K, L, H], parts)`` as each span completes.
-        parts: The :class:`KeyPart` objects of a research variant's own tokens.
+        parts: The [`KeyPart`][attrib.capture.sdpa.KeyPart] objects of a research variant's own tokens.
 
     Raises:
         ValueError: For an unsupported model, a prompt with no image or too many images,
@@ -600,10 +601,11 @@ def capture_generate(
     on_span: SpanCallback | None = None,
     **generate_kwargs: Any,
 ) -> CaptureResult:
-    """Run ``model.generate(**inputs, **generate_kwargs)`` under an :class:`AttentionCapture`.
+    """Run ``model.generate(**inputs, **generate_kwargs)`` under an
+    [`AttentionCapture`][attrib.capture.sdpa.AttentionCapture].
 
     Returns:
-        The :class:`CaptureResult`.
+        The [`CaptureResult`][attrib.capture.sdpa.CaptureResult].
     """
     with AttentionCapture(model, inputs, assignment, decode=decode, per_token=per_token, on_span=on_span) as cap:
         model.generate(**inputs, streamer=cap.streamer, **generate_kwargs)

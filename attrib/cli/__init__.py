@@ -1,14 +1,17 @@
 """The ``attrib`` command line: one module per command group.
 
-- ``attrib demo`` / ``stream`` / ``serve`` (:mod:`attrib.cli.stream`): attributions streamed while the model thinks;
-- ``attrib collect`` (:mod:`attrib.cli.collect`): features and causal targets, locally or on Ray;
-- ``attrib fit`` / ``evaluate`` (:mod:`attrib.cli.evaluate`): the estimator and its faithfulness;
-- ``attrib trajectories`` (:mod:`attrib.cli.trajectories`): reasoning trajectories and the failure flagger;
-- ``attrib norms`` (:mod:`attrib.cli.norms`): hidden-state norms by token type;
-- ``attrib pointcopy`` / ``v1`` (:mod:`attrib.cli.pointcopy`) and ``attrib latent`` (:mod:`attrib.cli.latent`):
+- ``attrib demo`` / ``stream`` / ``serve`` ([`attrib.cli.stream`][attrib.cli.stream]): attributions streamed while the
+model thinks;
+- ``attrib collect`` ([`attrib.cli.collect`][attrib.cli.collect]): features and causal targets, locally or on Ray;
+- ``attrib fit`` / ``evaluate`` ([`attrib.cli.evaluate`][attrib.cli.evaluate]): the estimator and its faithfulness;
+- ``attrib trajectories`` ([`attrib.cli.trajectories`][attrib.cli.trajectories]): reasoning trajectories and the failure
+flagger;
+- ``attrib norms`` ([`attrib.cli.norms`][attrib.cli.norms]): hidden-state norms by token type;
+- ``attrib pointcopy`` / ``v1`` ([`attrib.cli.pointcopy`][attrib.cli.pointcopy]) and ``attrib latent``
+([`attrib.cli.latent`][attrib.cli.latent]):
   the research variants' analyses;
-- ``attrib shapes`` (:mod:`attrib.cli.shapes`): the benchmark and the bundled models' training;
-- ``attrib info`` (:mod:`attrib.cli.info`): versions and everything registered.
+- ``attrib shapes`` ([`attrib.cli.shapes`][attrib.cli.shapes]): the benchmark and the bundled models' training;
+- ``attrib info`` ([`attrib.cli.info`][attrib.cli.info]): versions and everything registered.
 
 Errors a user can fix (bad input, a missing file) print one line, ``error: ...``,
 and exit with status 2.

@@ -1,9 +1,11 @@
 """Collection: features and causal targets of many examples, in resumable shards.
 
-- :mod:`attrib.collect.pipeline`: :func:`collect` / :func:`collect_many` and their settings;
-- :mod:`attrib.collect.store`: the on-disk format and :class:`Collection` for reading it;
-- :mod:`attrib.collect.datasets`: where examples come from (registered kinds, JSONL files);
-- :mod:`attrib.collect.ray`: the same pipeline on a Ray cluster (``pip install 'attrib[ray]'``).
+- [`attrib.collect.pipeline`][attrib.collect.pipeline]: [`collect`][attrib.collect.pipeline.collect] /
+[`collect_many`][attrib.collect.pipeline.collect_many] and their settings;
+- [`attrib.collect.store`][attrib.collect.store]: the on-disk format and [`Collection`][attrib.collect.store.Collection]
+for reading it;
+- [`attrib.collect.datasets`][attrib.collect.datasets]: where examples come from (registered kinds, JSONL files);
+- [`attrib.collect.ray`][attrib.collect.ray]: the same pipeline on a Ray cluster (``pip install 'attrib[ray]'``).
 """
 
 from attrib.collect.datasets import (

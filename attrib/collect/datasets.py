@@ -1,11 +1,11 @@
 """Datasets a collection (and the demo, the live view, the analyses) can read, behind one registry.
 
 A dataset spec is either ``"<prefix>:<rest>"`` for a registered
-:class:`DatasetKind` (the benchmark registers ``shapes:<split>``), or the path
+[`DatasetKind`][attrib.collect.datasets.DatasetKind] (the benchmark registers ``shapes:<split>``), or the path
 of a JSONL file with one example per line: ``image`` (a path relative to the
 file), ``question``, optional ``answer`` and ``id``.
 
-A dataset kind knows how to list its examples (:class:`CollectItem`), how to
+A dataset kind knows how to list its examples ([`CollectItem`][attrib.collect.datasets.CollectItem]), how to
 judge an output (parse the final answer, compare it with the reference), where
 an example's image comes from when a record holds no path, and, when it can
 tell, what kind of failure a wrong answer is (``hallucination`` or
@@ -67,7 +67,7 @@ class CollectItem:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def load_image(self) -> Image.Image:
-        """The example's image (loaded from :attr:`image_path` when not in memory).
+        """The example's image (loaded from ``image_path`` when not in memory).
 
         Raises:
             FileNotFoundError: For a missing file.
@@ -100,7 +100,7 @@ class DatasetKind:
     Attributes:
         prefix: The spec prefix (``"shapes"``).
         items: ``items(rest, n, start) -> iterator of CollectItem`` (``n = 0``: all).
-        judge: How outputs are scored (default :func:`generic_judge`).
+        judge: How outputs are scored (default [`generic_judge`][attrib.collect.datasets.generic_judge]).
         image: ``image(uid) -> Image`` for records that store no image path.
         failure_kind: ``failure_kind(record) -> "hallucination" | "reasoning_error" | None``
             for a wrongly answered collected example (``None``: cannot tell).

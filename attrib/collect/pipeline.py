@@ -1,11 +1,11 @@
 """``attrib collect``: generate, capture, cut regions and compute causal targets, into resumable shards.
 
 For each example: one generation of the model under an attention capture (its
-variant's own tokens included, see :mod:`attrib.variants`), a region partition
+variant's own tokens included, see [`attrib.variants`][attrib.variants]), a region partition
 per configuration, and the log-prob drops of every span under random region
 removals (and leave-one-out) from the variant's ablator. The storage format
-and its atomic, resumable shards are :mod:`attrib.collect.store`'s; the
-examples come from :mod:`attrib.collect.datasets`.
+and its atomic, resumable shards are [`attrib.collect.store`][attrib.collect.store]'s; the
+examples come from [`attrib.collect.datasets`][attrib.collect.datasets].
 """
 
 from __future__ import annotations
@@ -53,12 +53,12 @@ class CollectConfig:
 
     Attributes:
         model: A named (bundled) model, a local checkpoint directory or a hub id.
-        dataset: A dataset spec (see :mod:`attrib.collect.datasets`): ``"shapes:<split>"``
+        dataset: A dataset spec (see [`attrib.collect.datasets`][attrib.collect.datasets]): ``"shapes:<split>"``
             or a JSONL path (``image``, ``question``, optional ``answer``).
         n: Examples to take (generated datasets) or the first ``n`` lines (JSONL; 0 = all).
         start: First example index.
         k: Regions per image.
-        region_method: Region method (see :mod:`attrib.regions`).
+        region_method: Region method (see [`attrib.regions`][attrib.regions]).
         ablation_mode: ``mask``, ``mean`` or ``repaint``.
         n_subsets: Random removal sets per example (each region removed with p = 0.5).
         loo: Also compute leave-one-out targets.
@@ -124,7 +124,7 @@ def collect(
         threads: torch CPU threads.
 
     Returns:
-        The finished :class:`Collection`.
+        The finished [`Collection`][attrib.collect.store.Collection].
 
     Raises:
         ValueError: If ``out_dir`` holds a collection with a different identity.
@@ -146,7 +146,7 @@ def collect_many(
     the region -> token assignment, so every configuration's partition is
     stacked into one assignment and captured in the same ``generate`` call; the
     ablation targets are then computed per configuration. Each output directory
-    is an ordinary collection, the same as :func:`collect` would write for its
+    is an ordinary collection, the same as [`collect`][attrib.collect.pipeline.collect] would write for its
     configuration (features agree to float rounding), and each resumes
     independently.
 

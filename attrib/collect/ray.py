@@ -2,13 +2,13 @@
 
 The work is cut into the same example shards as the local backend (shard ``i``
 holds examples ``i * shard_size .. (i + 1) * shard_size - 1``), and the storage is
-the same (see :mod:`attrib.collect.store`): a Ray collection and a local one with the
+the same (see [`attrib.collect.store`][attrib.collect.store]): a Ray collection and a local one with the
 same settings are interchangeable, and either backend resumes the other's
 partial collection.
 
 Roles:
 
-- The **driver** (the process calling :func:`collect_ray`) owns the manifests
+- The **driver** (the process calling [`collect_ray`][attrib.collect.ray.collect_ray]) owns the manifests
   and writes every shard, atomically, as results come back. Nothing is written
   by the workers, so nothing can be written twice.
 - Each **worker** is a Ray actor holding one model replica (loaded once). It is
@@ -56,7 +56,7 @@ __all__ = ["INSTALL_HINT", "RayCollectError", "RayUnavailableError", "collect_ra
 
 logger = logging.getLogger(__name__)
 
-#: The message of :class:`RayUnavailableError`.
+#: The message of [`RayUnavailableError`][attrib.collect.ray.RayUnavailableError].
 INSTALL_HINT = 'ray is not installed: pip install "attrib[ray]" (or pip install -e ".[ray]" in a checkout)'
 
 _ShardResult = tuple[dict[str, np.ndarray], list[dict[str, Any]], list[dict[str, str]]]
@@ -111,7 +111,8 @@ class _ShardWorker:
     """One model replica computing shards; the body of a Ray actor (usable without Ray as well).
 
     Args:
-        model: A named model, a model directory or a hub id (as in :class:`CollectConfig`).
+        model: A named model, a model directory or a hub id (as in
+            [`CollectConfig`][attrib.collect.pipeline.CollectConfig]).
         threads: torch CPU threads.
         use_gpu: Put the model on the GPU Ray assigned to this worker.
         workdir: The driver's working directory; relative dataset, image and
@@ -207,7 +208,8 @@ def collect_ray(
     on_progress: Callable[[int, int], None] | None = None,
     threads: int | None = None,
 ) -> list[Collection]:
-    """Run (or resume) collections on a Ray cluster; the same result as :func:`attrib.collect.pipeline.collect_many`.
+    """Run (or resume) collections on a Ray cluster; the same result as
+    [`attrib.collect.pipeline.collect_many`][attrib.collect.pipeline.collect_many].
 
     Each worker (a Ray actor with ``num_cpus_per_worker`` CPUs and
     ``num_gpus_per_worker`` GPUs) loads the model once, then computes whole

@@ -1,6 +1,6 @@
 """Models: family adapters (architectures as data), input building, loading and signatures.
 
-:func:`load` is the one way attrib loads a model, whatever it is: a bundled
+[`load`][attrib.models.loading.load] is the one way attrib loads a model, whatever it is: a bundled
 name, a local checkpoint directory (a research variant's included) or a hub id.
 """
 

@@ -3,7 +3,7 @@
 An adapter says where the language model's decoder layers are, how to read
 L, H and the KV heads from the config, which token id marks image tokens, how
 the image's merged token grid is read from the inputs, and which
-:class:`~attrib.regions.geometry.GridSpec` maps pixels to tokens. No code
+[`GridSpec`][attrib.regions.geometry.GridSpec] maps pixels to tokens. No code
 elsewhere branches on model names: a new family is one more record here (see
 docs/architecture.md, "A new model family").
 """
@@ -32,7 +32,7 @@ class ModelAdapter:
     """Where things are in one VLM family.
 
     Attributes:
-        family: Family name (also the :class:`GridSpec` name unless ``grid_family`` is set).
+        family: Family name (also the ``GridSpec`` name unless ``grid_family`` is set).
         classes: transformers class names handled (``*ForConditionalGeneration``).
         layers_path: Dotted path from the top model to the decoder layer list.
         attn_attr: Attribute of a decoder layer holding its self-attention module.
@@ -40,7 +40,7 @@ class ModelAdapter:
         grid_source: ``"grid_thw"`` (rows/cols from ``image_grid_thw`` / merge) or
             ``"square"`` (a square grid of the image-token count, LLaVA).
         merge_attr: Vision-config attribute holding the spatial merge size.
-        grid_family: Name of the pixel -> token :class:`GridSpec` (defaults to ``family``).
+        grid_family: Name of the pixel -> token ``GridSpec`` (defaults to ``family``).
         max_images: Images per prompt the capture supports.
         encode_once: Batched ablation forwards may reuse one vision encoding
             (``mm_encoder_outputs``); otherwise the image is re-encoded per batch.
@@ -133,7 +133,7 @@ class ModelAdapter:
 
     @property
     def grid_spec_name(self) -> str:
-        """Name of the :class:`GridSpec` that maps pixels to this family's tokens."""
+        """Name of the ``GridSpec`` that maps pixels to this family's tokens."""
         return self.grid_family or self.family
 
 

@@ -9,10 +9,10 @@ to one token per visual token, and ``mm_token_type_ids`` is set where the
 family needs it. Everything loads from a local directory; no hub is contacted
 unless you pass a hub id yourself.
 
-:class:`Processor` is what the rest of attrib needs of any input builder: this
-module's :class:`InputBuilder` for Hugging Face checkpoints, or a processor kind
-registered with :func:`attrib.models.register_processor_kind` (the bundled
-models' :class:`attrib.shapes.processor.ShapesProcessor`).
+[`Processor`][attrib.models.inputs.Processor] is what the rest of attrib needs of any input builder: this
+module's [`InputBuilder`][attrib.models.inputs.InputBuilder] for Hugging Face checkpoints, or a processor kind
+registered with [`attrib.models.register_processor_kind`][attrib.models.loading.register_processor_kind] (the bundled
+models' [`attrib.shapes.processor.ShapesProcessor`][attrib.shapes.processor.ShapesProcessor]).
 """
 
 from __future__ import annotations
@@ -86,12 +86,13 @@ def load_image_processor(kind: str, path: str | Path | None = None, **kwargs: An
 
 
 class InputBuilder:
-    """Builds batch-1 model inputs for one family (a :class:`Processor`).
+    """Builds batch-1 model inputs for one family (a [`Processor`][attrib.models.inputs.Processor]).
 
     Args:
-        adapter: The family's :class:`~attrib.models.adapters.ModelAdapter`.
+        adapter: The family's [`ModelAdapter`][attrib.models.adapters.ModelAdapter].
         tokenizer: The model's tokenizer (with its chat template, if any).
-        image_processor: A PIL-backend image processor (see :func:`load_image_processor`).
+        image_processor: A PIL-backend image processor (see
+            [`load_image_processor`][attrib.models.inputs.load_image_processor]).
         tokens_per_image: LLaVA only: visual tokens per image (``(image_size / patch) ** 2``).
     """
 
@@ -137,7 +138,7 @@ class InputBuilder:
         return a.image_placeholder + prompt
 
     def __call__(self, image: Image.Image | None, prompt: str) -> dict[str, torch.Tensor]:
-        """Model inputs for one image and one prompt (see :meth:`build`)."""
+        """Model inputs for one image and one prompt (see [`build`][attrib.models.inputs.InputBuilder.build])."""
         return self.build(image, prompt)  # type: ignore[arg-type]
 
     def build(self, image: Image.Image, prompt: str, answer: str | None = None) -> dict[str, torch.Tensor]:

@@ -1,21 +1,23 @@
 """One home for loading models: named (bundled) models, local checkpoint directories and hub ids.
 
-:func:`load` returns a :class:`LoadedModel`: the model, its input builder
-(:class:`~attrib.models.inputs.Processor`), its family adapter and visual-token
+[`load`][attrib.models.loading.load] returns a [`LoadedModel`][attrib.models.loading.LoadedModel]: the model, its input
+builder
+([`Processor`][attrib.models.inputs.Processor]), its family adapter and visual-token
 grid, its decoders, its answer parser and (computed on first use) its signature.
 
-Three registries, filled by plugins (see :mod:`attrib.plugins`), let the core
+Three registries, filled by plugins (see [`attrib.plugins`][attrib.plugins]), let the core
 load what it does not know:
 
-- named models (:func:`register_named_model`): names such as ``shapes-qwen25vl``
+- named models ([`register_named_model`][attrib.models.loading.register_named_model]): names such as ``shapes-qwen25vl``
   that resolve to a directory, with their default estimator, flagger and dataset;
-- model kinds (:func:`register_model_kind`): checkpoint directories that are not
+- model kinds ([`register_model_kind`][attrib.models.loading.register_model_kind]): checkpoint directories that are not
   plain transformers checkpoints (the research variants), detected by their files;
-- processor kinds (:func:`register_processor_kind`): input builders named in a
+- processor kinds ([`register_processor_kind`][attrib.models.loading.register_processor_kind]): input builders named in
+a
   directory's ``attrib_processor.json`` (the bundled models' word-level processor).
 
 Anything else is a transformers checkpoint of a supported family, loaded with
-``AutoModelForImageTextToText`` under SDPA and an :class:`~attrib.models.inputs.InputBuilder`.
+``AutoModelForImageTextToText`` under SDPA and an [`InputBuilder`][attrib.models.inputs.InputBuilder].
 """
 
 from __future__ import annotations
@@ -103,7 +105,7 @@ class ModelKind:
     """A kind of checkpoint directory that ``AutoModel`` cannot load as it is (a research variant).
 
     Attributes:
-        name: The kind's name; also the name of its :class:`attrib.variants.Variant`.
+        name: The kind's name; also the name of its [`attrib.variants.Variant`][attrib.variants.registry.Variant].
         detect: ``detect(directory) -> bool``.
         load: ``load(directory, *, dtype) -> model`` (the wrapper module, eval mode).
         description: What it is, for messages.
@@ -122,7 +124,8 @@ class ProcessorKind:
     Attributes:
         name: The ``class`` recorded in ``attrib_processor.json``.
         load: ``load(directory) -> Processor``.
-        parse_answer: The final answer of a model using it (default :func:`answer_after_think`).
+        parse_answer: The final answer of a model using it (default
+            [`answer_after_think`][attrib.models.loading.answer_after_think]).
         dataset: The dataset spec of the examples such models were made for (their default
             examples for the demo, the live view and ``attrib norms``).
     """
@@ -217,7 +220,7 @@ def load_processor(path: str | Path, config: Any = None) -> tuple[Processor, Pro
     """The input builder of a checkpoint directory (or hub id).
 
     A directory with ``attrib_processor.json`` uses the processor kind it names;
-    anything else gets an :class:`~attrib.models.inputs.InputBuilder` for its family.
+    anything else gets an [`InputBuilder`][attrib.models.inputs.InputBuilder] for its family.
 
     Raises:
         ValueError: For an unknown processor kind or an unsupported architecture.
@@ -337,7 +340,7 @@ class LoadedModel:
 
     @cached_property
     def signature(self) -> dict[str, Any]:
-        """:func:`~attrib.models.signature.model_signature` of the model (computed once)."""
+        """[`model_signature`][attrib.models.signature.model_signature] of the model (computed once)."""
         return model_signature(self.model)
 
     @property

@@ -1,9 +1,9 @@
 """Model signatures: what an estimator or a collection records about the model it was made with.
 
-:func:`model_signature` fingerprints a *loaded* model (class, L x H, a hash of
+[`model_signature`][attrib.models.signature.model_signature] fingerprints a *loaded* model (class, L x H, a hash of
 its config and of its input embeddings, and of any parameters a research
 variant adds around its base model); streaming refuses an estimator fit on
-another model. :func:`weights_fingerprint` identifies a checkpoint *directory*
+another model. [`weights_fingerprint`][attrib.models.signature.weights_fingerprint] identifies a checkpoint *directory*
 cheaply (path and weight-file sizes) for a collection's identity.
 """
 

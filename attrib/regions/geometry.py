@@ -1,7 +1,7 @@
 """How each model family turns an image into a grid of visual tokens, described as data.
 
-A :class:`GridSpec` states a family's patch size, spatial merge, and resize rule.
-:meth:`GridSpec.token_grid` gives, for an original image size, the grid of
+A [`GridSpec`][attrib.regions.geometry.GridSpec] states a family's patch size, spatial merge, and resize rule.
+[`GridSpec.token_grid`][attrib.regions.geometry.GridSpec.token_grid] gives, for an original image size, the grid of
 language-model visual tokens (rows x cols, row-major, the order in which the
 model's image tokens appear) and the affine map from the processed canvas back
 to original pixels. Region partitions use it to assign tokens to regions.

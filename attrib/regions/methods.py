@@ -1,7 +1,7 @@
 """Region methods behind one registry: semantic (DINOv3, colour) and geometric baselines.
 
 Every method is called as ``method(image, k, *, seed=0, **options)`` and returns
-a :class:`~attrib.regions.partition.RegionPartition` at the image's resolution.
+a [`RegionPartition`][attrib.regions.partition.RegionPartition] at the image's resolution.
 
 - ``dinov3``: DINOv3 patch features (transformers ``DINOv3ViTModel``), clustered
   with Ward linkage under 4-neighbour spatial connectivity (scikit-learn).
@@ -69,7 +69,7 @@ def segment(
     Args:
         image: Any PIL image (grayscale, palette, RGBA and CMYK are converted to RGB).
         k: Number of regions, or ``None`` for automatic K (clustering methods).
-        method: A key of :data:`REGION_METHODS`.
+        method: A key of ``REGION_METHODS``.
         seed: Seed for randomised methods.
         **options: Method options.
 
@@ -275,7 +275,7 @@ def dinov3_regions(
         seed: k-means seed.
         model: ``DINOv3ViTModel``, local path or hub id (e.g.
             ``facebook/dinov3-vits16-pretrain-lvd1689m``); ignored when ``features`` is given.
-        features: A ready :class:`DinoV3Features` extractor (reuse it across images).
+        features: A ready [`DinoV3Features`][attrib.regions.methods.DinoV3Features] extractor (reuse it across images).
         max_patches: Patch budget of the feature grid.
         position_weight: Weight of normalised position appended to the features.
         clusterer: ``"ward"`` or ``"kmeans"`` (faiss).

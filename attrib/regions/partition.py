@@ -23,7 +23,8 @@ class TokenAssignment:
     Hard assignment: each token belongs to exactly one region, the region that
     covers most of the token's pixels (ties go to the lower region id). Every
     token is covered exactly once, so ``matrix.sum(0) == 1``; a region too small
-    to win any token has an all-zero row (listed in :attr:`empty_regions`).
+    to win any token has an all-zero row (listed in
+    [`empty_regions`][attrib.regions.partition.TokenAssignment.empty_regions]).
 
     Attributes:
         grid: The token grid.
@@ -90,7 +91,7 @@ class RegionPartition:
         """Assign every visual token of a model family to one region (majority of its pixels).
 
         Args:
-            spec: A :class:`GridSpec` or a registered family name (``"qwen2_5_vl"``, ...).
+            spec: A [`GridSpec`][attrib.regions.geometry.GridSpec] or a registered family name (``"qwen2_5_vl"``, ...).
 
         Returns:
             The assignment.
@@ -167,7 +168,7 @@ class RegionPartition:
 
     @classmethod
     def load(cls, path: str | Path) -> RegionPartition:
-        """Inverse of :meth:`save` (no pickle is ever loaded).
+        """Inverse of [`save`][attrib.regions.partition.RegionPartition.save] (no pickle is ever loaded).
 
         Raises:
             FileNotFoundError: If either file is missing.

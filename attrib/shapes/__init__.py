@@ -2,8 +2,8 @@
 
 Scenes of 3-10 coloured shapes, five question families, a reasoning trace of
 2-12 sentences per question, and pixel-level ground truth for every object that
-every sentence names. See :mod:`attrib.shapes.scene`,
-:mod:`attrib.shapes.questions` and :mod:`attrib.shapes.dataset`.
+every sentence names. See [`attrib.shapes.scene`][attrib.shapes.scene],
+[`attrib.shapes.questions`][attrib.shapes.questions] and [`attrib.shapes.dataset`][attrib.shapes.dataset].
 """
 
 from attrib.shapes.dataset import SPLITS, Example, example_seed, iter_split, make_example, trace_text

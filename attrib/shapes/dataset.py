@@ -50,7 +50,7 @@ class Example:
         uid: ``"{split}-{index}"``.
         split: ``train``, ``validation`` or ``test``.
         index: Position in the split.
-        seed: The example seed (see :func:`example_seed`).
+        seed: The example seed (see [`example_seed`][attrib.shapes.dataset.example_seed]).
         scene: The scene, with exact object masks.
         question: Question text, trace sentences with referenced objects, answer.
     """
@@ -116,7 +116,7 @@ class Example:
         }
 
     def to_json(self) -> str:
-        """:meth:`to_dict` as one JSON line."""
+        """[`to_dict`][attrib.shapes.dataset.Example.to_dict] as one JSON line."""
         return json.dumps(self.to_dict())
 
 
@@ -181,7 +181,7 @@ def iter_split(
     height: int = 224,
     families: Sequence[str] | None = None,
 ) -> Iterator[Example]:
-    """Yield examples ``start .. start+n-1`` of ``split`` (see :func:`make_example`)."""
+    """Yield examples ``start .. start+n-1`` of ``split`` (see [`make_example`][attrib.shapes.dataset.make_example])."""
     for i in range(start, start + n):
         yield make_example(
             split,

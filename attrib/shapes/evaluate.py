@@ -61,7 +61,7 @@ class ExampleOutcome:
 
 @dataclass
 class EvalResult:
-    """Aggregate evaluation; :meth:`to_dict` gives the JSON the CLI writes.
+    """Aggregate evaluation; [`to_dict`][attrib.shapes.evaluate.EvalResult.to_dict] gives the JSON the CLI writes.
 
     Attributes:
         n: Examples evaluated.
@@ -74,7 +74,7 @@ class EvalResult:
         outcomes: Per-example outcomes.
         pointing_accuracy: Share of copies (inside region blocks, real images) that
             land inside the named object; ``None`` for plain models. See
-            :mod:`attrib.shapes.pointing`.
+            [`attrib.shapes.pointing`][attrib.shapes.pointing].
         meta: Model, split and settings.
     """
 
@@ -220,10 +220,10 @@ def evaluate(
         examples: Evaluate these instead of generating ``split``.
         copy_feed: Point-and-copy models only: what a copy feeds back (``"source"``;
             interventions ``"mean"``, ``"token"``; see
-            :meth:`attrib.pointcopy.PointCopyModel.generate`).
+            [`PointCopyModel.decode_options`][attrib.variants.pointcopy.model.PointCopyModel.decode_options]).
 
     Returns:
-        An :class:`EvalResult`.
+        An [`EvalResult`][attrib.shapes.evaluate.EvalResult].
 
     Raises:
         ValueError: If ``n`` or ``batch_size`` is not positive.

@@ -10,7 +10,7 @@ have nothing to do with the arithmetic they do:
   window of every image (for a batch of 16 224-px images, 160 small SDPA calls
   per forward pass, profiled).
 
-:func:`vision_fast_path` swaps both, on one model instance and only inside a
+[`vision_fast_path`][attrib.shapes.fastpath.vision_fast_path] swaps both, on one model instance and only inside a
 ``with`` block, for the same functions computed as one matrix product and one
 batched SDPA call over equal-length windows (falling back to the stock loop
 when windows differ in length). The parameters are the model's own, so what is

@@ -1,7 +1,7 @@
 """What counts as a hallucination on the shapes benchmark: a trace that asserts an object the scene lacks.
 
 Registered with the ``shapes:`` dataset kind as its ``failure_kind``, so the
-trajectory analysis (:mod:`attrib.analysis.trajectories`) tells hallucinations
+trajectory analysis ([`attrib.analysis.trajectories`][attrib.analysis.trajectories]) tells hallucinations
 from reasoning errors without knowing the benchmark's words.
 """
 
@@ -81,14 +81,15 @@ def object_mentions(output_text: str) -> list[dict[str, str | None]]:
 def names_absent_object(output_text: str, scene: Scene) -> bool:
     """Whether the trace asserts an object that the scene does not hold.
 
-    A mention (see :func:`object_mentions`) is present when some object of
+    A mention (see [`object_mentions`][attrib.shapes.hallucination.object_mentions]) is present when some object of
     the scene agrees with every attribute it states (shape always; size and
     colour when said). Positions are not checked: naming a present object at
     a wrong place is a localisation error, not an absent object.
 
     Args:
         output_text: Decoded model output (``<think> ... </think> The answer is X.``).
-        scene: The example's scene (:func:`attrib.shapes.dataset.make_example` rebuilds it).
+        scene: The example's scene ([`attrib.shapes.dataset.make_example`][attrib.shapes.dataset.make_example] rebuilds
+            it).
 
     Returns:
         True when at least one asserted object matches no object of the scene.

@@ -1,16 +1,18 @@
 """Latent-visual-token variants of the bundled model: selection, fine-tuning, evaluation, intervention probing.
 
-The three modes of :class:`attrib.latent.LatentModel` (``raw``, ``ema``,
+The three modes of [`LatentModel`][attrib.variants.latent.model.LatentModel] (``raw``, ``ema``,
 ``pca``) are fine-tuned from the same base model on the same examples, in the
-same order, for the same number of steps (:class:`LatentConfig`); only the mode
+same order, for the same number of steps ([`LatentConfig`][attrib.shapes.latent_train.LatentConfig]); only the mode
 differs. The vision tower is frozen, so the image embeddings (the latents'
 targets, and the PCA basis) stay those of the base model.
 
 Traces. In every sentence that introduces one object (the sentences that carry
-a region block in the v1 variant, :mod:`attrib.shapes.pointing`), the object
-phrase is followed by a latent block::
+a region block in the v1 variant, [`attrib.shapes.pointing`][attrib.shapes.pointing]), the object
+phrase is followed by a latent block:
 
-    There is a large red triangle<latent><|latent|><|latent|><|latent|><|latent|></latent> at the top right.
+```text
+There is a large red triangle<latent><|latent|><|latent|><|latent|><|latent|></latent> at the top right.
+```
 
 Latent ``i`` of a block is supervised towards the image input embedding of the
 object's ``i``-th target cell (cycling when the object has fewer cells than
@@ -82,7 +84,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Intervention kinds of :func:`evaluate_latent` (``none`` is the unchanged model).
+#: Intervention kinds of [`evaluate_latent`][attrib.shapes.latent_train.evaluate_latent]
+#: (``none`` is the unchanged model).
 INTERVENTIONS: tuple[str, ...] = ("none", "zeros", "noise", "mean", "shuffle")
 _INTRO = re.compile(r"^There is an? ")
 _BLOCK = re.compile(re.escape(LATENT_OPEN) + r".*?" + re.escape(LATENT_CLOSE))
@@ -313,7 +316,8 @@ def train_latent(
         base_dir: The base model (a plain trained model directory).
         cfg: Fine-tuning configuration.
         out_dir: Output directory.
-        selection: Base sampled accuracy by example uid (:func:`sampled_accuracy`),
+        selection: Base sampled accuracy by example uid
+            ([`sampled_accuracy`][attrib.shapes.latent_train.sampled_accuracy]),
             for every example of the pool.
         on_step: Called as ``on_step(step, total, loss)``.
 
@@ -584,7 +588,7 @@ def seed_table(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Mean and standard deviation across seeds of accuracy, latent norm ratios and intervention deltas.
 
     Args:
-        results: :func:`evaluate_latent` results of one mode, one per seed.
+        results: [`evaluate_latent`][attrib.shapes.latent_train.evaluate_latent] results of one mode, one per seed.
     """
     accs = [r["interventions"]["none"]["accuracy"] for r in results]
     out: dict[str, Any] = {
@@ -613,7 +617,7 @@ def save_selection(path: str | Path, examples: Sequence[Example], acc: np.ndarra
 
 
 def load_selection(path: str | Path) -> dict[str, float]:
-    """Read a selection file written by :func:`save_selection`.
+    """Read a selection file written by [`save_selection`][attrib.shapes.latent_train.save_selection].
 
     Raises:
         FileNotFoundError: If missing.
@@ -632,10 +636,10 @@ def load_selection(path: str | Path) -> dict[str, float]:
 def latent_norms(model: LatentModel, processor: ShapesProcessor, examples: Sequence[Example], *, name: str = "") -> Any:
     """Layer-wise norms by token type (text, image, latent) along the model's own greedy traces.
 
-    See :func:`attrib.variants.latent.variant.latent_norm_states`.
+    See [`attrib.variants.latent.variant.latent_norm_states`][attrib.variants.latent.variant.latent_norm_states].
 
     Returns:
-        A :class:`attrib.analysis.norms.NormReport`.
+        A [`attrib.analysis.norms.NormReport`][attrib.analysis.norms.NormReport].
     """
     from attrib.analysis.norms import norm_report
     from attrib.variants.latent.variant import latent_norm_states

@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 #: Where the bundled models live inside the package.
 BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
-#: The bundled models' names (each a directory of :data:`BUNDLED_DIR`).
+#: The bundled models' names (each a directory of [`BUNDLED_DIR`][attrib.shapes.model.BUNDLED_DIR]).
 BUNDLED: tuple[str, ...] = ("shapes-qwen25vl", "shapes-qwen25vl-v1")
 
 
@@ -87,7 +87,7 @@ def build_config(processor: ShapesProcessor, size: ModelSize | None = None) -> Q
 
     Args:
         processor: The local processor (vocabulary and special-token ids).
-        size: Architecture; :class:`ModelSize` defaults when ``None``.
+        size: Architecture; [`ModelSize`][attrib.shapes.model.ModelSize] defaults when ``None``.
     """
     s = size or ModelSize()
     head_dim = s.hidden // s.heads
@@ -135,7 +135,7 @@ def load_model(
 ) -> tuple[Qwen2_5_VLForConditionalGeneration, ShapesProcessor]:
     """Load a plain model directory written by ``attrib shapes train`` (local only, no hub).
 
-    A thin, typed wrapper of :func:`attrib.models.load` for the benchmark's own
+    A thin, typed wrapper of [`attrib.models.load`][attrib.models.loading.load] for the benchmark's own
     training and evaluation code, which needs the plain model and its processor.
 
     Args:

@@ -19,7 +19,7 @@ def split_sentences(text: str) -> list[str]:
 
 @dataclass
 class ParsedTrace:
-    """Result of :func:`parse_output`.
+    """Result of [`parse_output`][attrib.shapes.parse.parse_output].
 
     Attributes:
         ok: True when there is a think block with at least one sentence and an answer.

@@ -1,7 +1,7 @@
 """The benchmark's registrations with the core: its processor, its bundled models and its dataset.
 
-Called through the ``attrib.plugins`` entry point (see :mod:`attrib.plugins`);
-the core never imports :mod:`attrib.shapes`.
+Called through the ``attrib.plugins`` entry point (see [`attrib.plugins`][attrib.plugins]);
+the core never imports [`attrib.shapes`][attrib.shapes].
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ def judge(output: str, reference: str | None) -> tuple[str | None, bool | None]:
 
 
 def shapes_items(split: str, n: int, start: int) -> Iterator[Any]:
-    """Examples ``start .. start + n - 1`` of a benchmark split as :class:`attrib.collect.datasets.CollectItem`.
+    """Examples ``start .. start + n - 1`` of a benchmark split as
+    [`attrib.collect.datasets.CollectItem`][attrib.collect.datasets.CollectItem].
 
     Each carries its ground truth: per generated span, the pixel mask of the
     objects of the ground-truth sentence with the same text (region blocks of

@@ -2,9 +2,11 @@
 
 Trace format (v1 variant). In every sentence that introduces one object
 (``There is a <size> <colour> <shape> at the <place>.``), the object phrase is
-followed by a region block that copies the merged image cells the object covers::
+followed by a region block that copies the merged image cells the object covers:
 
-    There is a large red triangle<region><|copy|><|copy|></region> at the top right.
+```text
+There is a large red triangle<region><|copy|><|copy|></region> at the top right.
+```
 
 The copied cells are the object's *target cells*: merged cells (``patch_size x
 merge_size`` pixels, 28 px for Qwen2/2.5-VL) ranked by the share of the cell the

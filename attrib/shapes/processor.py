@@ -132,14 +132,15 @@ def token_id(tokenizer: PreTrainedTokenizerFast, token: str) -> int:
 
 
 class ShapesProcessor:
-    """Turns (image, question[, answer]) into Qwen2.5-VL model inputs (an :class:`attrib.models.Processor`).
+    """Turns (image, question[, answer]) into Qwen2.5-VL model inputs (an
+    [`attrib.models.Processor`][attrib.models.inputs.Processor]).
 
     Images of any size are resized by the Qwen2-VL rules (``smart_resize``: both
     sides rounded to multiples of 28, total pixels within
     ``[min_pixels, max_pixels]``, aspect ratio kept).
 
     Args:
-        tokenizer: The word-level tokenizer (see :func:`build_tokenizer`).
+        tokenizer: The word-level tokenizer (see [`build_tokenizer`][attrib.shapes.processor.build_tokenizer]).
         image_processor: A Qwen2-VL image processor (PIL backend).
     """
 
@@ -162,7 +163,7 @@ class ShapesProcessor:
 
         Args:
             words: Vocabulary words.
-            extra_special: Further special tokens (see :func:`build_tokenizer`).
+            extra_special: Further special tokens (see [`build_tokenizer`][attrib.shapes.processor.build_tokenizer]).
             min_pixels: Smallest resized image area.
             max_pixels: Largest resized image area.
         """
@@ -181,7 +182,8 @@ class ShapesProcessor:
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> ShapesProcessor:
-        """Load from a local directory written by :meth:`save_pretrained`.
+        """Load from a local directory written by
+        [`save_pretrained`][attrib.shapes.processor.ShapesProcessor.save_pretrained].
 
         Raises:
             FileNotFoundError: If the directory or one of its files is missing.
@@ -273,7 +275,8 @@ class ShapesProcessor:
         return out
 
     def build(self, image: Image.Image, prompt: str, answer: str | None = None) -> dict[str, torch.Tensor]:
-        """Batch-1 inputs for one image and question (the :class:`attrib.models.Processor` interface).
+        """Batch-1 inputs for one image and question (the [`attrib.models.Processor`][attrib.models.inputs.Processor]
+        interface).
 
         Args:
             image: The image.
@@ -328,7 +331,7 @@ class ShapesProcessor:
         return str(self.tokenizer.decode([int(t) for t in ids if int(t) not in drop])).strip()
 
     def grid_spec(self) -> Any:
-        """The :class:`~attrib.regions.geometry.GridSpec` of this processor's visual tokens."""
+        """The [`GridSpec`][attrib.regions.geometry.GridSpec] of this processor's visual tokens."""
         from attrib.regions.geometry import GridSpec
 
         size = self.image_processor.size

@@ -1,6 +1,6 @@
 """Question families with ground-truth reasoning traces.
 
-Each family turns a :class:`~attrib.shapes.scene.Scene` into a question, a
+Each family turns a [`Scene`][attrib.shapes.scene.Scene] into a question, a
 reasoning trace of 2-12 sentences and an answer that is right by construction.
 Every sentence records which objects it refers to.
 """

@@ -64,7 +64,7 @@ def check_image_size(width: int, height: int) -> None:
     The benchmark renders images whose merged visual-token grid covers them
     exactly, so that object masks map onto tokens without resampling. Arbitrary
     user images are resized by the processor instead (see
-    :class:`attrib.processing.ShapesProcessor`).
+    [`ShapesProcessor`][attrib.shapes.processor.ShapesProcessor]).
 
     Args:
         width: Canvas width in pixels.
@@ -148,7 +148,7 @@ class Difficulty:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Difficulty:
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of [`to_dict`][attrib.shapes.scene.Difficulty.to_dict]."""
         return cls(**d)
 
     def palette(self) -> dict[str, tuple[int, int, int]]:
@@ -165,8 +165,8 @@ class ShapeObject:
     """One object of a scene.
 
     Attributes:
-        shape: One of :data:`SHAPES`.
-        colour: One of the keys of :data:`COLOURS`.
+        shape: One of ``SHAPES``.
+        colour: One of the keys of ``COLOURS``.
         size: ``"small"`` or ``"large"``.
         box: ``(x0, y0, x1, y1)`` pixel box, end-exclusive.
     """
@@ -221,7 +221,8 @@ class Scene:
     Attributes:
         width: Canvas width in pixels.
         height: Canvas height in pixels.
-        objects: The objects, in canonical attribute order (colour, shape, size; see :func:`attribute_key`).
+        objects: The objects, in canonical attribute order (colour, shape, size; see
+            [`attribute_key`][attrib.shapes.scene.attribute_key]).
         difficulty: The difficulty it was sampled at.
         seed: The seed it was sampled from.
     """
@@ -285,7 +286,7 @@ class Scene:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Scene:
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of [`to_dict`][attrib.shapes.scene.Scene.to_dict]."""
         objs = [ShapeObject(**{**o, "box": tuple(o["box"])}) for o in d["objects"]]
         return cls(
             width=d["width"],

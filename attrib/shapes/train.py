@@ -71,7 +71,7 @@ class TrainConfig:
             family (list every object, then count), for dense grounding supervision.
         variant: ``"base"`` (plain Qwen2.5-VL) or ``"v1"`` (point-and-copy heads
             on the same base, trained on the same examples with pointing traces,
-            see :mod:`attrib.shapes.pointing`).
+            see [`attrib.shapes.pointing`][attrib.shapes.pointing]).
         workers: Processes that build the next batches while the current step
             runs (0 builds them in-process). Batches are a pure function of the
             step, so this does not change the result.
@@ -124,7 +124,7 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    """What :func:`train` returns.
+    """What [`train`][attrib.shapes.train.train] returns.
 
     Attributes:
         out_dir: The saved model directory.
@@ -255,7 +255,7 @@ def train(
         log_every: Steps between logged losses.
 
     Returns:
-        A :class:`TrainResult`.
+        A [`TrainResult`][attrib.shapes.train.TrainResult].
     """
     if cfg.flush_denormal:
         torch.set_flush_denormal(True)  # before the thread pool starts, so its threads inherit it

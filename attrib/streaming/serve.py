@@ -1,6 +1,6 @@
 """``attrib serve``: a local web view that paints each span's heatmap while the model generates.
 
-Web stack: the standard library's :class:`http.server.ThreadingHTTPServer` and
+Web stack: the standard library's ``http.server.ThreadingHTTPServer`` and
 Server-Sent Events. Why: the view is one page, one user, on 127.0.0.1; SSE is
 a plain chunked text response that every browser's ``EventSource`` reads, and
 the server needs nothing beyond CPython, which is maintained with the
@@ -316,7 +316,7 @@ def make_server(
         port: TCP port.
         flagger: A calibrated failure flagger to copy for each stream (``None``: no flag).
         max_new_tokens: Generation budget per request.
-        examples: Examples to offer (default: :func:`default_examples`).
+        examples: Examples to offer (default: [`default_examples`][attrib.streaming.serve.default_examples]).
         **generate_kwargs: Passed to ``generate`` (e.g. ``min_new_tokens``).
     """
     import copy

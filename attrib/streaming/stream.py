@@ -1,30 +1,34 @@
 """Stream region attributions while the model thinks.
 
-Three threads, two queues::
+Three threads, two queues:
 
-    generation thread --(span, features)--> attribution worker --(event)--> your loop
+```text
+generation thread --(span, features)--> attribution worker --(event)--> your loop
+```
 
 - The **generation thread** generates under an attention capture, through the
-  model's variant (:mod:`attrib.variants`: plain models, v1 point-and-copy,
+  model's variant ([`attrib.variants`][attrib.variants]: plain models, v1 point-and-copy,
   latent tokens); when a reasoning span completes, its ``(K, L, H)`` features
   (and its key parts, e.g. the via-copy part) go on a queue and generation
   carries on at once.
 - The **attribution worker** turns each span's features into per-region scores
   with the estimator (one dot product), picks the top regions, updates the
-  optional failure flagger and emits a :class:`SpanEvent`.
-- **Iterating** the :class:`AttributionStream` yields those events as they
-  arrive, then one :class:`FinalEvent` carrying the answer and the whole
-  :class:`StreamResult`.
+  optional failure flagger and emits a [`SpanEvent`][attrib.streaming.stream.SpanEvent].
+- **Iterating** the [`AttributionStream`][attrib.streaming.stream.AttributionStream] yields those events as they
+  arrive, then one [`FinalEvent`][attrib.streaming.stream.FinalEvent] carrying the answer and the whole
+  [`StreamResult`][attrib.streaming.stream.StreamResult].
 
 An exception in either thread is re-raised by the iterator. Closing the stream
 (``close()``, leaving a ``with`` block, or a web client disconnecting) stops
 generation at the next token.
 
 Example:
-    >>> attributor = Attributor.load()  # the bundled model and estimator
-    >>> for event in attributor.stream(image, "How many red circles are there?"):
-    ...     if isinstance(event, SpanEvent):
-    ...         print(event.text, event.top_regions)
+    ```python
+    attributor = Attributor.load()  # the bundled model and estimator
+    for event in attributor.stream(image, "How many red circles are there?"):
+        if isinstance(event, SpanEvent):
+            print(event.text, event.top_regions)
+    ```
 """
 
 from __future__ import annotations
@@ -64,7 +68,7 @@ logger = logging.getLogger(__name__)
 
 
 class Flagger(Protocol):
-    """What the stream needs of an online failure flagger (see :mod:`metrics.trajectory`)."""
+    """What the stream needs of an online failure flagger (see [`metrics.trajectory`][metrics.trajectory])."""
 
     def update(self, scores: np.ndarray) -> bool: ...
 
@@ -83,10 +87,11 @@ class SpanEvent:
         span_end_s: When the span's last token was generated (seconds since the stream started).
         emitted_s: When the event was emitted (same clock).
         flagged: Whether the failure flagger has raised a flag by this span.
-        parts: Per alias key part (v1: ``"via_copy"``), the ``(K,)`` part of :attr:`scores`
+        parts: Per alias key part (v1: ``"via_copy"``), the ``(K,)`` part of ``scores``
             that reached each region through it (the direct part is ``scores - parts[name]``).
         shares: Per other key part (latent tokens: ``"latent"``), the estimator-weighted
-            share of the span's attention mass on it (:func:`attrib.analysis.latent.latent_share`).
+            share of the span's attention mass on it
+            ([`attrib.analysis.latent.latent_share`][attrib.analysis.latent.latent_share]).
     """
 
     index: int
@@ -141,7 +146,8 @@ class StreamResult:
         truth: The expected answer, when known.
         model: Model name or path.
         estimator: Estimator metadata.
-        faithfulness: Optional per-example check against ablation (see :meth:`Attributor.verify`).
+        faithfulness: Optional per-example check against ablation (see
+            [`Attributor.verify`][attrib.streaming.stream.Attributor.verify]).
         flagged_at: Span index at which the flagger first fired, if it did.
         generated_ids: The generated token ids.
         token_sources: Per generated token, the image token it copies (v1 models; ``None`` otherwise).
@@ -165,7 +171,7 @@ class StreamResult:
 
     @property
     def correct(self) -> bool | None:
-        """Whether the answer matches :attr:`truth` (``None`` when there is no truth)."""
+        """Whether the answer matches ``truth`` (``None`` when there is no truth)."""
         if self.truth is None:
             return None
         return self.answer is not None and self.answer.strip().lower() == self.truth.strip().lower()
@@ -195,7 +201,7 @@ class StreamResult:
         }
 
     def to_html(self, *, title: str = "attrib report") -> str:
-        """A self-contained HTML report (see :mod:`attrib.streaming.report`)."""
+        """A self-contained HTML report (see [`attrib.streaming.report`][attrib.streaming.report])."""
         from attrib.streaming.report import render_report
 
         return render_report([self], title=title)
@@ -229,9 +235,11 @@ _DONE = object()
 
 
 class AttributionStream:
-    """Iterator over :class:`SpanEvent` then one :class:`FinalEvent`, while generation runs.
+    """Iterator over [`SpanEvent`][attrib.streaming.stream.SpanEvent] then one
+    [`FinalEvent`][attrib.streaming.stream.FinalEvent], while generation runs.
 
-    Created by :meth:`Attributor.stream`; use it as an iterator, ideally in a ``with`` block.
+    Created by [`Attributor.stream`][attrib.streaming.stream.Attributor.stream]; use it as an iterator, ideally in a
+    ``with`` block.
     """
 
     def __init__(
@@ -408,9 +416,9 @@ class Attributor:
     """A loaded model, its region settings and a fitted estimator, ready to stream.
 
     Args:
-        loaded: The model (:func:`attrib.models.load`).
-        estimator: A fitted :class:`~estimators.linear.LinearHeadEstimator`.
-        region_method: Region method (see :mod:`attrib.regions`).
+        loaded: The model ([`attrib.models.load`][attrib.models.loading.load]).
+        estimator: A fitted [`LinearHeadEstimator`][estimators.linear.LinearHeadEstimator].
+        region_method: Region method (see [`attrib.regions`][attrib.regions]).
         k: Regions per image.
 
     Raises:

@@ -1,13 +1,15 @@
-"""Research variants behind one protocol: the registry (:mod:`attrib.variants.registry`) and their shared base.
+"""Research variants behind one protocol: the registry ([`attrib.variants.registry`][attrib.variants.registry]) and
+their shared base.
 
-- :mod:`attrib.variants.registry`: the :class:`Variant` protocol, the registry,
+- [`attrib.variants.registry`][attrib.variants.registry]: the [`Variant`][attrib.variants.registry.Variant] protocol,
+the registry,
   and the plain-model variant; the only part of this package the core imports;
-- :mod:`attrib.variants.base`: :class:`VariantModel`, the decode loop and the
+- [`attrib.variants.base`][attrib.variants.base]: ``VariantModel``, the decode loop and the
   checkpoint layout both research variants share;
-- :mod:`attrib.variants.pointcopy`: v1 point-and-copy (copy tokens alias image tokens);
-- :mod:`attrib.variants.latent`: latent visual tokens (GAP).
+- [`attrib.variants.pointcopy`][attrib.variants.pointcopy]: v1 point-and-copy (copy tokens alias image tokens);
+- [`attrib.variants.latent`][attrib.variants.latent]: latent visual tokens (GAP).
 
-Each research variant registers itself (its model kind with :mod:`attrib.models`,
+Each research variant registers itself (its model kind with [`attrib.models`][attrib.models],
 its pipeline strategy here) from its package's ``register()``, called through
 the ``attrib.plugins`` entry points.
 """

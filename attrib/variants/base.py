@@ -3,16 +3,17 @@
 Both variants (v1 point-and-copy, latent visual tokens) run their own decode
 loop over the base model's language model, because what they feed back at a
 step is not a token embedding: a copied image embedding, or a latent vector.
-:class:`VariantModel` holds everything else once:
+[`VariantModel`][attrib.variants.base.VariantModel] holds everything else once:
 
 - the base model's pieces they need: image input embeddings, M-RoPE position ids
   in which their own tokens are text tokens, the stop and pad ids;
-- the decode loop (:meth:`VariantModel.generate`): prefill with the KV cache,
-  then per step a variant-specific :meth:`VariantModel.decode_step` chooses the
+- the decode loop ([`VariantModel.generate`][attrib.variants.base.VariantModel.generate]): prefill with the KV cache,
+  then per step a variant-specific [`VariantModel.decode_step`][attrib.variants.base.VariantModel.decode_step] chooses
+  the
   tokens and the embeddings to feed, while the loop keeps the bookkeeping
   (finished rows, lengths, ``on_token(row, token, source)`` callbacks, stopping);
-- capture through the variant's own tokens (:meth:`VariantModel.capture`): one
-  :class:`~attrib.capture.sdpa.KeyPart` the variant fills as it decodes;
+- capture through the variant's own tokens ([`VariantModel.capture`][attrib.variants.base.VariantModel.capture]): one
+  [`KeyPart`][attrib.capture.sdpa.KeyPart] the variant fills as it decodes;
 - the checkpoint layout: ``<META_FILE>`` (class, version, the variant's settings,
   base class), ``<WEIGHTS_FILE>`` (the variant's own tensors) and ``base/`` (the
   wrapped model, which the plain class cannot load from the top directory).
@@ -110,7 +111,8 @@ class DecodeStep:
 
 @dataclass
 class Prepared:
-    """The inputs of a forward or a decode, defaults filled in (see :meth:`VariantModel.prepare`).
+    """The inputs of a forward or a decode, defaults filled in (see
+    [`VariantModel.prepare`][attrib.variants.base.VariantModel.prepare]).
 
     Attributes:
         attention_mask: ``(B, T)`` (``None`` only when a forward asked not to fill it).
@@ -154,12 +156,18 @@ class Generation:
 class VariantModel(nn.Module):
     """Base of the research variants: a Qwen2/2.5-VL with a decode loop and a checkpoint layout of their own.
 
-    Subclasses set the class attributes, implement :meth:`prefill_embeds`,
-    :meth:`decode_options`, :meth:`decode_start`, :meth:`decode_step` and
-    :meth:`decode_finish` for generation, :meth:`key_part` and :meth:`note_key`
+    Subclasses set the class attributes, implement [`prefill_embeds`][attrib.variants.base.VariantModel.prefill_embeds],
+    [`decode_options`][attrib.variants.base.VariantModel.decode_options],
+    [`decode_start`][attrib.variants.base.VariantModel.decode_start],
+    [`decode_step`][attrib.variants.base.VariantModel.decode_step] and
+    [`decode_finish`][attrib.variants.base.VariantModel.decode_finish] for generation,
+    [`key_part`][attrib.variants.base.VariantModel.key_part] and
+    [`note_key`][attrib.variants.base.VariantModel.note_key]
     for capture, and
-    :meth:`extra_tensors`, :meth:`extra_meta`, :meth:`from_meta` and
-    :meth:`load_extra_tensors` for checkpoints.
+    [`extra_tensors`][attrib.variants.base.VariantModel.extra_tensors],
+    [`extra_meta`][attrib.variants.base.VariantModel.extra_meta],
+    [`from_meta`][attrib.variants.base.VariantModel.from_meta] and
+    [`load_extra_tensors`][attrib.variants.base.VariantModel.load_extra_tensors] for checkpoints.
 
     Args:
         base: A ``Qwen2_5_VLForConditionalGeneration`` or ``Qwen2VLForConditionalGeneration``.
@@ -226,7 +234,8 @@ class VariantModel(nn.Module):
             input_ids: ``(B, T)``.
             inputs: ``attention_mask``, ``mm_token_type_ids``, ``pixel_values``, ``image_grid_thw``
                 (any may be absent; other keys are ignored).
-            image_embeds: Precomputed :meth:`image_embeddings` (skips the vision tower).
+            image_embeds: Precomputed [`image_embeddings`][attrib.variants.base.VariantModel.image_embeddings] (skips
+                the vision tower).
             fill_mask: Default a missing attention mask to ones (else leave it ``None``).
 
         Raises:
@@ -257,12 +266,14 @@ class VariantModel(nn.Module):
         image_embeds: torch.Tensor | None = None,
         **inputs: Any,
     ) -> Any:
-        """Teacher-forced forward over a batch (the variant's :meth:`forward_prepared`).
+        """Teacher-forced forward over a batch (the variant's
+        [`forward_prepared`][attrib.variants.base.VariantModel.forward_prepared]).
 
         Args:
             input_ids: ``(B, T)``.
             labels: ``(B, T)`` targets (``-100`` ignored); position ``t`` is predicted from ``t - 1``.
-            image_embeds: Precomputed :meth:`image_embeddings` (skips the vision tower).
+            image_embeds: Precomputed [`image_embeddings`][attrib.variants.base.VariantModel.image_embeddings] (skips
+                the vision tower).
             **inputs: ``attention_mask`` (left padding), ``mm_token_type_ids``, ``pixel_values``,
                 ``image_grid_thw``, and the variant's own options (other keys are ignored).
 
@@ -284,7 +295,8 @@ class VariantModel(nn.Module):
         raise NotImplementedError
 
     def decode_options(self, options: dict[str, Any]) -> dict[str, Any]:
-        """The variant's :meth:`generate` options, checked and with defaults (unknown keys are ignored)."""
+        """The variant's [`generate`][attrib.variants.base.VariantModel.generate] options, checked and with defaults
+        (unknown keys are ignored)."""
         return {}
 
     def decode_start(
@@ -306,11 +318,12 @@ class VariantModel(nn.Module):
         return generation
 
     def key_part(self) -> KeyPart:
-        """The capture's key part for this variant's own tokens (see :class:`~attrib.capture.sdpa.KeyPart`)."""
+        """The capture's key part for this variant's own tokens (see [`KeyPart`][attrib.capture.sdpa.KeyPart])."""
         raise NotImplementedError
 
     def note_key(self, part: KeyPart, token: int, source: int, position: int) -> None:
-        """Record a generated position in :meth:`key_part`'s part when it is one of the variant's tokens."""
+        """Record a generated position in [`key_part`][attrib.variants.base.VariantModel.key_part]'s part when it is one
+        of the variant's tokens."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------ decoding
@@ -338,7 +351,7 @@ class VariantModel(nn.Module):
                 ``image_grid_thw``) and the variant's own options (see its class).
 
         Returns:
-            The variant's :class:`Generation`.
+            The variant's [`Generation`][attrib.variants.base.Generation].
 
         Raises:
             ValueError: For missing image inputs or a bad option.
@@ -422,10 +435,11 @@ class VariantModel(nn.Module):
             per_token: Keep per-token features.
             on_span: Called as spans complete.
             stop: Polled after every position; ``True`` ends generation.
-            **options: The variant's :meth:`generate` options.
+            **options: The variant's [`generate`][attrib.variants.base.VariantModel.generate] options.
 
         Returns:
-            ``(capture, generation)``: the capture's key part (:meth:`key_part`) holds the
+            ``(capture, generation)``: the capture's key part ([`key_part`][attrib.variants.base.VariantModel.key_part])
+            holds the
             attention to the variant's tokens, and ``token_sources`` the copied image token
             of every generated position (``-1`` for none).
         """
@@ -478,11 +492,11 @@ class VariantModel(nn.Module):
             )
 
     def extra_tensors(self) -> dict[str, torch.Tensor]:
-        """The variant's own tensors, saved in :attr:`WEIGHTS_FILE`."""
+        """The variant's own tensors, saved in ``WEIGHTS_FILE``."""
         raise NotImplementedError
 
     def extra_meta(self) -> dict[str, Any]:
-        """The variant's settings, saved in :attr:`META_FILE`."""
+        """The variant's settings, saved in ``META_FILE``."""
         raise NotImplementedError
 
     @classmethod
@@ -491,7 +505,7 @@ class VariantModel(nn.Module):
         raise NotImplementedError
 
     def load_extra_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        """Copy :meth:`extra_tensors` back in."""
+        """Copy [`extra_tensors`][attrib.variants.base.VariantModel.extra_tensors] back in."""
         raise NotImplementedError
 
     def save_pretrained(self, path: str | Path) -> None:
@@ -505,7 +519,8 @@ class VariantModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, **kwargs: Any) -> Any:
-        """Load a checkpoint written by :meth:`save_pretrained` (safetensors + JSON only).
+        """Load a checkpoint written by [`save_pretrained`][attrib.variants.base.VariantModel.save_pretrained]
+        (safetensors + JSON only).
 
         Args:
             path: The checkpoint directory.
@@ -534,9 +549,9 @@ class VariantModel(nn.Module):
 
 
 def register_research_variant(model_class: type[VariantModel], variant: Any) -> None:
-    """Register a research variant: its checkpoint kind with :mod:`attrib.models` (detected by
+    """Register a research variant: its checkpoint kind with [`attrib.models`][attrib.models] (detected by
     ``model_class.META_FILE``, loaded with ``model_class.from_pretrained``, local files only) and
-    ``variant`` (its :class:`~attrib.variants.registry.Variant`, named like the kind) with the registry.
+    ``variant`` (its [`Variant`][attrib.variants.registry.Variant], named like the kind) with the registry.
 
     Raises:
         ValueError: If either is registered already.

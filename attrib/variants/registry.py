@@ -1,23 +1,27 @@
 """The variant registry: how the pipeline captures through and ablates each kind of model.
 
-A :class:`Variant` is what collection, evaluation, streaming and the analyses
+A [`Variant`][attrib.variants.registry.Variant] is what collection, evaluation, streaming and the analyses
 need of a kind of model, so that none of them branches on model classes:
 
-- :meth:`Variant.capture`: generate under an attention capture (its own key
+- [`Variant.capture`][attrib.variants.registry.Variant.capture]: generate under an attention capture (its own key
   parts included, e.g. copy tokens credited to their source regions);
-- :meth:`Variant.ablator`: an :class:`~attrib.ablation.Ablator` for a fixed trace;
-- :meth:`Variant.record_extras`: what a collection records beside the features;
-- :meth:`Variant.norm_states`: hidden states and token types for ``attrib norms``
+- [`Variant.ablator`][attrib.variants.registry.Variant.ablator]: an [`Ablator`][attrib.ablation.Ablator] for a fixed
+trace;
+- [`Variant.record_extras`][attrib.variants.registry.Variant.record_extras]: what a collection records beside the
+features;
+- [`Variant.norm_states`][attrib.variants.registry.Variant.norm_states]: hidden states and token types for ``attrib
+norms``
   (``None``: the core's teacher-forced default).
 
-The arguments travel as one :class:`CaptureRequest` or :class:`AblationRequest`,
+The arguments travel as one [`CaptureRequest`][attrib.variants.registry.CaptureRequest] or
+[`AblationRequest`][attrib.variants.registry.AblationRequest],
 so adding an option changes one dataclass, not every implementation.
 
-Plain transformers models use :data:`PLAIN` (registered as ``"plain"``);
-:class:`ResearchVariant` is the base of the research variants, whose models
-(:class:`~attrib.variants.base.VariantModel`) capture themselves. The research
+Plain transformers models use ``PLAIN`` (registered as ``"plain"``);
+[`ResearchVariant`][attrib.variants.registry.ResearchVariant] is the base of the research variants, whose models
+([`VariantModel`][attrib.variants.base.VariantModel]) capture themselves. The research
 variants register from their own packages, through the plugin entry points
-(:mod:`attrib.plugins`); the core imports only this module.
+([`attrib.plugins`][attrib.plugins]); the core imports only this module.
 """
 
 from __future__ import annotations
@@ -90,8 +94,9 @@ class AblationRequest:
         inputs: The batch-1 prompt inputs that produced the trace.
         generated_ids: The trace's token ids.
         assignment: ``(K, N_image)`` region -> image-token matrix.
-        record: What :meth:`Variant.record_extras` stored for the trace (v1: its copy sources).
-        mode: Ablation mode (see :data:`attrib.ablation.ABLATION_MODES`).
+        record: What [`Variant.record_extras`][attrib.variants.registry.Variant.record_extras] stored for the trace (v1:
+            its copy sources).
+        mode: Ablation mode (see ``attrib.ablation.ABLATION_MODES``).
         batch_size: Removal sets per forward.
         image: The image (``repaint`` mode).
         region_labels: ``(H, W)`` region map (``repaint`` mode).
@@ -113,7 +118,7 @@ class Variant(Protocol):
     """What the pipeline needs of a kind of model.
 
     Attributes:
-        name: Registry key; equals the model kind that :func:`attrib.models.load` reports.
+        name: Registry key; equals the model kind that [`attrib.models.load`][attrib.models.loading.load] reports.
         description: One line for messages.
         parts: Names of the key parts its captures report (e.g. ``("via_copy",)``).
         ablation_modes: The ablation modes its ablator supports (empty: none).
@@ -144,7 +149,8 @@ class Variant(Protocol):
 
 
 class PlainVariant:
-    """Plain transformers models: ``model.generate`` under an :class:`~attrib.capture.sdpa.AttentionCapture`."""
+    """Plain transformers models: ``model.generate`` under an
+    [`AttentionCapture`][attrib.capture.sdpa.AttentionCapture]."""
 
     name = "plain"
     description = "a transformers checkpoint of a supported family"
@@ -178,7 +184,7 @@ class PlainVariant:
         return cap.result()
 
     def ablator(self, loaded: LoadedModel, request: AblationRequest) -> Ablator:
-        """An :class:`~attrib.ablation.AblationRunner`."""
+        """An [`AblationRunner`][attrib.ablation.AblationRunner]."""
         r = request
         return AblationRunner(
             loaded.model,
@@ -204,17 +210,18 @@ class PlainVariant:
 
 
 class ResearchVariant(PlainVariant):
-    """Base of the research variants: their model (a :class:`~attrib.variants.base.VariantModel`) captures itself.
+    """Base of the research variants: their model (a [`VariantModel`][attrib.variants.base.VariantModel]) captures
+    itself.
 
-    Subclasses set :attr:`name`, :attr:`description`, :attr:`parts` and
-    :attr:`ablation_modes`, and override :meth:`ablator` when they can ablate.
+    Subclasses set ``name``, ``description``, ``parts`` and
+    ``ablation_modes``, and override [`ablator`][attrib.variants.registry.ResearchVariant.ablator] when they can ablate.
     """
 
     name = "research-variant"
     ablation_modes: tuple[str, ...] = ()
 
     def capture(self, loaded: LoadedModel, request: CaptureRequest) -> CaptureResult:
-        """The model's own :meth:`~attrib.variants.base.VariantModel.capture`."""
+        """The model's own [`capture`][attrib.variants.base.VariantModel.capture]."""
         r = request
         res, _ = loaded.model.capture(
             r.inputs,

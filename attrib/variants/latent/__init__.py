@@ -1,7 +1,8 @@
-"""The latent-visual-token variant (GAP): the model (:mod:`.model`) and its place in the pipeline (:mod:`.variant`).
+"""The latent-visual-token variant (GAP): the model (``.model``) and its place in the pipeline (``.variant``).
 
-Capture through latents is the model's own :meth:`~attrib.variants.base.VariantModel.capture`
-(the ``latent`` key part); :func:`attrib.analysis.latent.latent_share` turns it into a share.
+Capture through latents is the model's own [`capture`][attrib.variants.base.VariantModel.capture]
+(the ``latent`` key part); [`attrib.analysis.latent.latent_share`][attrib.analysis.latent.latent_share] turns it into a
+share.
 """
 
 from attrib.variants.latent.model import (

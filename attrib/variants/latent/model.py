@@ -1,4 +1,4 @@
-"""The latent-visual-token variant of a Qwen2/2.5-VL model (GAP, ../shared/DESIGN.md §5).
+"""The latent-visual-token variant of a Qwen2/2.5-VL model (GAP, granular alignment; see docs/latent.md).
 
 Mechanism. The model writes ``<latent>``; the next ``n_latent`` input positions
 then carry no token but a continuous vector computed from the model's own last
@@ -16,23 +16,25 @@ normed hidden state ``h`` of the position before, depends on the *mode*:
   the merger): the PCA-aligned latent head. ``F`` starts at zero, so a fresh head
   emits the mean image embedding.
 
-Training (:mod:`attrib.shapes.latent_train`) supervises every latent with an
+Training ([`attrib.shapes.latent_train`][attrib.shapes.latent_train]) supervises every latent with an
 auxiliary target: the image input embedding of a cell of the object the sentence
-refers to (``target`` in :meth:`LatentModel.forward`).
+refers to (``target`` in [`LatentModel.forward`][attrib.variants.base.VariantModel.forward]).
 
 Position provenance: ``0`` text, ``1`` image token, ``3`` latent token (the codes
-of :data:`attrib.norms.TOKEN_TYPES`).
+of ``attrib.analysis.norms.TOKEN_TYPES``).
 
-Checkpoint layout (a directory)::
+Checkpoint layout (a directory):
 
-    latent.json                class, version, mode, n_latent, token ids, base class
-    latent_head.safetensors    mu, basis, ema_norm, image_norm, text_norm (+ head.weight, head.bias for pca)
-    base/                      the wrapped Qwen2/2.5-VL
-    tokenizer.json, ...        the processor (extra tokens <latent>, </latent>, <|latent|>)
+```text
+latent.json                class, version, mode, n_latent, token ids, base class
+latent_head.safetensors    mu, basis, ema_norm, image_norm, text_norm (+ head.weight, head.bias for pca)
+base/                      the wrapped Qwen2/2.5-VL
+tokenizer.json, ...        the processor (extra tokens <latent>, </latent>, <|latent|>)
+```
 
 As with the point-and-copy variant, the plain class pointed at a latent directory
-finds no ``config.json`` and fails; :func:`attrib.load` detects the layout. The
-decode loop and the checkpoint I/O are :class:`~attrib.variants.base.VariantModel`'s.
+finds no ``config.json`` and fails; [`attrib.load`][attrib.models.loading.load] detects the layout. The
+decode loop and the checkpoint I/O are [`VariantModel`][attrib.variants.base.VariantModel]'s.
 """
 
 from __future__ import annotations
@@ -77,7 +79,7 @@ LATENT_TOKENS: tuple[str, ...] = (LATENT_OPEN, LATENT_CLOSE, LATENT)
 
 @dataclass
 class LatentOutput:
-    """What :meth:`LatentModel.forward` returns.
+    """What [`LatentModel.forward`][attrib.variants.base.VariantModel.forward] returns.
 
     Attributes:
         logits: ``(B, T, V)`` vocabulary logits.
@@ -99,7 +101,7 @@ class LatentOutput:
 
 @dataclass
 class LatentGeneration(Generation):
-    """What :meth:`LatentModel.generate` returns.
+    """What [`LatentModel.generate`][attrib.variants.base.VariantModel.generate] returns.
 
     Attributes:
         sequences: ``(B, P + G)`` ids (``<|latent|>`` at latent positions; padding after EOS).
@@ -131,15 +133,16 @@ class _LatentState:
 class LatentModel(VariantModel):
     """A Qwen2/2.5-VL that feeds latent visual tokens back (see the module docstring).
 
-    Generation (:meth:`~attrib.variants.base.VariantModel.generate`): after the model
-    chooses ``<latent>``, the next ``n_latent`` positions take :meth:`latent_vectors`
+    Generation ([`generate`][attrib.variants.base.VariantModel.generate]): after the model
+    chooses ``<latent>``, the next ``n_latent`` positions take
+    [`latent_vectors`][attrib.variants.latent.model.LatentModel.latent_vectors]
     of the hidden state before each (through the ``intervene`` option first, when
     given), then ``</latent>`` is fed and greedy decoding resumes. Latent slots count
     toward ``max_new_tokens``; ``on_token`` sees ``<|latent|>`` at latent positions.
 
     Args:
         base: A ``Qwen2_5_VLForConditionalGeneration`` or ``Qwen2VLForConditionalGeneration``
-            whose vocabulary holds the three :data:`LATENT_TOKENS`.
+            whose vocabulary holds the three ``LATENT_TOKENS``.
         token_ids: Ids of ``<latent>``, ``</latent>`` and ``<|latent|>``.
         mode: ``"raw"``, ``"ema"`` or ``"pca"``.
         n_latent: Latent tokens per block.
@@ -292,7 +295,7 @@ class LatentModel(VariantModel):
     ) -> LatentOutput:
         """Training forward over a batch with latent slots (two passes when there are any).
 
-        Called by :meth:`~attrib.variants.base.VariantModel.forward`: ``model(input_ids, labels=...,
+        Called by [`forward`][attrib.variants.base.VariantModel.forward]: ``model(input_ids, labels=...,
         latent_target=..., aux_weight=..., **inputs)``.
 
         Pass 1 (no gradient) feeds the *target* embeddings at the latent slots and
@@ -405,7 +408,8 @@ class LatentModel(VariantModel):
         )
 
     def decode_finish(self, generation: Generation, state: _LatentState) -> LatentGeneration:
-        """A :class:`LatentGeneration` with every latent fed (and produced)."""
+        """A [`LatentGeneration`][attrib.variants.latent.model.LatentGeneration] with every latent fed (and
+        produced)."""
         return LatentGeneration(
             sequences=generation.sequences,
             sources=generation.sources,
@@ -469,7 +473,7 @@ class LatentModel(VariantModel):
 
 
 def require_latent(model: Any) -> LatentModel:
-    """``model`` if it is a :class:`LatentModel`.
+    """``model`` if it is a [`LatentModel`][attrib.variants.latent.model.LatentModel].
 
     Raises:
         TypeError: Naming the model's class, for any model without latent support.
@@ -477,7 +481,7 @@ def require_latent(model: Any) -> LatentModel:
     if not isinstance(model, LatentModel):
         raise TypeError(
             f"{type(model).__name__} has no latent support: latent probing needs a latent-visual-token model "
-            "(attrib.latent.LatentModel; train one with `attrib latent train`)"
+            "(attrib.variants.latent.LatentModel; train one with `attrib latent train`)"
         )
     return model
 

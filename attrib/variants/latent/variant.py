@@ -1,4 +1,5 @@
-"""The latent-visual-token variant in the pipeline: its model kind and its :class:`~attrib.variants.Variant`."""
+"""The latent-visual-token variant in the pipeline: its model kind and its
+[`Variant`][attrib.variants.registry.Variant]."""
 
 from __future__ import annotations
 
@@ -64,12 +65,14 @@ class LatentVariant(ResearchVariant):
     def norm_states(
         self, loaded: LoadedModel, items: Sequence[NormItem]
     ) -> Iterator[tuple[Sequence[torch.Tensor], np.ndarray]] | None:
-        """Along the model's own greedy traces (:func:`latent_norm_states`); references are not used."""
+        """Along the model's own greedy traces
+        ([`latent_norm_states`][attrib.variants.latent.variant.latent_norm_states]); references are not used."""
         return latent_norm_states(
             loaded.model, (loaded.build(im, q) for im, q, _ in items), eos_token_id=loaded.eos_token_id
         )
 
 
 def register() -> None:
-    """Register the model kind (with :mod:`attrib.models`) and the variant (with :mod:`attrib.variants`)."""
+    """Register the model kind (with [`attrib.models`][attrib.models]) and the variant (with
+    [`attrib.variants`][attrib.variants])."""
     register_research_variant(LatentModel, LatentVariant())

@@ -1,5 +1,5 @@
-"""The v1 point-and-copy variant: the model (:mod:`.model`), ablation through copies
-(:mod:`.attribution`) and its place in the pipeline (:mod:`.variant`)."""
+"""The v1 point-and-copy variant: the model (``.model``), ablation through copies
+(``.attribution``) and its place in the pipeline (``.variant``)."""
 
 from attrib.variants.pointcopy.attribution import PointCopyAblation
 from attrib.variants.pointcopy.model import (

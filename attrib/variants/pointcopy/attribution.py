@@ -3,14 +3,14 @@
 A copy token is an **alias of its source image token**, and so of that token's
 regions:
 
-* **Capture** (:meth:`~attrib.variants.base.VariantModel.capture` of a
-  :class:`~attrib.variants.pointcopy.model.PointCopyModel`). Attention from a
+* **Capture** ([`capture`][attrib.variants.base.VariantModel.capture] of a
+  [`PointCopyModel`][attrib.variants.pointcopy.model.PointCopyModel]). Attention from a
   generated token to a copy token counts for the regions of the copied image
   token, exactly as attention to the image token itself would. Per span, the
   features are the sum of the *direct* part (attention to image tokens) and the
   *via-copy* part (attention to copies): the capture's ``via_copy`` key part
-  (:attr:`~attrib.capture.sdpa.CaptureResult.copy_features`), whose share is
-  :meth:`~attrib.capture.sdpa.CaptureResult.copy_share`.
+  ([`copy_features`][attrib.capture.sdpa.CaptureResult.copy_features]), whose share is
+  [`copy_share`][attrib.capture.sdpa.CaptureResult.copy_share].
 * **Ablation.** Removing a region removes its copies as well:
 
   - ``mean`` (the default here): the removed image tokens' embeddings are
@@ -45,7 +45,7 @@ __all__ = ["PointCopyAblation"]
 class PointCopyAblation:
     """Teacher-forced joint log-probs of a fixed v1 trace under region removals.
 
-    The same interface as :class:`~attrib.ablation.AblationRunner` (``base_logprobs``,
+    The same interface as [`AblationRunner`][attrib.ablation.AblationRunner] (``base_logprobs``,
     ``logprobs``, ``deltas``), with the copy semantics of the module docstring.
 
     Args:

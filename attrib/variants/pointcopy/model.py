@@ -1,6 +1,6 @@
 """The v1 point-and-copy variant of a Qwen2/2.5-VL model.
 
-Mechanism (v1, Chung et al.; ../shared/DESIGN.md §5):
+Mechanism (v1, Chung et al.; see docs/pointcopy.md):
 
 * Two linear heads, ``Lq`` and ``Lk`` (hidden -> hidden, initialised to the
   identity divided by ``sqrt(d)``, so that copy logits start near zero). At
@@ -21,20 +21,23 @@ Mechanism (v1, Chung et al.; ../shared/DESIGN.md §5):
   (``-1`` elsewhere). Generation runs its own loop over the model's KV cache and
   keeps the copy memory (image embeddings and projected keys) in its own state.
 
-Provenance of every position is :func:`provenance`: ``0`` text, ``1`` image token
+Provenance of every position is [`provenance`][attrib.variants.pointcopy.model.provenance]: ``0`` text, ``1`` image
+token
 ``j``, ``2`` copy of image token ``j``.
 
-Checkpoint layout (a directory)::
+Checkpoint layout (a directory):
 
-    pointcopy.json            class, version, key mode, copy token id, base class
-    copy_heads.safetensors    lq.weight, lk.weight
-    base/                     the wrapped Qwen2/2.5-VL (config.json, model.safetensors)
-    tokenizer.json, ...       the processor (extra tokens <region>, </region>, <|copy|>)
+```text
+pointcopy.json            class, version, key mode, copy token id, base class
+copy_heads.safetensors    lq.weight, lk.weight
+base/                     the wrapped Qwen2/2.5-VL (config.json, model.safetensors)
+tokenizer.json, ...       the processor (extra tokens <region>, </region>, <|copy|>)
+```
 
 The base weights sit in ``base/`` on purpose: the plain class pointed at a v1
-directory finds no ``config.json`` and fails; :func:`attrib.load` detects the
+directory finds no ``config.json`` and fails; [`attrib.load`][attrib.models.loading.load] detects the
 layout and loads it through this class. The decode loop and the checkpoint I/O
-are :class:`~attrib.variants.base.VariantModel`'s, shared with the latent variant.
+are [`VariantModel`][attrib.variants.base.VariantModel]'s, shared with the latent variant.
 """
 
 from __future__ import annotations
@@ -98,7 +101,7 @@ def provenance(input_ids: torch.Tensor, copy_src: torch.Tensor, image_token_id: 
 
 @dataclass
 class PointCopyOutput:
-    """What :meth:`PointCopyModel.forward` returns.
+    """What [`PointCopyModel.forward`][attrib.variants.base.VariantModel.forward] returns.
 
     Attributes:
         logits: ``(B, T, V + N)`` joint logits (vocabulary, then image tokens; ``-inf``
@@ -118,11 +121,12 @@ class PointCopyOutput:
 
 @dataclass
 class PointCopyGeneration(Generation):
-    """What :meth:`PointCopyModel.generate` returns.
+    """What [`PointCopyModel.generate`][attrib.variants.base.VariantModel.generate] returns.
 
     Attributes:
         sequences: ``(B, P + G)`` ids (``<|copy|>`` at copy positions; padding after EOS).
-        sources: ``(B, P + G)`` copied image-token index, ``-1`` elsewhere (also :attr:`copy_src`).
+        sources: ``(B, P + G)`` copied image-token index, ``-1`` elsewhere (also
+            [`copy_src`][attrib.variants.pointcopy.model.PointCopyGeneration.copy_src]).
         prompt_len: ``P``.
         lengths: Generated tokens per row, EOS included.
         choices: ``(B, G)`` joint indices chosen (``>= V`` for copies; ``-1`` after EOS).
@@ -264,7 +268,7 @@ class PointCopyModel(VariantModel):
     ) -> PointCopyOutput:
         """Teacher-forced joint logits (and loss) over a batch.
 
-        Called by :meth:`~attrib.variants.base.VariantModel.forward`: ``model(input_ids, labels=...,
+        Called by [`forward`][attrib.variants.base.VariantModel.forward]: ``model(input_ids, labels=...,
         copy_src=..., **inputs)``.
 
         Args:
@@ -361,7 +365,8 @@ class PointCopyModel(VariantModel):
         return DecodeStep(tok, src, e)
 
     def decode_finish(self, generation: Generation, state: _CopyState) -> PointCopyGeneration:
-        """A :class:`PointCopyGeneration` with the choices and (on request) the joint logits."""
+        """A [`PointCopyGeneration`][attrib.variants.pointcopy.model.PointCopyGeneration] with the choices and (on
+        request) the joint logits."""
         b = generation.sequences.shape[0]
         return PointCopyGeneration(
             sequences=generation.sequences,

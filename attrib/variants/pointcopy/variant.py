@@ -1,4 +1,5 @@
-"""The v1 point-and-copy variant in the pipeline: its model kind and its :class:`~attrib.variants.Variant`."""
+"""The v1 point-and-copy variant in the pipeline: its model kind and its
+[`Variant`][attrib.variants.registry.Variant]."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ class PointCopyVariant(ResearchVariant):
     ablation_modes: tuple[str, ...] = ("mean", "mask")
 
     def ablator(self, loaded: LoadedModel, request: AblationRequest) -> Ablator:
-        """A :class:`~attrib.variants.pointcopy.attribution.PointCopyAblation` (needs the record's copy sources).
+        """A [`PointCopyAblation`][attrib.variants.pointcopy.attribution.PointCopyAblation] (needs the record's copy
+        sources).
 
         Raises:
             ValueError: Without copy sources.
@@ -56,5 +58,6 @@ class PointCopyVariant(ResearchVariant):
 
 
 def register() -> None:
-    """Register the model kind (with :mod:`attrib.models`) and the variant (with :mod:`attrib.variants`)."""
+    """Register the model kind (with [`attrib.models`][attrib.models]) and the variant (with
+    [`attrib.variants`][attrib.variants])."""
     register_research_variant(PointCopyModel, PointCopyVariant())
