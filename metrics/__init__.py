@@ -2,7 +2,14 @@
 
 from metrics.faithfulness import MetricResult, lds, pointing_accuracy, r2, topk_drop, topk_sets
 from metrics.regions import object_recall, region_purity
-from metrics.stats import bootstrap_ci, mean_ci, paired_difference
+from metrics.stats import (
+    bootstrap_ci,
+    mean_ci,
+    paired_bootstrap_ci,
+    paired_bootstrap_difference,
+    paired_difference,
+    two_sample_bootstrap_ci,
+)
 from metrics.trajectory import (
     TortuosityFlagger,
     TrajectoryPCA,
@@ -11,6 +18,7 @@ from metrics.trajectory import (
     compare_outcomes,
     concentration,
     effect_vectors,
+    holm,
     net_displacement,
     path_length,
     persistence,
@@ -32,10 +40,13 @@ __all__ = [
     "compare_outcomes",
     "concentration",
     "effect_vectors",
+    "holm",
     "lds",
     "mean_ci",
     "net_displacement",
     "object_recall",
+    "paired_bootstrap_ci",
+    "paired_bootstrap_difference",
     "paired_difference",
     "path_length",
     "persistence",
@@ -50,4 +61,5 @@ __all__ = [
     "topk_drop",
     "topk_sets",
     "tortuosity",
+    "two_sample_bootstrap_ci",
 ]

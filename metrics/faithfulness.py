@@ -1,7 +1,10 @@
 """Faithfulness metrics against exhaustive ablation, as pure functions over arrays.
 
 Each returns a [`MetricResult`][metrics.faithfulness.MetricResult] with a percentile-bootstrap 95 % interval
-over the units it averages (spans, or (span, region) pairs).
+over the units it averages (spans, or (span, region) pairs), computed by [`metrics.stats`][metrics.stats]
+(``scipy.stats.bootstrap``). By default the resampled unit is the span; pass ``groups`` (one label per span,
+e.g. the example it comes from) to resample whole groups instead, which accounts for spans of one example
+being correlated.
 """
 
 from __future__ import annotations
@@ -9,9 +12,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy.stats import spearmanr
+
+from metrics.stats import bootstrap_ci, paired_bootstrap_ci
 
 logger = logging.getLogger(__name__)
 
@@ -47,15 +53,25 @@ class MetricResult:
         }
 
 
-def _boot(per_unit: np.ndarray, *, n_boot: int, seed: int, skipped: int = 0) -> MetricResult:
+def _boot(
+    per_unit: np.ndarray, *, n_boot: int, seed: int, skipped: int = 0, groups: np.ndarray | None = None
+) -> MetricResult:
+    """Mean over units with its percentile-bootstrap 95 % interval (clustered by ``groups`` when given)."""
     x = np.asarray(per_unit, dtype=np.float64)
     if x.size == 0:
         raise ValueError("no units to average (all rows were empty or skipped)")
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, x.size, size=(n_boot, x.size))].mean(1)
-    return MetricResult(
-        float(x.mean()), float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975)), x.size, skipped
-    )
+    lo, hi = bootstrap_ci(x, np.mean, groups=groups, n_boot=n_boot, level=0.95, seed=seed)
+    return MetricResult(float(x.mean()), lo, hi, x.size, skipped)
+
+
+def _groups(groups: Sequence[Any] | np.ndarray | None, n: int, name: str) -> np.ndarray | None:
+    """``groups`` as an array of one label per unit (``None`` stays ``None``)."""
+    if groups is None:
+        return None
+    g = np.asarray(groups)
+    if g.shape != (n,):
+        raise ValueError(f"{name}: groups needs one label per row ({n}), got shape {g.shape}")
+    return g
 
 
 def _check(actual: np.ndarray, predicted: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -73,7 +89,14 @@ def _check(actual: np.ndarray, predicted: np.ndarray, name: str) -> tuple[np.nda
     return a, p
 
 
-def lds(actual: np.ndarray, predicted: np.ndarray, *, n_boot: int = 1000, seed: int = 0) -> MetricResult:
+def lds(
+    actual: np.ndarray,
+    predicted: np.ndarray,
+    *,
+    groups: Sequence[Any] | np.ndarray | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> MetricResult:
     """Linear datamodeling score: mean over rows of Spearman ρ(actual, predicted).
 
     One row is one (example, span); its columns are held-out removal sets V_j:
@@ -83,7 +106,8 @@ def lds(actual: np.ndarray, predicted: np.ndarray, *, n_boot: int = 1000, seed: 
     Args:
         actual: ``(n_rows, M)`` measured drops.
         predicted: ``(n_rows, M)`` predicted drops.
-        n_boot: Bootstrap resamples (over rows).
+        groups: Optional label per row (e.g. the example); the bootstrap then resamples whole groups.
+        n_boot: Bootstrap resamples (over rows, or over groups).
         seed: Bootstrap seed.
 
     Raises:
@@ -92,14 +116,16 @@ def lds(actual: np.ndarray, predicted: np.ndarray, *, n_boot: int = 1000, seed: 
     a, p = _check(actual, predicted, "lds")
     if a.ndim != 2 or a.shape[1] < 3:
         raise ValueError(f"lds needs (n_rows, M>=3) arrays, got {a.shape}")
+    g = _groups(groups, a.shape[0], "lds")
     rhos = []
-    skipped = 0
-    for ra, rp in zip(a, p, strict=True):
+    kept = []
+    for i, (ra, rp) in enumerate(zip(a, p, strict=True)):
         if np.ptp(ra) == 0 or np.ptp(rp) == 0:
-            skipped += 1
             continue
         rhos.append(float(spearmanr(ra, rp).statistic))
-    return _boot(np.asarray(rhos), n_boot=n_boot, seed=seed, skipped=skipped)
+        kept.append(i)
+    gk = None if g is None else g[kept]
+    return _boot(np.asarray(rhos), n_boot=n_boot, seed=seed, skipped=a.shape[0] - len(kept), groups=gk)
 
 
 def topk_sets(scores: np.ndarray, k: int = 5) -> np.ndarray:
@@ -112,7 +138,12 @@ def topk_sets(scores: np.ndarray, k: int = 5) -> np.ndarray:
 
 
 def topk_drop(
-    drops: np.ndarray, oracle_drops: np.ndarray | None = None, *, n_boot: int = 1000, seed: int = 0
+    drops: np.ndarray,
+    oracle_drops: np.ndarray | None = None,
+    *,
+    groups: Sequence[Any] | np.ndarray | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
 ) -> dict[str, MetricResult]:
     """Top-K drop: the mean Δ(S, top-K regions by a method's score), raw and normalised.
 
@@ -120,7 +151,8 @@ def topk_drop(
         drops: ``(n_spans,)`` measured Δ(S, V) with V = the method's top-K regions.
         oracle_drops: ``(n_spans,)`` the same with V = the top-K regions by leave-one-out Δ;
             when given, ``normalized`` = mean(drops) / mean(oracle_drops) (interval from
-            a paired bootstrap of the ratio).
+            a paired bootstrap of the ratio: a span's drop and oracle drop are resampled together).
+        groups: Optional label per span (e.g. the example); the bootstrap then resamples whole groups.
         n_boot: Bootstrap resamples.
         seed: Bootstrap seed.
 
@@ -129,7 +161,8 @@ def topk_drop(
         logged warning, when the oracle's mean drop is not positive).
     """
     d = np.asarray(drops, dtype=np.float64)
-    out = {"raw": _boot(d, n_boot=n_boot, seed=seed)}
+    g = _groups(groups, d.shape[0], "topk_drop") if d.ndim else None
+    out = {"raw": _boot(d, n_boot=n_boot, seed=seed, groups=g)}
     if oracle_drops is not None:
         o = np.asarray(oracle_drops, dtype=np.float64)
         d, o = _check(d, o, "topk_drop")
@@ -141,16 +174,23 @@ def topk_drop(
             nan = float("nan")
             out["normalized"] = MetricResult(nan, nan, nan, d.size)
             return out
-        rng = np.random.default_rng(seed)
-        idx = rng.integers(0, d.size, size=(n_boot, d.size))
-        ratios = d[idx].mean(1) / np.maximum(o[idx].mean(1), 1e-12)
-        out["normalized"] = MetricResult(
-            float(d.mean() / denom), float(np.quantile(ratios, 0.025)), float(np.quantile(ratios, 0.975)), d.size
-        )
+
+        def ratio(dd: np.ndarray, oo: np.ndarray, axis: int = -1) -> np.ndarray:
+            return np.asarray(np.mean(dd, axis=axis) / np.maximum(np.mean(oo, axis=axis), 1e-12))
+
+        lo, hi = paired_bootstrap_ci((d, o), ratio, groups=g, n_boot=n_boot, level=0.95, seed=seed)
+        out["normalized"] = MetricResult(float(d.mean() / denom), lo, hi, d.size)
     return out
 
 
-def r2(scores: np.ndarray, loo: np.ndarray, *, n_boot: int = 1000, seed: int = 0) -> MetricResult:
+def r2(
+    scores: np.ndarray,
+    loo: np.ndarray,
+    *,
+    groups: Sequence[Any] | np.ndarray | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> MetricResult:
     """R² of per-region scores against leave-one-out Δ(S, {k}), pooled over (span, region) pairs.
 
     Scores of different methods live on different scales, so this is the R² of the
@@ -160,25 +200,30 @@ def r2(scores: np.ndarray, loo: np.ndarray, *, n_boot: int = 1000, seed: int = 0
     Args:
         scores: ``(n_spans, K)`` predicted per-region scores.
         loo: ``(n_spans, K)`` leave-one-out drops.
-        n_boot: Bootstrap resamples (over spans).
+        groups: Optional label per span (e.g. the example); the bootstrap then resamples whole groups.
+        n_boot: Bootstrap resamples (over spans, each with all its regions; or over groups).
         seed: Bootstrap seed.
     """
     s, y = _check(scores, loo, "r2")
+    g = _groups(groups, s.shape[0], "r2")
 
-    def stat(rows: np.ndarray) -> float:
-        a, b = s[rows].ravel(), y[rows].ravel()
+    def stat(ss: np.ndarray, yy: np.ndarray) -> float:
+        a, b = ss.ravel(), yy.ravel()
         if np.ptp(a) == 0 or np.ptp(b) == 0:
             return 0.0
         return float(np.corrcoef(a, b)[0, 1] ** 2)
 
-    rng = np.random.default_rng(seed)
-    n = s.shape[0]
-    boots = [stat(np.asarray(rng.integers(0, n, size=n))) for _ in range(n_boot)]
-    return MetricResult(stat(np.arange(n)), float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975)), n)
+    lo, hi = paired_bootstrap_ci((s, y), stat, groups=g, n_boot=n_boot, level=0.95, seed=seed)
+    return MetricResult(stat(s, y), lo, hi, s.shape[0])
 
 
 def pointing_accuracy(
-    scores: np.ndarray, gt_regions: Sequence[Sequence[int] | None], *, n_boot: int = 1000, seed: int = 0
+    scores: np.ndarray,
+    gt_regions: Sequence[Sequence[int] | None],
+    *,
+    groups: Sequence[Any] | np.ndarray | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
 ) -> MetricResult:
     """Share of spans whose top-scoring region is one of the span's ground-truth regions.
 
@@ -188,17 +233,20 @@ def pointing_accuracy(
     Args:
         scores: ``(n_spans, K)`` per-region scores.
         gt_regions: Per span, the regions inside the objects it names.
+        groups: Optional label per span (e.g. the example); the bootstrap then resamples whole groups.
         n_boot: Bootstrap resamples.
         seed: Bootstrap seed.
     """
     s = np.asarray(scores, dtype=np.float64)
     if s.shape[0] != len(gt_regions):
         raise ValueError(f"pointing_accuracy: {s.shape[0]} score rows for {len(gt_regions)} spans")
+    g = _groups(groups, s.shape[0], "pointing_accuracy")
     hits = []
-    skipped = 0
-    for row, gt in zip(s, gt_regions, strict=True):
+    kept = []
+    for i, (row, gt) in enumerate(zip(s, gt_regions, strict=True)):
         if not gt:
-            skipped += 1
             continue
         hits.append(float(int(np.argmax(row)) in set(gt)))
-    return _boot(np.asarray(hits), n_boot=n_boot, seed=seed, skipped=skipped)
+        kept.append(i)
+    gk = None if g is None else g[kept]
+    return _boot(np.asarray(hits), n_boot=n_boot, seed=seed, skipped=s.shape[0] - len(kept), groups=gk)

@@ -36,7 +36,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from scipy.stats import mannwhitneyu, rankdata
+from scipy.stats import mannwhitneyu
+from sklearn.decomposition import PCA
+from sklearn.metrics import roc_auc_score
+from statsmodels.stats.multitest import multipletests
+
+from metrics.stats import two_sample_bootstrap_ci
 
 __all__ = [
     "DEFAULT_FRACTIONS",
@@ -50,6 +55,7 @@ __all__ = [
     "compare_outcomes",
     "concentration",
     "effect_vectors",
+    "holm",
     "net_displacement",
     "path_length",
     "persistence",
@@ -312,10 +318,12 @@ def progress_curve(per_step: Sequence[np.ndarray], n_bins: int = 10) -> dict[str
 class TrajectoryPCA:
     """PCA of effect vectors to a few components, for drawing chains in 3-D.
 
-    Fit on the points of a reference set of chains (all spans stacked),
-    then project any chain. Component signs are fixed (largest absolute loading
-    positive), so refits on the same data give the same picture. When the data
-    has fewer than ``n_components`` directions, the missing components are zero.
+    Fit on the points of a reference set of chains (all spans stacked) with
+    ``sklearn.decomposition.PCA`` (full SVD), then project any chain. Component
+    signs are fixed (largest absolute loading positive), so refits on the same
+    data give the same picture. When the data has fewer than ``n_components``
+    directions, the missing components are zero. The fitted state is plain
+    arrays, saved as JSON lists ([`to_dict`][metrics.trajectory.TrajectoryPCA.to_dict]), never pickled.
 
     Args:
         n_components: Output dimension ``d``.
@@ -323,6 +331,8 @@ class TrajectoryPCA:
     Attributes:
         mean_: ``(D,)`` mean of the reference points.
         components_: ``(d, D)`` orthonormal directions (zero rows when rank-deficient).
+        explained_variance_: ``(d,)`` variance along each component (sample variance, ``ddof = 1``;
+            NaN when loaded from a state saved before it was stored).
         explained_variance_ratio_: ``(d,)`` share of variance per component.
     """
 
@@ -347,23 +357,28 @@ class TrajectoryPCA:
         if len(dims) != 1:
             raise ValueError(f"chains have different dimensions {sorted(dims)}; effect vectors must share K")
         x = np.vstack(arrs)
-        self.mean_ = x.mean(axis=0)
-        _, sv, vt = np.linalg.svd(x - self.mean_, full_matrices=False)
         d, dim = self.n_components, x.shape[1]
         comps = np.zeros((d, dim))
         var = np.zeros(d)
-        # Directions with (numerically) zero variance are arbitrary; leave them as zero components.
-        tol = (sv[0] if sv.size else 0.0) * max(x.shape) * np.finfo(np.float64).eps
-        r = min(d, int((sv > tol).sum()))
-        comps[:r] = vt[:r]
-        var[:r] = sv[:r] ** 2
-        for i in range(r):
-            j = int(np.argmax(np.abs(comps[i])))
-            if comps[i, j] < 0:
-                comps[i] = -comps[i]
-        total = float((sv**2).sum())
+        ratio = np.zeros(d)
+        self.mean_ = x.mean(axis=0)
+        if x.shape[0] > 1 and np.ptp(x, axis=0).max() > 0:
+            pca = PCA(n_components=min(d, *x.shape), svd_solver="full").fit(x)
+            self.mean_ = np.asarray(pca.mean_, dtype=np.float64)
+            sv = np.asarray(pca.singular_values_, dtype=np.float64)
+            # Directions with (numerically) zero variance are arbitrary; leave them as zero components.
+            tol = sv[0] * max(x.shape) * np.finfo(np.float64).eps
+            r = int((sv > tol).sum())
+            comps[:r] = pca.components_[:r]
+            var[:r] = pca.explained_variance_[:r]
+            ratio[:r] = pca.explained_variance_ratio_[:r]
+            for i in range(r):
+                j = int(np.argmax(np.abs(comps[i])))
+                if comps[i, j] < 0:
+                    comps[i] = -comps[i]
         self.components_ = comps
-        self.explained_variance_ratio_ = var / total if total > 0 else np.zeros(d)
+        self.explained_variance_ = var
+        self.explained_variance_ratio_ = ratio
         return self
 
     def _check(self) -> None:
@@ -395,6 +410,7 @@ class TrajectoryPCA:
             "n_components": self.n_components,
             "mean": self.mean_.tolist(),
             "components": self.components_.tolist(),
+            "explained_variance": self.explained_variance_.tolist(),
             "explained_variance_ratio": self.explained_variance_ratio_.tolist(),
         }
 
@@ -409,6 +425,10 @@ class TrajectoryPCA:
         pca.mean_ = np.asarray(d["mean"], dtype=np.float64)
         pca.components_ = np.asarray(d["components"], dtype=np.float64).reshape(pca.n_components, -1)
         pca.explained_variance_ratio_ = np.asarray(d["explained_variance_ratio"], dtype=np.float64)
+        ev = d.get("explained_variance")
+        pca.explained_variance_ = (
+            np.asarray(ev, dtype=np.float64) if ev is not None else np.full(pca.n_components, np.nan)
+        )
         if pca.components_.shape[1] != pca.mean_.shape[0]:
             raise ValueError(f"PCA state: components {pca.components_.shape} do not match mean {pca.mean_.shape}")
         return pca
@@ -442,7 +462,7 @@ def _finite(values: Sequence[float] | np.ndarray) -> np.ndarray:
 
 
 def roc_auc(scores: Sequence[float] | np.ndarray, labels: Sequence[bool] | np.ndarray) -> float:
-    """ROC AUC of ``scores`` for positive ``labels``, from ranks (ties count one half).
+    """ROC AUC of ``scores`` for positive ``labels`` (``sklearn.metrics.roc_auc_score``; ties count one half).
 
     Equals the probability that a random positive scores above a random
     negative. NaN when either class is empty. Non-finite scores are dropped.
@@ -456,8 +476,18 @@ def roc_auc(scores: Sequence[float] | np.ndarray, labels: Sequence[bool] | np.nd
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     if n_pos == 0 or n_neg == 0:
         return float("nan")
-    r = rankdata(s)
-    return float((r[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return float(roc_auc_score(y, s))
+
+
+def _auc_two_sample(pos: np.ndarray, neg: np.ndarray, axis: int = -1) -> np.ndarray:
+    """ROC AUC of positives ``pos`` against negatives ``neg``, vectorised along ``axis``.
+
+    The Mann–Whitney U of ``pos`` over ``n_pos n_neg`` (ties one half), which equals
+    [`roc_auc`][metrics.trajectory.roc_auc]; used for the bootstrap, where it runs on
+    all resamples at once.
+    """
+    u = mannwhitneyu(pos, neg, axis=axis, method="asymptotic", use_continuity=False).statistic
+    return np.asarray(u, dtype=np.float64) / (np.shape(pos)[axis] * np.shape(neg)[axis])
 
 
 def compare_outcomes(
@@ -495,15 +525,34 @@ def compare_outcomes(
     return out
 
 
+def _adjust(pvalues: Sequence[float] | np.ndarray, method: str) -> list[float]:
+    """``statsmodels.stats.multitest.multipletests`` over the finite p-values; NaN stays NaN."""
+    p = np.asarray(pvalues, dtype=np.float64).ravel()
+    out = np.full(p.shape, np.nan)
+    ok = np.isfinite(p)
+    if ok.any():
+        out[ok] = multipletests(p[ok], method=method)[1]
+    return [float(x) for x in out]
+
+
 def bonferroni(pvalues: Sequence[float] | np.ndarray) -> list[float]:
-    """Bonferroni-corrected p-values ``min(1, m * p)``.
+    """Bonferroni-corrected p-values ``min(1, m * p)`` (statsmodels ``multipletests``, ``"bonferroni"``).
 
     ``m`` is the number of tests actually run: NaN p-values (a test that could
     not run, e.g. an empty group) neither count nor change, and stay NaN.
     """
-    p = np.asarray(pvalues, dtype=np.float64).ravel()
-    m = int(np.isfinite(p).sum())
-    return [float(x) for x in np.minimum(1.0, p * m)]
+    return _adjust(pvalues, "bonferroni")
+
+
+def holm(pvalues: Sequence[float] | np.ndarray) -> list[float]:
+    """Holm (step-down Bonferroni) adjusted p-values (statsmodels ``multipletests``, ``"holm"``).
+
+    With the ``m`` finite p-values sorted ascending, the ``i``-th (from 0) becomes
+    ``min(1, max_{j <= i} (m - j) p_(j))``: never above Bonferroni, and controlling
+    the family-wise error rate just as it does. NaN p-values neither count nor
+    change, and stay NaN.
+    """
+    return _adjust(pvalues, "holm")
 
 
 def auc_by_progress(
@@ -521,9 +570,12 @@ def auc_by_progress(
     For each fraction ``p``, every chain is cut to [`prefix`][metrics.trajectory.prefix] ``(chain, p)``
     and scored by its [`tortuosity`][metrics.trajectory.tortuosity]; the AUC treats failures as positives
     (higher tortuosity = predicted failure). Chains whose prefix tortuosity is
-    undefined (fewer than 2 spans) are left out. The interval is a stratified
-    percentile bootstrap: successes and failures are resampled separately, so
-    every resample holds both classes in their observed numbers.
+    undefined (fewer than 2 spans) are left out. The AUC is
+    [`roc_auc`][metrics.trajectory.roc_auc]. The interval is a stratified
+    percentile bootstrap ([`metrics.stats.two_sample_bootstrap_ci`][metrics.stats.two_sample_bootstrap_ci],
+    ``scipy.stats.bootstrap`` with two independent samples): successes and failures are resampled
+    separately, so every resample holds both classes in their observed numbers. Every fraction
+    uses the same seed.
 
     Args:
         chains: Effect-vector chains ``(n_spans, D)`` (see [`effect_vectors`][metrics.trajectory.effect_vectors]).
@@ -547,7 +599,6 @@ def auc_by_progress(
         raise ValueError(f"{len(chains)} chains but {y.size} labels")
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), got {level}")
-    rng = np.random.default_rng(seed)
     out: dict[float, dict[str, float]] = {}
     for frac in fractions:
         pre = [prefix(c, frac) for c in chains]
@@ -558,14 +609,7 @@ def auc_by_progress(
         auc = roc_auc(np.concatenate([pos, neg]), np.r_[np.ones(pos.size, bool), np.zeros(neg.size, bool)])
         lo = hi = float("nan")
         if n_boot > 0 and pos.size and neg.size:
-            lab = np.r_[np.ones(pos.size, bool), np.zeros(neg.size, bool)]
-            boots = np.empty(n_boot)
-            for i in range(n_boot):
-                bp = pos[rng.integers(0, pos.size, pos.size)]
-                bn = neg[rng.integers(0, neg.size, neg.size)]
-                boots[i] = roc_auc(np.concatenate([bp, bn]), lab)
-            a = (1 - level) / 2
-            lo, hi = float(np.quantile(boots, a)), float(np.quantile(boots, 1 - a))
+            lo, hi = two_sample_bootstrap_ci(pos, neg, _auc_two_sample, n_boot=n_boot, level=level, seed=seed)
         out[float(frac)] = {
             "auc": auc,
             "ci_low": lo,
@@ -606,8 +650,8 @@ def three_outcome(
     Returns:
         ``{"by_outcome": {outcome: {"n", metric: {"median", "mean", "sem"}}},
         "tests": {"<a>_vs_<b>": {metric: {"median_a", "median_b", "u_statistic",
-        "p_value", "p_value_bonferroni"}}}}``; Bonferroni runs over every test
-        in the block (3 pairs x 6 metrics).
+        "p_value", "p_value_bonferroni", "p_value_holm"}}}}``; Bonferroni and Holm
+        each run over every test in the block (3 pairs x 6 metrics).
 
     Raises:
         ValueError: If the two sequences differ in length.
@@ -664,8 +708,9 @@ def three_outcome(
             }
             flat.append((key, m))
             pvals.append(r["p_value"])
-    for (key, m), pb in zip(flat, bonferroni(pvals), strict=True):
+    for (key, m), pb, ph in zip(flat, bonferroni(pvals), holm(pvals), strict=True):
         tests[key][m]["p_value_bonferroni"] = pb
+        tests[key][m]["p_value_holm"] = ph
     return {"by_outcome": by, "tests": tests}
 
 

@@ -33,6 +33,7 @@ from metrics import (
     compare_outcomes,
     concentration,
     effect_vectors,
+    holm,
     net_displacement,
     path_length,
     persistence,
@@ -177,6 +178,22 @@ def test_roc_auc_hand_values_and_sklearn() -> None:
     s = np.round(rng.normal(size=200), 1)  # with ties
     y = rng.random(200) < 0.4
     assert roc_auc(s, y) == pytest.approx(roc_auc_score(y, s))
+    # by hand: positives {2}, negatives {1, 2} once the NaN score is dropped: (1 + 1/2) / 2 pairs
+    assert roc_auc([1.0, 2.0, 2.0, float("nan")], [False, True, False, True]) == 0.75
+    # positives {0.35, 0.8} vs negatives {0.1, 0.4}: 3 of 4 pairs ordered right
+    assert roc_auc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == 0.75
+
+
+def test_vectorised_bootstrap_auc_matches_roc_auc() -> None:
+    from metrics.trajectory import _auc_two_sample
+
+    rng = np.random.default_rng(3)
+    pos, neg = np.round(rng.normal(0.5, size=(7, 30)), 1), np.round(rng.normal(size=(7, 20)), 1)
+    many = _auc_two_sample(pos, neg, axis=-1)
+    one_by_one = [
+        roc_auc(np.r_[p, n], np.r_[np.ones(30, bool), np.zeros(20, bool)]) for p, n in zip(pos, neg, strict=True)
+    ]
+    np.testing.assert_allclose(many, one_by_one)
 
 
 def test_compare_outcomes_and_bonferroni() -> None:
@@ -196,6 +213,24 @@ def test_compare_outcomes_and_bonferroni() -> None:
     assert b[0] == pytest.approx(0.01) and math.isnan(b[1])
 
 
+def test_holm_and_bonferroni_hand_values() -> None:
+    # Bonferroni: m p. Holm: sorted ascending, the i-th (from 0) times (m - i), made monotone:
+    # 3 * 0.01 = 0.03, 2 * 0.02 = 0.04, 1 * 0.03 = 0.03 -> 0.04.
+    assert bonferroni([0.01, 0.02, 0.03]) == pytest.approx([0.03, 0.06, 0.09])
+    assert holm([0.01, 0.02, 0.03]) == pytest.approx([0.03, 0.04, 0.04])
+    # the order of the input is kept
+    assert holm([0.03, 0.01, 0.02]) == pytest.approx([0.04, 0.03, 0.04])
+    # capped at 1; Holm never exceeds Bonferroni
+    assert holm([0.01, 0.5, 0.9]) == pytest.approx([0.03, 1.0, 1.0])
+    p = np.random.default_rng(0).random(12) ** 3
+    assert np.all(np.array(holm(p)) <= np.array(bonferroni(p)) + 1e-15)
+    assert np.all(np.array(holm(p)) >= p)
+    # NaN neither counts nor changes: m = 2 here
+    h = holm([0.01, float("nan"), 0.04])
+    assert h[0] == pytest.approx(0.02) and math.isnan(h[1]) and h[2] == pytest.approx(0.04)
+    assert holm([]) == [] and all(math.isnan(x) for x in holm([float("nan")]))
+
+
 def test_auc_by_progress_random_labels_contain_half() -> None:
     rng = np.random.default_rng(1)
     chains = [effect_vectors(_wandering(rng, int(rng.integers(5, 12)))) for _ in range(120)]
@@ -213,10 +248,15 @@ def test_auc_by_progress_planted_wandering_failures() -> None:
     fail = [effect_vectors(_wandering(rng, int(rng.integers(6, 14)))) for _ in range(60)]
     res = auc_by_progress(succ + fail, [False] * 60 + [True] * 60, n_boot=200, seed=0)
     assert sorted(res) == pytest.approx([0.1 * i for i in range(1, 11)])
+    assert res == auc_by_progress(succ + fail, [False] * 60 + [True] * 60, n_boot=200, seed=0)  # seeded
     assert res[1.0]["auc"] > 0.8 and res[1.0]["ci_low"] > 0.7
     assert res[0.5]["auc"] > 0.8
     # At 10 % every prefix has 2 spans: tortuosity is 1 for all, so there is no information yet.
     assert res[0.1]["auc"] == 0.5 and res[0.1]["mean_prefix_spans"] == 2.0
+    assert res[0.1]["ci_low"] == res[0.1]["ci_high"] == 0.5
+    # One failure: it stays in every stratified resample; only the successes vary.
+    one = auc_by_progress([*succ[:20], fail[0]], [False] * 20 + [True], fractions=(1.0,), n_boot=200)
+    assert one[1.0]["n_failure"] == 1 and one[1.0]["ci_low"] <= one[1.0]["auc"] <= one[1.0]["ci_high"]
     with pytest.raises(ValueError, match="labels"):
         auc_by_progress(succ, [True])
 
@@ -235,6 +275,7 @@ def test_three_outcome_fixation_vs_wandering() -> None:
     assert by["hallucination"]["step_size"]["median"] < by["reasoning_error"]["step_size"]["median"]
     t = res["tests"]["hallucination_vs_reasoning_error"]["concentration"]
     assert t["p_value_bonferroni"] < 1e-6 and t["p_value_bonferroni"] >= t["p_value"]
+    assert t["p_value"] <= t["p_value_holm"] <= t["p_value_bonferroni"]
     # A label outside the three is ignored, not counted.
     res2 = three_outcome(chains[:2], ["success", "failure"])
     assert res2["by_outcome"]["success"]["n"] == 1 and res2["by_outcome"]["reasoning_error"]["n"] == 0
@@ -261,6 +302,39 @@ def test_pca_round_trip_and_shapes(tmp_path: Path) -> None:
     flat = TrajectoryPCA(3).fit([np.outer(np.arange(5.0), np.ones(4))])
     np.testing.assert_allclose(flat.components_[1:], 0.0)
     assert flat.explained_variance_ratio_[0] == pytest.approx(1.0)
+    # One point, or identical points: no direction at all.
+    for pts in (np.ones((1, 4)), np.ones((3, 4))):
+        none = TrajectoryPCA(2).fit([pts])
+        assert not none.components_.any() and not none.explained_variance_ratio_.any()
+
+
+def test_pca_recovers_known_components() -> None:
+    # Four points on two axes of a turned plane in 3-D, shifted: variance 18/3 = 6 along
+    # u = (0.8, 0.6, 0), 2/3 along v = (-0.6, 0.8, 0) and none along z.
+    u, v = np.array([0.8, 0.6, 0.0]), np.array([-0.6, 0.8, 0.0])
+    shift = np.array([1.0, 2.0, 3.0])
+    pts = np.array([3 * u, -3 * u, -v, v]) + shift
+    pca = TrajectoryPCA(3).fit([pts[:2], pts[2:]])
+    np.testing.assert_allclose(pca.mean_, shift, atol=1e-12)
+    # signs: largest absolute loading positive (v's is 0.8); the missing third direction is zero
+    np.testing.assert_allclose(pca.components_, [u, v, np.zeros(3)], atol=1e-12)
+    np.testing.assert_allclose(pca.explained_variance_, [6.0, 2 / 3, 0.0], atol=1e-12)
+    np.testing.assert_allclose(pca.explained_variance_ratio_, [0.9, 0.1, 0.0], atol=1e-12)
+    np.testing.assert_allclose(pca.transform(pts), [[3, 0, 0], [-3, 0, 0], [0, -1, 0], [0, 1, 0]], atol=1e-12)
+    # the sign rule makes the fit independent of the direction the data happen to be listed in
+    np.testing.assert_allclose(TrajectoryPCA(3).fit([-pts + 2 * shift]).components_, pca.components_, atol=1e-12)
+    # the state is plain JSON (no pickle) and round-trips
+    d = json.loads(json.dumps(pca.to_dict()))
+    assert set(d) == {"n_components", "mean", "components", "explained_variance", "explained_variance_ratio"}
+    back = TrajectoryPCA.from_dict(d)
+    np.testing.assert_allclose(back.components_, pca.components_)
+    np.testing.assert_allclose(back.explained_variance_, pca.explained_variance_)
+    np.testing.assert_allclose(back.transform(pts), pca.transform(pts))
+    # a state saved before explained_variance was stored still loads
+    d.pop("explained_variance")
+    old = TrajectoryPCA.from_dict(d)
+    np.testing.assert_allclose(old.transform(pts), pca.transform(pts))
+    assert np.isnan(old.explained_variance_).all() and old.explained_variance_ratio_[0] == pytest.approx(0.9)
 
 
 # ---------------------------------------------------------------------------- flagger
@@ -428,6 +502,10 @@ def test_analyse_on_collection(collection_dir: Path) -> None:
     assert res["tortuosity"]["failure_median"] > res["tortuosity"]["success_median"]
     assert res["tortuosity"]["p_value_bonferroni"] < 0.01
     assert res["tortuosity"]["p_value_bonferroni"] == pytest.approx(min(1.0, 3 * res["tortuosity"]["p_value"]))
+    comps = [res["path_length"], res["tortuosity"], res["concentration"]["comparison"]]
+    ps, holm_ps = [c["p_value"] for c in comps], [c["p_value_holm"] for c in comps]
+    assert holm_ps == pytest.approx(holm(ps))
+    assert res["tortuosity"]["p_value"] <= res["tortuosity"]["p_value_holm"] <= res["tortuosity"]["p_value_bonferroni"]
     assert set(res["auc_by_progress"]) == {"0.1", "0.2", "0.3", "0.4", "0.5", "0.6", "0.7", "0.8", "0.9", "1"}
     a = res["auc_by_progress"]["1"]
     assert set(a) >= {"auc", "ci_low", "ci_high"} and a["ci_low"] <= a["auc"] <= a["ci_high"]

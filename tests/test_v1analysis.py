@@ -87,6 +87,34 @@ def test_late_chain_attribution_finds_a_real_difference_and_not_a_fake_one() -> 
         late_chain_attribution({"base": []}, score)
 
 
+def test_late_chain_interval_hand_values() -> None:
+    # Chains of 3 spans: with late_fraction 1/3 only the last span is late; region 0 is its ground truth.
+    def ex(last: list[float]) -> dict[str, Any]:
+        return {"features": np.array([[1.0, 1.0], [1.0, 1.0], last]), "span_gt_regions": [[0]] * 3}
+
+    base = [ex([1.0, 1.0]), ex([2.0, 2.0])]  # shares 0.5 and 0.5
+    v1 = [ex([1.0, 0.0]), ex([3.0, 1.0])]  # shares 1.0 and 0.75
+    res = late_chain_attribution({"base": base, "v1": v1}, lambda e: e["features"], buckets=((3, 3),))
+    c = res["buckets"][0]["comparison"]
+    # The models' spans are resampled independently: base always averages 0.5; v1 averages 1, 0.875
+    # or 0.75 (probabilities 1/4, 1/2, 1/4), so the difference's 95 % interval is [0.25, 0.5].
+    assert c["difference"] == 0.375
+    assert (c["ci_low"], c["ci_high"]) == (0.25, 0.5)
+    # no difference at all: a point interval at 0
+    same = late_chain_attribution({"base": base, "v1": base}, lambda e: e["features"], buckets=((3, 3),))
+    c0 = same["buckets"][0]["comparison"]
+    assert c0["difference"] == c0["ci_low"] == c0["ci_high"] == 0.0
+
+
+def test_decay_slope_interval_of_an_exact_line() -> None:
+    # Ground-truth mass falls exactly linearly with the relative position: every resample's slope is
+    # the same, so the bootstrap interval collapses onto it (the slope resamples (x, y) pairs by index).
+    exs = [_ex([0.8 - 0.1 * i for i in range(6)], [[0]] * 6) for _ in range(10)]
+    s = compare_decay({"base": exs, "v1": exs})["base"]["gt_mass_slope"]
+    assert s["slope"] == pytest.approx(-0.5)
+    assert s["ci_low"] == pytest.approx(-0.5) and s["ci_high"] == pytest.approx(-0.5)
+
+
 def test_late_chain_can_leave_out_spans_that_copy_their_own_object() -> None:
     from attrib.analysis.pointcopy import copy_share_by_position
 

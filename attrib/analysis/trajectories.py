@@ -47,6 +47,7 @@ from metrics.trajectory import (
     compare_outcomes,
     concentration,
     effect_vectors,
+    holm,
     path_length,
     progress_curve,
     three_outcome,
@@ -285,8 +286,10 @@ def analyse_chains(
     conc = np.array([_mean_conc(c.scores) for c in known])
     comps = {name: compare_outcomes(v[~failed], v[failed]) for name, v in (("path_length", pl), ("tortuosity", tt))}
     comps["concentration"] = compare_outcomes(conc[~failed], conc[failed])
-    for name, pb in zip(comps, bonferroni([comps[n]["p_value"] for n in comps]), strict=True):
+    pvals = [comps[n]["p_value"] for n in comps]
+    for name, pb, ph in zip(comps, bonferroni(pvals), holm(pvals), strict=True):
         comps[name]["p_value_bonferroni"] = pb
+        comps[name]["p_value_holm"] = ph
     groups = {
         "success": [c for c in known if c.outcome == "success"],
         "failure": [c for c in known if c.failed],

@@ -6,6 +6,16 @@ span picked with the slider onto a canvas. All user text (prompt, generated
 text, model name) reaches the page only as escaped JSON inside a
 ``<script type="application/json">`` block and is inserted with
 ``textContent``, never as HTML, so a prompt holding ``<script>`` shows as text.
+
+The notebook fragment (``standalone=False``, what ``StreamResult._repr_html_``
+shows) lives inside other people's pages, so it differs in two ways:
+
+- its CSS is scoped: every rule is prefixed with the fragment's own container id
+  ([`scoped_css`][attrib.streaming.report.scoped_css]), and there is no ``body`` rule;
+- it carries a static fallback that needs no script (nbviewer, GitHub): the image
+  with the first span's heatmap painted on it server-side
+  ([`paint_heatmap`][attrib.streaming.report.paint_heatmap]), as a PNG data URI, and
+  the trace as escaped HTML. The report's script hides it once the interactive view is built.
 """
 
 from __future__ import annotations
@@ -13,6 +23,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import re
 import secrets
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -25,7 +36,16 @@ from attrib.io import json_for_script
 if TYPE_CHECKING:
     from attrib.streaming.stream import StreamResult
 
-__all__ = ["CSS", "HEATMAP_JS", "labels_payload", "png_data_uri", "render_report", "result_payload"]
+__all__ = [
+    "CSS",
+    "HEATMAP_JS",
+    "labels_payload",
+    "paint_heatmap",
+    "png_data_uri",
+    "render_report",
+    "result_payload",
+    "scoped_css",
+]
 
 _MAX_SIDE = 256
 
@@ -58,6 +78,54 @@ def labels_payload(labels: np.ndarray) -> dict[str, Any]:
         "data": base64.b64encode(small.tobytes()).decode(),
         "centroids": [[round(float(x), 4), round(float(y), 4)] for x, y in zip(cx, cy, strict=True)],
     }
+
+
+#: Heatmap colours of [`HEATMAP_JS`][attrib.streaming.report.HEATMAP_JS]: positive and negative scores, and the
+#: largest alpha (out of 255), reached by the score of largest absolute value.
+_POS_RGB = (230, 40, 30)
+_NEG_RGB = (40, 90, 230)
+_MAX_ALPHA = 200
+
+
+def paint_heatmap(
+    image: Image.Image, regions: np.ndarray, scores: np.ndarray | Sequence[float] | None, max_side: int = 512
+) -> Image.Image:
+    """The image with a span's region scores painted on it, as the report's script paints its canvas.
+
+    Each pixel takes its region's score ``s`` scaled by the largest absolute score,
+    and is blended with red (``s > 0``: removing the region lowers the span's
+    log-probability) or blue (``s < 0``) at opacity ``200 / 255 * |s|``; a zero
+    score leaves the pixel as it is.
+
+    Args:
+        image: The input image (downscaled, like [`png_data_uri`][attrib.streaming.report.png_data_uri],
+            to ``max_side``).
+        regions: ``(H, W)`` region labels at the image's resolution.
+        scores: ``(K,)`` per-region scores; ``None`` paints nothing.
+        max_side: Largest side of the result.
+
+    Returns:
+        An RGB image.
+    """
+    im = image.convert("RGB")
+    if max(im.size) > max_side:
+        im.thumbnail((max_side, max_side))
+    if scores is None:
+        return im
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    lab = np.asarray(regions)
+    w, h = im.size
+    rows = np.minimum((np.arange(h) + 0.5) * lab.shape[0] / h, lab.shape[0] - 1).astype(np.intp)
+    cols = np.minimum((np.arange(w) + 0.5) * lab.shape[1] / w, lab.shape[1] - 1).astype(np.intp)
+    per_pixel = lab[rows][:, cols].astype(np.intp)
+    m = float(np.abs(s).max()) if s.size else 0.0
+    m = m if m > 0 else 1.0
+    valid = (per_pixel >= 0) & (per_pixel < s.size)
+    v = np.where(valid, s[np.clip(per_pixel, 0, max(s.size - 1, 0))] if s.size else 0.0, 0.0) / m
+    alpha = (np.round(_MAX_ALPHA * np.minimum(1.0, np.abs(v))) / 255.0)[..., None]
+    colour = np.where((v >= 0)[..., None], np.array(_POS_RGB, np.float64), np.array(_NEG_RGB, np.float64))
+    out = np.asarray(im, dtype=np.float64) * (1 - alpha) + colour * alpha
+    return Image.fromarray(np.clip(np.round(out), 0, 255).astype(np.uint8), "RGB")
 
 
 def result_payload(result: StreamResult) -> dict[str, Any]:
@@ -190,29 +258,116 @@ DATA.results.forEach(function (r, ri) {
 })"""
 
 
+#: Rules for the static fallback of the notebook fragment (scoped like the rest).
+_STATIC_CSS = """
+.attrib-static img{width:336px;height:auto;image-rendering:pixelated;border:1px solid #999}
+"""
+
+_RULE = re.compile(r"([^{}]+)\{([^{}]*)\}")
+
+
+def scoped_css(css: str, scope: str) -> str:
+    """Confine a flat style sheet to one element: every selector gets ``scope`` in front.
+
+    ``.row`` becomes ``#scope .row``; ``body`` and ``html`` become the scope itself,
+    so page-wide settings (font, colour, width) apply to the container only.
+
+    Args:
+        css: Rules ``selector, ...{declarations}`` without ``@`` rules or nesting.
+        scope: A selector for the container, e.g. ``"#attrib-1a2b3c4d"``.
+
+    Returns:
+        The scoped style sheet, one rule per line.
+
+    Raises:
+        ValueError: If ``css`` holds ``@`` rules or text outside rules.
+    """
+    if "@" in css or _RULE.sub("", css).strip():
+        raise ValueError("scoped_css takes a flat list of rules (no @-rules, nothing outside braces)")
+    out = []
+    for sel, body in _RULE.findall(css):
+        parts = []
+        for one in (x.strip() for x in sel.split(",")):
+            parts.append(scope if one in ("body", "html") else f"{scope} {one}")
+        out.append(f"{','.join(parts)}{{{body.strip()}}}")
+    return "\n".join(out)
+
+
+def _fmt(v: object) -> str:
+    return "-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
+
+
+def _static_result(r: StreamResult) -> str:
+    """The script-free preview of one result: first span's heatmap as a PNG, trace and answer (all escaped)."""
+    first = r.spans[0] if r.spans else None
+    painted = paint_heatmap(r.image, r.regions, None if first is None else first.scores)
+    img = (
+        f'<img src="{png_data_uri(painted)}" width="336" '
+        f'alt="{"heatmap of span 1" if first is not None else "input image"}">'
+    )
+    if first is not None:
+        label = f"span 1 / {len(r.spans)} (tokens {first.start}-{first.end}); static preview, scripts off"
+        trace = "".join(
+            f'<span class="sp{" cur" if i == 0 else ""}">{html.escape(s.text)} </span>' for i, s in enumerate(r.spans)
+        )
+        tops = "".join(
+            f"<tr><td>#{j + 1}</td><td>region {int(k)}</td><td>{float(v):.4f}</td></tr>"
+            for j, (k, v) in enumerate(first.top_regions)
+        )
+        top_block = f"<h3>Top regions of span 1</h3><table>{tops}</table>"
+    else:
+        label, trace, top_block = "no span", html.escape(r.output), ""
+    answer = "(none)" if r.answer is None else html.escape(r.answer)
+    verdict = ""
+    if r.correct is not None:
+        verdict = (
+            '  <span class="ok">right</span>'
+            if r.correct
+            else f'  <span class="bad">wrong (truth: {html.escape(str(r.truth))})</span>'
+        )
+    return (
+        '<div class="result">'
+        f"<h2>Q: {html.escape(r.prompt)}</h2>"
+        f'<div class="row"><div>{img}<div class="muted">{html.escape(label)}</div></div>'
+        f'<div style="flex:1"><p class="trace">{trace}</p>{top_block}'
+        f"<p><b>Answer: </b><span>{answer}</span>{verdict}</p></div></div>"
+        f'<p class="muted">{r.generated_tokens} tokens in {_fmt(r.generation_s)} s; model {html.escape(r.model)}</p>'
+        "</div>"
+    )
+
+
 def render_report(results: Sequence[StreamResult], *, title: str = "attrib report", standalone: bool = True) -> str:
     """Render results as HTML.
 
     Args:
         results: Streamed results.
         title: Page title (escaped).
-        standalone: A full document (``True``) or a fragment for Jupyter.
+        standalone: A full document (``True``) or a fragment for Jupyter: its CSS is scoped to
+            its own container (``#attrib-<id>``) and it carries a static preview for viewers that
+            run no scripts (see the module docstring).
 
     Returns:
         The HTML text.
     """
     payload = {"results": [result_payload(r) for r in results]}
     uid = secrets.token_hex(4)
-    body = (
+    head = (
         f"<h1>{html.escape(title)}</h1>"
         '<p class="muted">Red: removing the region lowers the span\'s log-probability (the span relies on it); '
         "blue: the opposite. Numbers mark the top regions. Drag the slider or click a sentence.</p>"
-        f'<div id="results-{uid}"></div>'
-        f'<script type="application/json" id="attrib-data-{uid}">{json_for_script(payload)}</script>'
-        f'<script>{HEATMAP_JS}{_REPORT_JS}("{uid}");</script>'
     )
+    data = f'<script type="application/json" id="attrib-data-{uid}">{json_for_script(payload)}</script>'
     if not standalone:
-        return f"<div><style>{CSS}</style>{body}</div>"
+        scope = f"attrib-{uid}"
+        static = "".join(_static_result(r) for r in results)
+        # the preview goes once the interactive view is built (not if the script fails half-way)
+        hide = f'document.getElementById("attrib-static-{uid}").style.display = "none";'
+        return (
+            f'<div id="{scope}" class="attrib-report"><style>{scoped_css(CSS + _STATIC_CSS, "#" + scope)}</style>'
+            f'{head}<div class="attrib-static" id="attrib-static-{uid}">{static}</div>'
+            f'<div id="results-{uid}"></div>{data}<script>{HEATMAP_JS}{_REPORT_JS}("{uid}");{hide}</script></div>'
+        )
+    body = f'{head}<div id="results-{uid}"></div>{data}<script>{HEATMAP_JS}{_REPORT_JS}("{uid}");</script>'
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><link rel="icon" href="data:,">'
         f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>{body}</body></html>"
