@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -91,7 +92,7 @@ def test_training_smoke_and_reload(tmp_path: Path) -> None:
     ex = make_example("test", 0)
     out = generate_batch(model, proc, [ex.image()], [ex.question.text], max_new_tokens=5)
     assert isinstance(out[0], str)
-    assert not (tmp_path / "m.ckpt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no checkpoint (link or store) left behind
 
 
 def test_training_is_deterministic_and_resumes_after_interruption(tmp_path: Path) -> None:
@@ -106,7 +107,7 @@ def test_training_is_deterministic_and_resumes_after_interruption(tmp_path: Path
 
     with pytest.raises(BoomError):
         train(_tiny_cfg(), tmp_path / "b", on_step=die)
-    assert (tmp_path / "b.ckpt" / "meta.json").is_file()
+    assert (tmp_path / "b.ckpt" / "meta.json").is_file() and (tmp_path / "b.ckpt").is_symlink()
     res = train(_tiny_cfg(), tmp_path / "b")
     assert res.resumed_from == 2
     a = load_file(str(tmp_path / "a" / "model.safetensors"))
@@ -136,12 +137,51 @@ def test_prefetch_worker_gives_the_same_weights(tmp_path: Path) -> None:
     assert la["final_digest"] == lb["final_digest"]
 
 
+def test_compiled_training_path_tracks_eager(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``compile=True`` (the bundled model's recipe) at tiny size, through Dynamo and AOTAutograd.
+
+    Inductor's C++ code generation is what makes the real path slow to test: measured cold on the
+    2-core machine, two steps at ``ModelSize.tiny()`` take 65 s to compile, and still 50 s with one
+    text layer and one vision block (about 35 kernels, each a separate C++ compile of about 1 s).
+    So here the blocks and layers are compiled exactly as ``train`` asks, but with the ``aot_eager``
+    backend (about 10 s): graph capture, graph breaks, dynamic shapes of the text layers and the
+    backward through the compiled graphs are exercised; inductor's own rounding is checked by the
+    slow test below.
+    """
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    counters = {False: CompileCounterWithBackend("aot_eager"), True: CompileCounterWithBackend("aot_eager")}
+    module_compile = torch.nn.Module.compile
+
+    def compile_with_counter(self: torch.nn.Module, *args: Any, **kwargs: Any) -> None:
+        module_compile(self, *args, **{**kwargs, "backend": counters[bool(kwargs.get("dynamic"))]})
+
+    monkeypatch.setattr(torch.nn.Module, "compile", compile_with_counter)
+    try:
+        a = train(_tiny_cfg(steps=2, batch_size=1, ckpt_every=0), tmp_path / "a")
+        b = train(_tiny_cfg(steps=2, batch_size=1, ckpt_every=0, compile=True), tmp_path / "b")
+    finally:
+        torch._dynamo.reset()
+    # Both the vision blocks (static shapes) and the text layers (dynamic) went through the compiler.
+    assert counters[False].frame_count >= 1 and counters[True].frame_count >= 1
+    assert [s for s, _ in a.losses] == [s for s, _ in b.losses] == [0, 1]
+    for (_, la), (_, lb) in zip(a.losses, b.losses, strict=True):
+        assert abs(la - lb) <= 1e-5 * abs(la)
+    assert b.losses[1][1] < b.losses[0][1]  # it trains
+    wa = load_file(str(tmp_path / "a" / "model.safetensors"))
+    wb = load_file(str(tmp_path / "b" / "model.safetensors"))
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.slow
 def test_compiled_training_tracks_eager(tmp_path: Path) -> None:
+    """The inductor-compiled path at tiny size (about 70 s cold on the 2-core machine, nearly all compiling)."""
     a = train(_tiny_cfg(ckpt_every=0), tmp_path / "a")
     b = train(_tiny_cfg(ckpt_every=0, compile=True), tmp_path / "b")
     for (sa, la), (sb, lb) in zip(a.losses, b.losses, strict=True):
         assert sa == sb and abs(la - lb) < 1e-3 * max(1.0, abs(la))
+    assert b.losses[-1][1] < b.losses[0][1]
 
 
 def test_cli_eval_writes_json(tmp_path: Path) -> None:

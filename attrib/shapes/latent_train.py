@@ -52,12 +52,12 @@ from typing import Any, cast
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
 from attrib.shapes.dataset import Example, iter_split, trace_text
 from attrib.shapes.parse import parse_output
 from attrib.shapes.pointing import target_cells
 from attrib.shapes.processor import ShapesProcessor, token_id
+from attrib.shapes.train import find_checkpoint, load_checkpoint, remove_checkpoint, save_checkpoint
 from attrib.shapes.vocab import benchmark_words
 from attrib.variants.latent.model import (
     LATENT,
@@ -343,12 +343,14 @@ def train_latent(
     ckpt = out.with_name(out.name + ".ckpt")
     start = 0
     log: dict[str, Any] = {"losses": [], "aux": [], "seconds": 0.0}
-    if (ckpt / "meta.json").is_file():
-        meta = json.loads((ckpt / "meta.json").read_text())
+    where = find_checkpoint(ckpt)  # crash-safe checkpoints: see attrib.shapes.train
+    if where is not None:
+        meta = json.loads((where / "meta.json").read_text())
         if meta["config"] != cfg.to_dict() or meta["base"] != str(base_dir):
             raise ValueError(f"checkpoint {ckpt} was written with another config; delete it to start afresh")
-        model.load_state_dict(load_file(str(ckpt / "model.safetensors")), strict=True)
-        opt.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
+        state, opt_state = load_checkpoint(where)
+        model.load_state_dict(state, strict=True)
+        opt.load_state_dict(opt_state)
         start, log = int(meta["step"]), meta["log"]
         logger.info("resuming latent training from step %d", start)
     order = _order(cfg)
@@ -398,7 +400,7 @@ def train_latent(
         os.replace(out, old)
     os.replace(tmp, out)
     shutil.rmtree(old, ignore_errors=True)
-    shutil.rmtree(ckpt, ignore_errors=True)
+    remove_checkpoint(ckpt)
     return log
 
 
@@ -411,17 +413,8 @@ def _save_ckpt(
     base: str,
     log: dict[str, Any],
 ) -> None:
-    tmp = ckpt.with_name(ckpt.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(
-        {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors")
-    )
-    torch.save(opt.state_dict(), tmp / "optimizer.pt")
     meta = {"step": step, "config": cfg.to_dict(), "base": base, "log": log}
-    (tmp / "meta.json").write_text(json.dumps(meta) + "\n")
-    shutil.rmtree(ckpt, ignore_errors=True)
-    os.replace(tmp, ckpt)
+    save_checkpoint(ckpt, step, model.state_dict(), opt.state_dict(), meta)
 
 
 def load_latent(path: str | Path) -> tuple[LatentModel, ShapesProcessor]:

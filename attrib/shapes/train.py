@@ -5,24 +5,45 @@ pure function of the step index, and the model is initialised from the seed.
 It checkpoints every ``ckpt_every`` steps (safetensors for weights, a
 ``weights_only`` torch file for the optimizer) and resumes after a kill. The
 final directory is written to a temporary path and renamed into place.
+
+Checkpoints are crash-safe (a ``SIGKILL`` or power loss at any instant leaves a
+complete checkpoint named). For a model directory ``out``:
+
+* ``out.ckpt.d/step-NNNNNNNN/`` holds one complete checkpoint
+  (``model.safetensors``, ``optimizer.pt``, and ``meta.json`` with the SHA-256 of
+  both). It is written as ``out.ckpt.d/tmp-NNNNNNNN/``, every file and the
+  directory are fsynced, and only then is it renamed to its ``step-`` name: a
+  ``step-`` directory is complete by construction.
+* ``out.ckpt`` is a relative symlink to the current one (so ``out.ckpt/meta.json``
+  and ``out.ckpt/model.safetensors`` read as before). A new checkpoint is made
+  current by renaming a fresh symlink over it (``os.replace``, atomic), and the
+  previous one is deleted only after that.
+* On resume, [`find_checkpoint`][attrib.shapes.train.find_checkpoint] takes the
+  checkpoint the symlink names; with no (or a dangling) symlink, the newest
+  ``step-`` directory; then a legacy directory checkpoint written before this
+  layout. Stray temporary and superseded directories are deleted.
+  [`load_checkpoint`][attrib.shapes.train.load_checkpoint] checks the recorded
+  SHA-256 sums, so a damaged checkpoint is refused, never resumed from.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import math
 import os
+import re
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
+import safetensors.torch
 import torch
-from safetensors.torch import load_file, save_file
 from transformers import Qwen2_5_VLForConditionalGeneration
 
 from attrib.shapes.dataset import BENCHMARK_VERSION, Example, make_example
@@ -38,9 +59,13 @@ from attrib.variants.pointcopy.model import COPY, COPY_TOKENS, PointCopyModel
 __all__ = [
     "TrainConfig",
     "TrainResult",
+    "find_checkpoint",
+    "load_checkpoint",
     "lr_at",
     "new_model",
     "pointing_batch",
+    "remove_checkpoint",
+    "save_checkpoint",
     "set_generation_defaults",
     "step_batch",
     "step_examples",
@@ -324,13 +349,18 @@ def _train(
         "parameters": sum(p.numel() for p in model.parameters()),
     }
     (tmp / "train_log.json").write_text(json.dumps(log, indent=1) + "\n")
+    _fsync_tree(tmp)
+    _checkpoint_hook("final:written")
+    # Until the checkpoint is removed below, a kill anywhere here resumes from it and rewrites ``out``.
     old = out.with_name(out.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if out.exists():
         os.replace(out, old)
     os.replace(tmp, out)
+    _fsync_dir(out.parent)
+    _checkpoint_hook("final:replaced")
     shutil.rmtree(old, ignore_errors=True)
-    shutil.rmtree(ckpt, ignore_errors=True)
+    remove_checkpoint(ckpt)
     return TrainResult(out_dir=out, seconds=seconds, losses=losses, resumed_from=start)
 
 
@@ -362,27 +392,19 @@ def _save_ckpt(
     seconds: float,
     digests: list[tuple[int, str]],
 ) -> None:
-    tmp = ckpt.with_name(ckpt.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(
-        {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors")
-    )
-    torch.save(opt.state_dict(), tmp / "optimizer.pt")
     digests.append((step, weight_digest(model)))
-    logger.info("checkpoint at step %d, weights sha256 %s", step, digests[-1][1][:16])
     meta = {"step": step, "config": cfg.to_dict(), "losses": losses, "seconds": seconds, "digests": digests}
-    (tmp / "meta.json").write_text(json.dumps(meta) + "\n")
-    shutil.rmtree(ckpt, ignore_errors=True)
-    os.replace(tmp, ckpt)
+    save_checkpoint(ckpt, step, model.state_dict(), opt.state_dict(), meta)
+    logger.info("checkpoint at step %d, weights sha256 %s", step, digests[-1][1][:16])
 
 
 def _maybe_resume(
     ckpt: Path, cfg: TrainConfig, model: torch.nn.Module, opt: torch.optim.Optimizer
 ) -> tuple[int, list[tuple[int, float]], float, list[tuple[int, str]]]:
-    if not (ckpt / "meta.json").is_file():
+    where = find_checkpoint(ckpt)
+    if where is None:
         return 0, [], 0.0, []
-    meta = json.loads((ckpt / "meta.json").read_text())
+    meta = json.loads((where / "meta.json").read_text())
     mine = json.loads(json.dumps(cfg.to_dict()))
     theirs = dict(meta["config"])
     mine.pop("workers", None)  # batches are a pure function of the step: not part of the identity
@@ -390,9 +412,281 @@ def _maybe_resume(
     theirs.setdefault("variant", "base")  # checkpoints written before the v1 variant existed
     if theirs != mine:
         raise ValueError(f"checkpoint {ckpt} was written with a different training config; delete it to start afresh")
-    state = load_file(str(ckpt / "model.safetensors"))
+    state, opt_state = load_checkpoint(where)
     model.load_state_dict(state, strict=True)
-    opt.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
-    logger.info("resuming from step %d (%s)", meta["step"], ckpt)
+    opt.load_state_dict(opt_state)
+    step = int(meta["step"])
     digests = [(int(a), str(b)) for a, b in meta.get("digests", [])]
-    return int(meta["step"]), [tuple(x) for x in meta["losses"]], float(meta["seconds"]), digests
+    if digests and digests[-1][0] == step and weight_digest(model) != digests[-1][1]:
+        raise ValueError(f"checkpoint {where}: the weights do not match their recorded digest; delete {ckpt}")
+    logger.info("resuming from step %d (%s)", step, where)
+    return step, [tuple(x) for x in meta["losses"]], float(meta["seconds"]), digests
+
+
+# Crash-safe checkpoints (the layout is described in the module docstring).
+
+_STEP_DIR = re.compile(r"step-(\d+)")
+_CKPT_FILES = ("model.safetensors", "optimizer.pt")
+# The points at which ``_checkpoint_hook`` is called, in order.
+_CHECKPOINT_STAGES = (
+    "save:begin",
+    "save:model",
+    "save:synced",
+    "save:renamed",
+    "save:switched",
+    "save:done",
+    "final:written",
+    "final:replaced",
+    "remove:unlinked",
+)
+
+
+def _checkpoint_hook(stage: str) -> None:
+    """Fault-injection seam for tests; does nothing.
+
+    Called with each name of ``_CHECKPOINT_STAGES`` as checkpoint saving
+    (``save:*``), the final write of [`train`][attrib.shapes.train.train]
+    (``final:*``) and checkpoint removal (``remove:*``) pass that point.
+    ``tests/test_train_resume.py`` replaces this module attribute, in a child
+    process only, with a function that SIGKILLs the process at a chosen stage.
+    Nothing in the library sets it.
+    """
+
+
+def _store(ckpt: Path) -> Path:
+    return ckpt.with_name(ckpt.name + ".d")
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a directory's entries (creations, renames) durable; a no-op where directories cannot be opened."""
+    if os.name == "nt":
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    for dirpath, _, names in os.walk(root):
+        for name in names:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(dirpath))
+
+
+def _write_synced(path: Path, data: bytes) -> str:
+    """Write ``data`` to ``path``, fsync it, and return its SHA-256."""
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return hashlib.sha256(data).hexdigest()
+
+
+def _discard(path: Path) -> None:
+    """Delete a file, symlink or directory; a directory is first renamed to ``<name>.trash``.
+
+    So a deletion cut short never leaves a half-deleted directory under a name that is resumed from.
+    """
+    if path.is_symlink() or path.is_file():
+        path.unlink(missing_ok=True)
+    elif path.is_dir():
+        if not path.name.endswith(".trash"):
+            trash = path.with_name(path.name + ".trash")
+            shutil.rmtree(trash, ignore_errors=True)
+            os.replace(path, trash)
+            path = trash
+        shutil.rmtree(path)
+
+
+def _step_of(path: Path) -> int:
+    m = _STEP_DIR.fullmatch(path.name)
+    return int(m.group(1)) if m else -1
+
+
+def _linked(ckpt: Path) -> Path | None:
+    """The complete ``step-`` directory that the ``ckpt`` symlink names, if any."""
+    if not ckpt.is_symlink():
+        return None
+    target = _store(ckpt) / Path(os.readlink(ckpt)).name
+    return target if _step_of(target) >= 0 and (target / "meta.json").is_file() else None
+
+
+def _current(ckpt: Path) -> Path | None:
+    """The linked ``step-`` directory; failing that, the newest one (each is complete by construction)."""
+    linked = _linked(ckpt)
+    if linked is not None:
+        return linked
+    store = _store(ckpt)
+    steps = [p for p in store.iterdir() if _step_of(p) >= 0 and (p / "meta.json").is_file()] if store.is_dir() else []
+    return max(steps, key=_step_of) if steps else None
+
+
+def _point(ckpt: Path, target: Path) -> None:
+    """Atomically make the ``ckpt`` symlink name ``target`` (a directory of ``ckpt``'s store)."""
+    link = ckpt.with_name(ckpt.name + ".newlink")
+    link.unlink(missing_ok=True)
+    os.symlink(os.path.join(_store(ckpt).name, target.name), link)
+    if ckpt.is_dir() and not ckpt.is_symlink():
+        _discard(ckpt)  # a legacy directory checkpoint, superseded by ``target``
+    os.replace(link, ckpt)
+    _fsync_dir(ckpt.parent)
+
+
+def _legacy(ckpt: Path) -> Path | None:
+    """A directory checkpoint written before the store layout (``ckpt`` itself, or the ``.tmp`` it was built in)."""
+    tmp = ckpt.with_name(ckpt.name + ".tmp")
+    if all((tmp / n).is_file() for n in ("meta.json", *_CKPT_FILES)):
+        return tmp  # complete (meta.json was written last) and newer than ``ckpt``, which it was about to replace
+    if ckpt.is_dir() and not ckpt.is_symlink() and (ckpt / "meta.json").is_file():
+        return ckpt
+    return None
+
+
+def _tidy(ckpt: Path, keep: Path | None) -> None:
+    """Delete every stray entry of the store and every stray sibling of ``ckpt`` (never ``keep``)."""
+    store = _store(ckpt)
+    if store.is_dir():
+        for p in store.iterdir():
+            if p != keep:
+                _discard(p)
+        if keep is None:
+            store.rmdir()
+    strays = [".newlink", ".trash", ".tmp.trash", ".d.trash"]
+    if keep is not None:
+        strays.append(".tmp")  # a legacy checkpoint, superseded
+    for suffix in strays:
+        _discard(ckpt.with_name(ckpt.name + suffix))
+    if keep is None and ckpt.is_symlink():
+        ckpt.unlink()  # dangling
+
+
+def find_checkpoint(ckpt: str | Path) -> Path | None:
+    """The directory of the checkpoint to resume from, deleting what an interrupted run left behind.
+
+    Args:
+        ckpt: The checkpoint name (``<model dir>.ckpt``).
+
+    Returns:
+        The directory holding the checkpoint's ``meta.json``, or ``None`` when there is none: the
+        ``step-`` directory that ``ckpt`` links to; with no valid link, the newest ``step-`` directory
+        of the store (which is then linked); failing both, a legacy directory checkpoint. Temporary,
+        superseded and half-deleted directories are deleted, and so is a dangling link.
+    """
+    ckpt = Path(ckpt)
+    current = _current(ckpt)
+    if current is not None:
+        if _linked(ckpt) != current:
+            _point(ckpt, current)
+        _tidy(ckpt, current)
+        return current
+    legacy = _legacy(ckpt)
+    _tidy(ckpt, None)
+    return legacy
+
+
+def save_checkpoint(
+    ckpt: str | Path,
+    step: int,
+    model_state: Mapping[str, torch.Tensor],
+    optimizer_state: dict[str, Any],
+    meta: dict[str, Any],
+) -> Path:
+    """Write a checkpoint and make it the current one, crash-safely.
+
+    The files are written to a temporary directory of the store and fsynced, the
+    directory is renamed to ``step-<step>``, the ``ckpt`` symlink is switched to it
+    atomically, and only then are older checkpoints deleted: at every instant a
+    complete checkpoint is named.
+
+    Args:
+        ckpt: The checkpoint name (``<model dir>.ckpt``).
+        step: Training steps done.
+        model_state: Weights (saved as ``model.safetensors``).
+        optimizer_state: Optimizer state (saved as ``optimizer.pt``, read back with ``weights_only``).
+        meta: JSON-ready metadata, saved as ``meta.json`` with ``step`` and the files' SHA-256 added.
+
+    Returns:
+        The new checkpoint directory.
+
+    Raises:
+        ValueError: If ``step`` is the current checkpoint's step (it cannot be replaced in place).
+    """
+    ckpt = Path(ckpt)
+    store = _store(ckpt)
+    final = store / f"step-{step:08d}"
+    if _current(ckpt) == final:
+        raise ValueError(f"checkpoint {final} is the current one and cannot be overwritten")
+    _checkpoint_hook("save:begin")
+    if not store.is_dir():
+        store.mkdir(parents=True)
+        _fsync_dir(store.parent)
+    tmp = store / f"tmp-{step:08d}"
+    _discard(tmp)
+    tmp.mkdir()
+    tensors = {k: v.detach().clone().contiguous() for k, v in model_state.items()}
+    files = {"model.safetensors": _write_synced(tmp / "model.safetensors", safetensors.torch.save(tensors))}
+    _checkpoint_hook("save:model")
+    buf = io.BytesIO()
+    torch.save(optimizer_state, buf)
+    files["optimizer.pt"] = _write_synced(tmp / "optimizer.pt", buf.getvalue())
+    _write_synced(tmp / "meta.json", (json.dumps({**meta, "step": step, "files": files}) + "\n").encode())
+    _fsync_dir(tmp)
+    _checkpoint_hook("save:synced")
+    _discard(final)  # a complete one that a killed run never made current
+    os.replace(tmp, final)
+    _fsync_dir(store)
+    _checkpoint_hook("save:renamed")
+    _point(ckpt, final)
+    _checkpoint_hook("save:switched")
+    _tidy(ckpt, final)
+    _checkpoint_hook("save:done")
+    return final
+
+
+def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a checkpoint directory found by [`find_checkpoint`][attrib.shapes.train.find_checkpoint].
+
+    Args:
+        path: The checkpoint directory.
+
+    Returns:
+        ``(model_state, optimizer_state)``; the optimizer state is read with ``weights_only=True``.
+
+    Raises:
+        ValueError: If a file does not match the SHA-256 recorded in ``meta.json`` (legacy
+            checkpoints record none).
+        FileNotFoundError: If a file is missing.
+    """
+    path = Path(path)
+    recorded = json.loads((path / "meta.json").read_text()).get("files", {})
+    data = {}
+    for name in _CKPT_FILES:
+        data[name] = (path / name).read_bytes()
+        if name in recorded and hashlib.sha256(data[name]).hexdigest() != recorded[name]:
+            raise ValueError(f"checkpoint {path}: {name} does not match its recorded SHA-256; delete it to start over")
+    model_state = safetensors.torch.load(data["model.safetensors"])
+    optimizer_state = torch.load(io.BytesIO(data["optimizer.pt"]), weights_only=True)
+    return model_state, optimizer_state
+
+
+def remove_checkpoint(ckpt: str | Path) -> None:
+    """Delete a checkpoint: first its name (so an interruption leaves nothing half-deleted named), then its files.
+
+    Args:
+        ckpt: The checkpoint name (``<model dir>.ckpt``).
+    """
+    ckpt = Path(ckpt)
+    if ckpt.is_symlink():
+        ckpt.unlink()
+        _fsync_dir(ckpt.parent)
+    elif ckpt.is_dir():
+        _discard(ckpt)
+    _checkpoint_hook("remove:unlinked")
+    for suffix in (".d", ".tmp", ".newlink", ".trash", ".tmp.trash", ".d.trash"):
+        _discard(ckpt.with_name(ckpt.name + suffix))
