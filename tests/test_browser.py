@@ -50,10 +50,10 @@ def attributor() -> Attributor:
     return Attributor.load()
 
 
-def _wait(driver: Any, js: str, timeout: float = 60.0) -> Any:
+def _wait(driver: Any, js: str, *args: Any, timeout: float = 60.0) -> Any:
     t0 = time.time()
     while time.time() - t0 < timeout:
-        v = driver.execute_script(js)
+        v = driver.execute_script(js, *args)
         if v:
             return v
         time.sleep(0.05)
@@ -64,7 +64,9 @@ def _severe(driver: Any) -> list[dict[str, Any]]:
     return [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
 
 
-def test_serve_paints_first_span_before_generation_ends(driver: Any, attributor: Attributor) -> None:
+def test_serve_paints_first_span_before_generation_ends(driver: Any, attributor: Attributor, tmp_path: Path) -> None:
+    from PIL import Image
+
     from attrib.streaming.serve import make_server
 
     # 300 tokens so generation lasts long enough to see "before the end" in the page's own clock.
@@ -75,6 +77,15 @@ def test_serve_paints_first_span_before_generation_ends(driver: Any, attributor:
         host, port = srv.server_address[:2]
         driver.get(f"http://{host!s}:{port}/")
         _wait(driver, "return document.getElementById('pick').options.length > 0")
+        # The picked image shows at once, before any generation; the legend explains the colours.
+        first = driver.execute_script("return document.getElementById('pick').value")
+        _wait(driver, "return document.getElementById('heat').dataset.image === arguments[0]", first)
+        assert driver.execute_script("return document.getElementById('heat').width") > 0
+        legend = driver.find_element("id", "legend")
+        assert legend.is_displayed() and "lowers the span's log-probability" in legend.text
+        assert "relative to the span's largest" in legend.text
+        # The page carries the server's token; the token field is only for explicitly set tokens.
+        assert not driver.find_element("id", "token").is_displayed()
         driver.find_element("id", "run").click()
         _wait(driver, "return window.__attrib.done || window.__attrib.error")
         st = driver.execute_script("return window.__attrib")
@@ -83,7 +94,14 @@ def test_serve_paints_first_span_before_generation_ends(driver: Any, attributor:
         # Server clock: the first span's event left before generate() returned.
         assert st["serverFirstSpanEmitted"] < st["serverGenerationDone"]
         assert driver.execute_script("return document.getElementById('heat').dataset.span") is not None
-        assert len(driver.find_elements("css selector", "#trace span")) == len(st["spans"]) >= 2
+        items = driver.find_elements("css selector", "#trace li")
+        assert len(items) == len(st["spans"]) >= 2
+        for li, s in zip(items, st["spans"], strict=True):
+            assert li.text.startswith(f"#{s['index']}") and f"top: region {s['top_regions'][0][0]} " in li.text
+        # Clicking a span in the list selects it.
+        items[0].click()
+        assert driver.execute_script("return document.getElementById('heat').dataset.span") == "0"
+        assert "cur" in (items[0].get_attribute("class") or "")
         # A prompt holding markup is shown as text and never runs.
         prompt = driver.find_element("id", "prompt")
         prompt.clear()
@@ -93,6 +111,49 @@ def test_serve_paints_first_span_before_generation_ends(driver: Any, attributor:
         _wait(driver, "return window.__attrib.done || window.__attrib.error")
         assert driver.execute_script("return window.__pwned === undefined")
         assert driver.find_element("id", "question").text == XSS
+        # An upload goes through the token-protected POST and shows at once.
+        path = tmp_path / "upload.png"
+        Image.new("RGB", (640, 480), (30, 160, 60)).save(path)
+        driver.find_element("id", "file").send_keys(str(path))
+        _wait(driver, "return document.getElementById('pick').value.startsWith('upload-')")
+        uploaded = driver.execute_script("return document.getElementById('pick').value")
+        _wait(driver, "return document.getElementById('heat').dataset.image === arguments[0]", uploaded)
+        assert len(srv.uploads) == 1 and uploaded in srv.uploads
+        assert driver.execute_script("return window.__attrib.error") is None
+        assert _severe(driver) == []
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_serve_with_an_explicit_token_takes_it_from_the_address(
+    driver: Any, attributor: Attributor, tmp_path: Path
+) -> None:
+    from PIL import Image
+
+    from attrib.streaming.serve import make_server
+
+    token = "correct-horse-battery-staple"
+    srv = make_server(attributor, port=0, token=token, max_new_tokens=40)
+    th = threading.Thread(target=srv.serve_forever, daemon=True)
+    th.start()
+    try:
+        host, port = srv.server_address[:2]
+        driver.get(f"http://{host!s}:{port}/#token={token}")
+        _wait(driver, "return document.getElementById('pick').options.length > 0")
+        # Not in the page: the field holds it, and the address no longer shows it.
+        assert token not in driver.page_source.replace(f'value="{token}"', "")
+        field = driver.find_element("id", "token")
+        assert field.is_displayed() and field.get_attribute("value") == token
+        assert "#token" not in driver.current_url
+        path = tmp_path / "upload.png"
+        Image.new("RGB", (320, 240), (200, 160, 60)).save(path)
+        driver.find_element("id", "file").send_keys(str(path))
+        _wait(driver, "return document.getElementById('pick').value.startsWith('upload-')")
+        assert len(srv.uploads) == 1
+        driver.find_element("id", "run").click()
+        _wait(driver, "return window.__attrib.done || window.__attrib.error")
+        assert driver.execute_script("return window.__attrib.error") is None
         assert _severe(driver) == []
     finally:
         srv.shutdown()
