@@ -42,6 +42,7 @@ __all__ = [
     "AblationRunner",
     "Ablator",
     "EmbeddingForward",
+    "image_features",
     "loo_subsets",
     "random_subsets",
     "span_deltas",
@@ -127,6 +128,34 @@ class _Prepared:
     lm_kwargs: dict[str, Any]
 
 
+def _vision_kwargs(inner: Any, inputs: dict[str, Any]) -> dict[str, Any]:
+    """The image inputs ``inner.get_image_features`` takes, by keyword (its other options keep their defaults)."""
+    params = inspect.signature(inner.get_image_features).parameters
+    kw: dict[str, Any] = {"pixel_values": inputs["pixel_values"]}
+    for k in ("image_grid_thw", "image_sizes"):
+        if k in params and inputs.get(k) is not None:
+            kw[k] = inputs[k]
+    return kw
+
+
+def image_features(model: Any, inputs: dict[str, Any]) -> torch.Tensor:
+    """``(N_image, d)`` image embeddings as the language model receives them (vision tower + projector), for
+    every family.
+
+    Args:
+        model: A transformers VLM (``model.model.get_image_features``).
+        inputs: Its inputs (``pixel_values`` and the family's grid inputs).
+    """
+    inner = model.model
+    out = inner.get_image_features(**_vision_kwargs(inner, inputs), return_dict=True)
+    feats = getattr(out, "pooler_output", None)
+    if feats is None:
+        feats = out
+    if isinstance(feats, (list, tuple)):
+        feats = torch.cat([f.reshape(-1, f.shape[-1]) for f in feats])
+    return feats.reshape(-1, feats.shape[-1])
+
+
 class AblationRunner:
     """Teacher-forced log-probs of a fixed trace under region removals.
 
@@ -202,10 +231,7 @@ class AblationRunner:
             raise ValueError(f"ablation supports batch size 1 inputs, got {ids.shape[0]}")
         gen = self.generated.to(ids.device)[None]
         full = torch.cat([ids, gen], 1)
-        extra = {k: v for k, v in x.items() if k not in ("input_ids", "attention_mask", "mm_token_type_ids")}
-        mm = x.get("mm_token_type_ids")
-        if mm is not None:
-            extra["mm_token_type_ids"] = torch.cat([mm, torch.zeros_like(gen)], 1)
+        extra = self._extend_types(x, gen)
         captured: dict[str, Any] = {}
 
         def grab(_mod: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -228,6 +254,14 @@ class AblationRunner:
         lm_kwargs = self._encoded_kwargs(extra)
         return _Prepared(full, pos, image_pos, ids.shape[1], lm_kwargs)
 
+    def _extend_types(self, x: dict[str, Any], gen: torch.Tensor) -> dict[str, Any]:
+        """The non-id inputs, with the family's token-type input extended over the trace (zeros: text)."""
+        key = self.adapter.token_type_key
+        extra = {k: v for k, v in x.items() if k not in ("input_ids", "attention_mask") and k != key}
+        if key is not None and key in x:
+            extra[key] = torch.cat([x[key], torch.zeros_like(gen)], 1)
+        return extra
+
     def _language_model(self) -> torch.nn.Module:
         obj = self.model
         for part in self.adapter.layers_path.split(".")[:-1]:
@@ -241,9 +275,7 @@ class AblationRunner:
         fwd = inspect.signature(self.model.model.forward).parameters
         if "mm_encoder_outputs" in fwd and "pixel_values" in extra:
             with torch.inference_mode():
-                enc = self.model.model.get_image_features(
-                    extra["pixel_values"], extra.get("image_grid_thw"), return_dict=True
-                )
+                enc = self.model.model.get_image_features(**_vision_kwargs(self.model.model, extra), return_dict=True)
             rest = {k: v for k, v in extra.items() if k not in ("pixel_values",)}
             return {**rest, "_encoded": enc}
         return dict(extra)
@@ -275,10 +307,7 @@ class AblationRunner:
         inner = self.model.model
         with torch.no_grad():
             base = inner.get_input_embeddings()(p.full_ids).detach()
-            feats = inner.get_image_features(
-                self.inputs["pixel_values"], self.inputs.get("image_grid_thw"), return_dict=True
-            ).pooler_output
-            feats = (feats[0] if isinstance(feats, (list, tuple)) else feats).reshape(1, -1, base.shape[-1]).detach()
+            feats = image_features(self.model, self.inputs).reshape(1, -1, base.shape[-1]).detach()
         gen = self.generated.to(base.device)
         t_prompt = p.prompt_len
         span_list = list(spans)
@@ -343,8 +372,9 @@ class AblationRunner:
         tok_removed = self._token_mask(rem).to(dev)
         keep = 0 if keep_all else self.generated.numel() + 1
         call: dict[str, Any] = {"input_ids": ids, "position_ids": pos, "logits_to_keep": keep}
-        if "mm_token_type_ids" in kw:
-            kw["mm_token_type_ids"] = kw["mm_token_type_ids"].expand(b, -1)
+        key = self.adapter.token_type_key
+        if key is not None and key in kw:
+            kw[key] = kw[key].expand(b, -1)
         if enc is not None:
             pooled = enc.pooler_output
             enc_b = copy.copy(enc)
@@ -360,7 +390,11 @@ class AblationRunner:
         kw = {k: v for k, v in kw.items() if v is not None}
         if self.mode == "mask":
             dtype = next(self.model.parameters()).dtype
-            allowed = torch.ones(t, t, dtype=torch.bool, device=dev).tril()[None].repeat(b, 1, 1)
+            base = torch.ones(t, t, dtype=torch.bool, device=dev).tril()
+            if self.adapter.bidirectional_image:  # the image block attends both ways, as in the model's own mask
+                ip = p.image_pos.to(dev)
+                base[ip[:, None], ip[None, :]] = True
+            allowed = base[None].repeat(b, 1, 1)
             key_removed = torch.zeros(b, t, dtype=torch.bool, device=dev)
             key_removed[:, p.image_pos] = tok_removed
             allowed &= ~key_removed[:, None, :]
@@ -386,10 +420,7 @@ class AblationRunner:
             feats = enc.pooler_output[0] if isinstance(enc.pooler_output, (list, tuple)) else enc.pooler_output
         else:
             with torch.inference_mode():
-                feats = inner.get_image_features(
-                    self.inputs["pixel_values"], self.inputs.get("image_grid_thw"), return_dict=True
-                ).pooler_output
-            feats = feats[0] if isinstance(feats, (list, tuple)) else feats
+                feats = image_features(self.model, self.inputs)
         feats = feats.reshape(-1, emb.shape[-1]).to(emb.dtype)
         mean = feats.mean(0)
         pos = self.prep.image_pos
@@ -407,9 +438,7 @@ class AblationRunner:
         x = self.encode_image(Image.fromarray(arr))
         gen = self.generated[None]
         full = torch.cat([x["input_ids"], gen], 1)
-        extra = {k: v for k, v in x.items() if k not in ("input_ids", "attention_mask", "mm_token_type_ids")}
-        if "mm_token_type_ids" in x:
-            extra["mm_token_type_ids"] = torch.cat([x["mm_token_type_ids"], torch.zeros_like(gen)], 1)
+        extra = self._extend_types(x, gen)
         with torch.inference_mode():
             out = self.model(
                 input_ids=full, attention_mask=torch.ones_like(full), **extra, logits_to_keep=gen.shape[1] + 1

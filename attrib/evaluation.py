@@ -164,13 +164,16 @@ class ExampleModel:
         ex: A collected example.
         dataset: The collection's dataset spec (rebuilds the image when the record stores no path).
         mode: The collection's ablation mode.
+        system: The collection's system prompt, if any.
     """
 
-    def __init__(self, loaded: LoadedModel, ex: dict[str, Any], dataset: str, mode: str) -> None:
+    def __init__(
+        self, loaded: LoadedModel, ex: dict[str, Any], dataset: str, mode: str, system: str | None = None
+    ) -> None:
         self.loaded = loaded
         self.ex = ex
         image = open_dataset(dataset).image_for(ex)
-        self.inputs = loaded.build(image, ex["question"])
+        self.inputs = loaded.build(image, ex["question"], system=system)
         part = RegionPartition(np.asarray(ex["regions"], dtype=np.int64))
         self.assignment = part.assign_tokens(loaded.grid_spec).matrix
         self.spans = [(s["start"], s["end"]) for s in ex["spans"]]
@@ -256,7 +259,9 @@ def evaluate_methods(
     for i, ex in enumerate(exs):
         n_tokens = max(1, ex["spans"][-1]["end"]) if ex["spans"] else 1
         em = (
-            ExampleModel(loaded, ex, str(cfg.get("dataset", "")), str(cfg.get("ablation_mode", "mask")))
+            ExampleModel(
+                loaded, ex, str(cfg.get("dataset", "")), str(cfg.get("ablation_mode", "mask")), cfg.get("system")
+            )
             if loaded is not None
             else None
         )

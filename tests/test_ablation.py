@@ -30,9 +30,10 @@ def test_empty_set_reproduces_unablated_and_batching_agrees(family: str) -> None
     r = AblationRunner(model, x, gen, a, batch_size=3)
     # Reference log-probs from a plain forward of the model.
     full = torch.cat([x["input_ids"], torch.tensor([gen])], 1)
-    extra = {k: v for k, v in x.items() if k not in ("input_ids", "attention_mask", "mm_token_type_ids")}
-    if "mm_token_type_ids" in x:
-        extra["mm_token_type_ids"] = torch.cat([x["mm_token_type_ids"], torch.zeros(1, len(gen), dtype=torch.long)], 1)
+    key = adapter_for(model).token_type_key
+    extra = {k: v for k, v in x.items() if k not in ("input_ids", "attention_mask") and k != key}
+    if key is not None and key in x:
+        extra[key] = torch.cat([x[key], torch.zeros(1, len(gen), dtype=torch.long)], 1)
     with torch.no_grad():
         logits = model(input_ids=full, attention_mask=torch.ones_like(full), **extra).logits
     lp = torch.log_softmax(logits[0, x["input_ids"].shape[1] - 1 : -1].float(), -1)

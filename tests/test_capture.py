@@ -7,6 +7,7 @@ import weakref
 
 import numpy as np
 import pytest
+import tiny_models as tm
 import torch
 from tiny_models import FAMILY_NAMES, build, inputs, n_image_tokens
 
@@ -27,31 +28,6 @@ def _assignment(n: int, k: int = 3) -> np.ndarray:
     return m
 
 
-def _eager_rows(model, full_ids, x, prompt_len, assign):  # type: ignore[no-untyped-def]
-    """Reference: eager attention of the full (prompt + generated) sequence, rows that predict each token."""
-    model.set_attn_implementation("eager")
-    try:
-        kw = {k: v for k, v in x.items() if k not in ("input_ids", "attention_mask", "mm_token_type_ids")}
-        extra = {}
-        if "mm_token_type_ids" in x:
-            extra["mm_token_type_ids"] = torch.cat(
-                [x["mm_token_type_ids"], torch.zeros(1, full_ids.shape[1] - prompt_len, dtype=torch.long)], 1
-            )
-        with torch.no_grad():
-            out = model(
-                input_ids=full_ids, attention_mask=torch.ones_like(full_ids), output_attentions=True, **kw, **extra
-            )
-    finally:
-        model.set_attn_implementation("sdpa")
-    img = torch.nonzero(x["input_ids"][0] == adapter_for(model).image_token_id(model)).flatten()
-    rows = []
-    for t in range(full_ids.shape[1] - prompt_len):
-        q = prompt_len - 1 + t
-        per_layer = [a[0, :, q, img].float() @ torch.from_numpy(assign.T) for a in out.attentions]  # (H, K)
-        rows.append(torch.stack(per_layer).permute(2, 0, 1).numpy())  # (K, L, H)
-    return np.stack(rows)
-
-
 @pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_sdpa_capture_equals_eager(family: str) -> None:
     model = build(family)
@@ -64,7 +40,7 @@ def test_sdpa_capture_equals_eager(family: str) -> None:
     assert adapter_for(model).text_config(model)._attn_implementation == "sdpa"
     prompt_len = x["input_ids"].shape[1]
     assert res.generated_ids == out[0, prompt_len:].tolist()
-    ref = _eager_rows(model, out, x, prompt_len, assign)
+    ref = tm.eager_rows(model, out, x, prompt_len, assign)
     assert res.per_token is not None and res.per_token.shape == ref.shape
     np.testing.assert_allclose(res.per_token, ref, atol=1e-4)
     # Span features are the mean of their tokens' rows.

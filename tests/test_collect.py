@@ -119,7 +119,9 @@ def test_cli_collect_bad_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[s
     from attrib.cli import main
 
     assert main(["collect", "--dataset", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "c")]) == 2
-    assert "dataset file not found" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "dataset not found" in err and "nope.jsonl" in err
+    assert "collect" not in err.split("error:")[0]  # refused before the progress bar starts
     assert not (tmp_path / "c" / "manifest.json").exists()
 
 

@@ -178,7 +178,7 @@ def test_report_escapes_user_text(attributor: Attributor) -> None:
 
 
 def test_server_stops_generation_when_the_client_disconnects(attributor: Attributor) -> None:
-    from attrib.streaming.serve import make_server
+    from attrib.streaming.serve import TOKEN_HEADER, make_server
 
     srv = make_server(attributor, port=0, max_new_tokens=1500, min_new_tokens=1500)
     assert srv.server_address[0] == "127.0.0.1"
@@ -186,9 +186,18 @@ def test_server_stops_generation_when_the_client_disconnects(attributor: Attribu
     th.start()
     try:
         host, port = srv.server_address[:2]
+        here = f"{host!s}:{port}"
+        headers = {"Origin": f"http://{here}", TOKEN_HEADER: srv.token}
         sock = socket.create_connection((str(host), port), timeout=30)
-        q = "How many circles are there?".replace(" ", "%20")
-        sock.sendall(f"GET /api/stream?image=test-1&prompt={q} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        body = json.dumps({"image": "test-1", "prompt": "How many circles are there?"}).encode()
+        sock.sendall(
+            (
+                f"POST /api/stream HTTP/1.1\r\nHost: {here}\r\nOrigin: http://{here}\r\n"
+                f"{TOKEN_HEADER}: {srv.token}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n"
+            ).encode()
+            + body
+        )
         seen = b""
         while b"event: span" not in seen:
             chunk = sock.recv(65536)
@@ -199,18 +208,23 @@ def test_server_stops_generation_when_the_client_disconnects(attributor: Attribu
         sock.close()
         # Generation of 1,500 tokens takes far longer than this; the disconnect must stop it.
         deadline = time.time() + 30
-        while srv.disconnects == 0 and time.time() < deadline:  # type: ignore[attr-defined]
+        while srv.disconnects == 0 and time.time() < deadline:
             time.sleep(0.05)
-        assert srv.disconnects == 1  # type: ignore[attr-defined]
+        assert srv.disconnects == 1
         assert attributor.lock.acquire(timeout=10)
         attributor.lock.release()
         assert time.perf_counter() - t0 < 15
-        # Bad input over HTTP: an error event, and the server keeps serving.
+        # Bad input over HTTP: a 4xx with the reason, and the server keeps serving.
         conn = http.client.HTTPConnection(str(host), port, timeout=30)
-        conn.request("GET", "/api/stream?image=nope&prompt=hi")
-        body = conn.getresponse().read().decode()
-        assert "event: error" in body and "unknown image" in body
-        conn.request("POST", "/api/upload", body=b"garbage", headers={"Content-Length": "7"})
+        conn.request(
+            "POST",
+            "/api/stream",
+            body=json.dumps({"image": "nope", "prompt": "hi"}),
+            headers={**headers, "Content-Type": "application/json"},
+        )
+        r = conn.getresponse()
+        assert r.status == 404 and "unknown image" in json.loads(r.read())["error"]
+        conn.request("POST", "/api/upload", body=b"garbage", headers={**headers, "Content-Length": "7"})
         r = conn.getresponse()
         assert r.status == 400 and "not a readable image" in r.read().decode()
     finally:

@@ -145,7 +145,7 @@ def test_cli_demo_and_stream_on_v1(tmp_path: Path) -> None:
 
 
 def test_serve_streams_v1_parts(v1: Attributor) -> None:
-    from attrib.streaming.serve import make_server
+    from attrib.streaming.serve import TOKEN_HEADER, make_server
 
     srv = make_server(v1, port=0, max_new_tokens=120)
     th = threading.Thread(target=srv.serve_forever, daemon=True)
@@ -156,9 +156,12 @@ def test_serve_streams_v1_parts(v1: Attributor) -> None:
         conn.request("GET", "/api/examples")
         exs = json.loads(conn.getresponse().read())
         assert exs and exs[0]["id"] == "test-0"
-        q = exs[0]["question"].replace(" ", "%20").replace("?", "%3F")
-        conn.request("GET", f"/api/stream?image=test-0&prompt={q}")
-        body = conn.getresponse().read().decode()
+        headers = {"Origin": f"http://{host!s}:{port}", TOKEN_HEADER: srv.token, "Content-Type": "application/json"}
+        request = json.dumps({"image": "test-0", "prompt": exs[0]["question"]})
+        conn.request("POST", "/api/stream", body=request, headers=headers)
+        r = conn.getresponse()
+        assert r.status == 200 and r.getheader("Content-Type", "").startswith("text/event-stream")
+        body = r.read().decode()
         events = [json.loads(line[6:]) for line in body.splitlines() if line.startswith("data: ")]
         spans = [e for e in events if e.get("type") == "span"]
         assert spans and all("via_copy" in e["parts"] for e in spans)

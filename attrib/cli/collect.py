@@ -9,13 +9,17 @@ from typing import Any
 
 from rich.markup import escape
 
-from attrib.cli.console import console, progress
+from attrib.cli.console import add_generation_options, add_model_options, console, generate_kwargs, progress
 
 __all__ = ["register"]
 
 
 def _cmd_collect(args: argparse.Namespace) -> int:
+    from attrib.collect.datasets import open_dataset
     from attrib.collect.pipeline import CollectConfig, collect_many
+    from attrib.models import default_model_name
+    from attrib.models.loading import check_model, parse_device
+    from attrib.regions import check_region_method
 
     methods = [m.strip() for m in str(args.regions).split(",") if m.strip()]
     try:
@@ -24,9 +28,10 @@ def _cmd_collect(args: argparse.Namespace) -> int:
         raise ValueError(f"--k must be an integer or a comma-separated list of integers, got {args.k!r}") from None
     if not methods or not ks:
         raise ValueError("--regions and --k need at least one value each")
+    gen = generate_kwargs(args)
     cfgs = [
         CollectConfig(
-            model=args.model,
+            model=args.model or default_model_name(),
             dataset=args.dataset,
             n=args.n,
             start=args.start,
@@ -39,10 +44,23 @@ def _cmd_collect(args: argparse.Namespace) -> int:
             shard_size=args.shard_size,
             max_new_tokens=args.max_new_tokens,
             batch_size=args.batch_size,
+            dtype=args.dtype or "float32",
+            device=args.device,
+            system=args.system,
+            do_sample=bool(gen.get("do_sample", False)),
+            temperature=float(gen.get("temperature", 1.0)),
+            top_p=float(gen.get("top_p", 1.0)),
+            dinov3=args.dinov3,
         )
         for m in methods
         for k in ks
     ]
+    # Configuration errors are refused here, before any progress or work.
+    open_dataset(cfgs[0].dataset)
+    parse_device(cfgs[0].device)
+    for c in cfgs:
+        check_region_method(c.region_method, dinov3=c.dinov3)
+    check_model(cfgs[0].model)
     outs = [Path(args.out)] if len(cfgs) == 1 else [Path(args.out) / f"{c.region_method}-k{c.k}" for c in cfgs]
     if args.backend != "ray" and (args.address is not None or args.workers is not None or args.gpus_per_worker):
         raise ValueError("--address, --workers and --gpus-per-worker need --backend ray")
@@ -87,11 +105,13 @@ def _cmd_collect(args: argparse.Namespace) -> int:
 def register(sub: Any) -> None:
     """Add ``collect``."""
     c = sub.add_parser("collect", help="generate traces, capture features, compute ablation targets (resumable)")
+    add_model_options(c)
     c.add_argument(
-        "--model", default="shapes-qwen25vl", help="bundled model name, local checkpoint directory or hub id"
-    )
-    c.add_argument(
-        "--dataset", default="shapes:train", help="shapes:<split>, or a JSONL file of image/question[/answer]"
+        "--dataset",
+        default="shapes:train",
+        help="shapes:<split>; a JSONL file of image, question[, answer][, regions]; folder:DIR (images with "
+        "questions.jsonl or question.txt); hf:DIR[?image=COL&question=COL&answer=COL&split=NAME] (a Hugging Face "
+        "datasets dataset saved with save_to_disk)",
     )
     c.add_argument("--n", type=int, default=100, help="examples (JSONL: the first n lines; 0 = all)")
     c.add_argument("--start", type=int, default=0, help="first example")
@@ -101,8 +121,12 @@ def register(sub: Any) -> None:
     c.add_argument(
         "--regions",
         default="color",
-        help="region method; a comma-separated list (with several --k values) collects every combination from "
-        "one generation per example, into OUT/<method>-k<K>/",
+        help="region method: color, dinov3 (needs --dinov3), grid, voronoi, blocks, given (the dataset's own "
+        "regions); a comma-separated list (with several --k values) collects every combination from one generation "
+        "per example, into OUT/<method>-k<K>/",
+    )
+    c.add_argument(
+        "--dinov3", default=None, help="DINOv3 model directory or hub id, for --regions dinov3 (loaded once)"
     )
     c.add_argument(
         "--ablation",
@@ -114,7 +138,7 @@ def register(sub: Any) -> None:
     c.add_argument("--loo", action="store_true", help="also compute leave-one-out targets")
     c.add_argument("--seed", type=int, default=0, help="seed of the regions and removal sets")
     c.add_argument("--shard-size", dest="shard_size", type=int, default=16, help="examples per shard")
-    c.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=200, help="generation budget")
+    add_generation_options(c)
     c.add_argument("--batch-size", dest="batch_size", type=int, default=16, help="removal sets per forward")
     c.add_argument(
         "--threads", type=int, default=0, help="torch threads (with --backend ray: per worker, and its CPUs; default 1)"

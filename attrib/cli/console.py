@@ -8,10 +8,19 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-__all__ = ["add_model_options", "console", "load_flagger", "out", "progress", "split_choices"]
+__all__ = [
+    "add_generation_options",
+    "add_model_options",
+    "console",
+    "generate_kwargs",
+    "load_flagger",
+    "out",
+    "progress",
+    "split_choices",
+]
 
 #: Messages, progress and errors (stderr).
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 #: Results (stdout).
 out = Console()
 
@@ -33,23 +42,69 @@ def progress() -> Progress:
     )
 
 
-def add_model_options(p: argparse.ArgumentParser, *, default: str | None = None, required: bool = False) -> None:
-    """``--model``, ``--device`` and ``--dtype``, as every command that loads a model takes them."""
+def add_model_options(
+    p: argparse.ArgumentParser, *, default: str | None = None, required: bool = False, model_option: bool = True
+) -> None:
+    """``--model``, ``--device`` and ``--dtype``, as every command that loads a model takes them
+    (``model_option=False``: the model comes from elsewhere, e.g. a collection)."""
+    if model_option:
+        p.add_argument(
+            "--model",
+            default=default,
+            required=required,
+            help="bundled model name, local checkpoint directory or hub id (default: the bundled model)"
+            if not required
+            else "bundled model name, local checkpoint directory or hub id",
+        )
     p.add_argument(
-        "--model",
-        default=default,
-        required=required,
-        help="bundled model name, local checkpoint directory or hub id (default: the bundled model)"
-        if not required
-        else "bundled model name, local checkpoint directory or hub id",
+        "--device",
+        default=None,
+        help="cpu (default), cuda, cuda:N, mps, or auto (accelerate device_map: spread over the GPUs)",
     )
-    p.add_argument("--device", default=None, help="cpu (default), cuda or cuda:N")
     p.add_argument(
         "--dtype",
         default=None,
         choices=["float32", "bfloat16", "float16", "auto"],
-        help="parameter dtype (default float32)",
+        help="parameter dtype (default float32, or a collection's own; auto: the checkpoint's)",
     )
+
+
+def add_generation_options(p: argparse.ArgumentParser, *, max_new_tokens: int = 200) -> None:
+    """``--max-new-tokens``, ``--system``, ``--do-sample``, ``--temperature`` and ``--top-p``."""
+    p.add_argument(
+        "--max-new-tokens",
+        dest="max_new_tokens",
+        type=int,
+        default=max_new_tokens,
+        help=f"generation budget in tokens (default {max_new_tokens}; thinking traces often need thousands)",
+    )
+    p.add_argument("--system", default=None, help="a system prompt before every question")
+    p.add_argument("--do-sample", dest="do_sample", action="store_true", help="sample instead of greedy decoding")
+    p.add_argument("--temperature", type=float, default=None, help="sampling temperature (with --do-sample)")
+    p.add_argument("--top-p", dest="top_p", type=float, default=None, help="nucleus-sampling mass (with --do-sample)")
+
+
+def generate_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The decoding options of ``args`` (empty: greedy).
+
+    Raises:
+        ValueError: For ``--temperature`` or ``--top-p`` without ``--do-sample``, or out of range.
+    """
+    t, top_p = getattr(args, "temperature", None), getattr(args, "top_p", None)
+    if not getattr(args, "do_sample", False):
+        if t is not None or top_p is not None:
+            raise ValueError("--temperature and --top-p need --do-sample (decoding is greedy without it)")
+        return {}
+    if t is not None and not t > 0:
+        raise ValueError(f"--temperature must be > 0, got {t}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"--top-p must be in (0, 1], got {top_p}")
+    kw: dict[str, Any] = {"do_sample": True}
+    if t is not None:
+        kw["temperature"] = t
+    if top_p is not None:
+        kw["top_p"] = top_p
+    return kw
 
 
 def load_flagger(path: str | None, loaded: Any) -> Any:

@@ -9,7 +9,7 @@ from typing import Any
 
 from rich.table import Table
 
-from attrib.cli.console import console, out, progress
+from attrib.cli.console import add_model_options, console, out, progress
 
 __all__ = ["register"]
 
@@ -62,7 +62,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         raise ValueError(
             f"--methods: unknown method(s) {', '.join(unknown)}; registered: {', '.join(sorted(BASELINES))}"
         )
-    loaded = load(cfg["model"], device=args.device, dtype=args.dtype)
+    # The collection's dtype unless asked otherwise: its targets were computed at that precision.
+    loaded = load(cfg["model"], device=args.device, dtype=args.dtype or cfg.get("dtype", "float32"))
     layer = best_layer_index([ex for t in trains for ex in t.examples()][:200]) if trains else 0
     with progress() as prog:
         task = prog.add_task("evaluate", total=None)
@@ -225,6 +226,5 @@ def register(sub: Any) -> None:
     ev.add_argument("--limit", type=int, default=None, help="evaluate at most this many held-out examples")
     ev.add_argument("--json", default=None, help="write the results here")
     ev.add_argument("--heatmap", default=None, help="write the estimator's L x H weight heatmap (PNG)")
-    ev.add_argument("--device", default=None, help="cpu (default), cuda or cuda:N (the model's ablation forwards)")
-    ev.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16", "auto"], help="parameter dtype")
+    add_model_options(ev, model_option=False)
     ev.set_defaults(fn=_cmd_evaluate)

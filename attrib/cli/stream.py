@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -10,13 +11,26 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
-from attrib.cli.console import add_model_options, console, load_flagger, out
+from attrib.cli.console import add_generation_options, add_model_options, console, generate_kwargs, load_flagger, out
 
 __all__ = ["register"]
 
 
+def _region_options(q: argparse.ArgumentParser) -> None:
+    q.add_argument(
+        "--regions",
+        default=None,
+        help="region method (default: the estimator's): color, dinov3 (needs --dinov3), grid, voronoi, blocks, "
+        "given (stream: --regions-file)",
+    )
+    q.add_argument("--k", type=int, default=None, help="regions per image (default: the estimator's)")
+    q.add_argument(
+        "--dinov3", default=None, help="DINOv3 model directory or hub id, for --regions dinov3 (loaded once)"
+    )
+
+
 def _stream_options(q: argparse.ArgumentParser) -> None:
-    q.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=200, help="generation budget")
+    add_generation_options(q)
     q.add_argument("--top", type=int, default=3, help="top regions shown per span")
     q.add_argument(
         "--no-verify", dest="no_verify", action="store_true", help="skip the per-example check against ablation"
@@ -42,14 +56,30 @@ def _print_event(console_out: Console, ev: Any) -> None:
         )
 
 
-def run_stream(console_out: Console, attributor: Any, image: Any, prompt: str, truth: str | None, args: Any) -> Any:
+def run_stream(
+    console_out: Console,
+    attributor: Any,
+    image: Any,
+    prompt: str,
+    truth: str | None,
+    args: Any,
+    *,
+    regions: Any = None,
+    flagger: Any = None,
+) -> Any:
     """Stream one image and prompt, print each span as it arrives, then the answer and (unless skipped) the check."""
     from attrib.streaming.stream import FinalEvent
 
-    flagger = load_flagger(getattr(args, "flagger", None), attributor.loaded)
     res = None
     with attributor.stream(
-        image, prompt, truth=truth, max_new_tokens=args.max_new_tokens, flagger=flagger, top=args.top
+        image,
+        prompt,
+        truth=truth,
+        max_new_tokens=args.max_new_tokens,
+        flagger=flagger,
+        top=args.top,
+        regions=regions,
+        **generate_kwargs(args),
     ) as stream:
         for ev in stream:
             if isinstance(ev, FinalEvent):
@@ -82,10 +112,20 @@ def run_stream(console_out: Console, attributor: Any, image: Any, prompt: str, t
     return res
 
 
-def _attributor(args: argparse.Namespace, **kw: Any) -> Any:
+def _attributor(args: argparse.Namespace) -> Any:
     from attrib.streaming.stream import Attributor
 
-    return Attributor.load(args.model, args.estimator, device=args.device, dtype=args.dtype, **kw)
+    generate_kwargs(args)  # bad decoding options are refused before the model loads
+    return Attributor.load(
+        args.model,
+        args.estimator,
+        device=args.device,
+        dtype=args.dtype,
+        region_method=getattr(args, "regions", None),
+        k=getattr(args, "k", None),
+        dinov3=getattr(args, "dinov3", None),
+        system=getattr(args, "system", None),
+    )
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -103,10 +143,19 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if spec is None:
         raise ValueError(f"{attributor.name} has no default examples: pass --dataset (shapes:test or a JSONL file)")
     results = []
+    flagger = load_flagger(args.flagger, attributor.loaded)
     for item in open_dataset(spec).items(args.n, args.start):
         family = f" ({escape(str(item.meta['family']))})" if "family" in item.meta else ""
         out.print(f"\n[bold]{escape(item.uid)}[/bold]{family}: {escape(item.question)}")
-        results.append(run_stream(out, attributor, item.load_image(), item.question, item.answer, args))
+        if item.error is not None:
+            console.print(f"  [red]skipped:[/red] {escape(item.error)}")
+            continue
+        regions = item.regions if attributor.region_method == "given" else None
+        results.append(
+            run_stream(
+                out, attributor, item.load_image(), item.question, item.answer, args, regions=regions, flagger=flagger
+            )
+        )
     outdir = Path(args.out)
     html_path = outdir / "report.html"
     named = attributor.loaded.named
@@ -123,8 +172,23 @@ def _cmd_stream(args: argparse.Namespace) -> int:
     from attrib.streaming.report import render_report
 
     image = load_image(args.image)
-    attributor = _attributor(args, region_method=args.regions, k=args.k)
-    res = run_stream(out, attributor, image, args.prompt, args.truth, args)
+    regions: Any = None
+    if args.regions_file is not None:
+        regions = _regions_file(args.regions_file)
+        args.regions = "given"
+    elif args.regions == "given":
+        raise ValueError("--regions given needs --regions-file (a label-map PNG or a JSON list of boxes)")
+    attributor = _attributor(args)
+    res = run_stream(
+        out,
+        attributor,
+        image,
+        args.prompt,
+        args.truth,
+        args,
+        regions=regions,
+        flagger=load_flagger(args.flagger, attributor.loaded),
+    )
     if args.html:
         atomic_write_text(args.html, render_report([res], title="attrib stream"))
         console.print(f"wrote {args.html}")
@@ -133,9 +197,36 @@ def _cmd_stream(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_serve(args: argparse.Namespace) -> int:
-    from attrib.streaming.serve import make_server, run_until_interrupted
+def _regions_file(path: str) -> dict[str, Any]:
+    """``--regions-file``: a label-map image, or a JSON list of ``[x0, y0, x1, y1]`` boxes."""
+    import json
 
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"--regions-file {path} does not exist")
+    if p.suffix.lower() == ".json":
+        try:
+            boxes = json.loads(p.read_text())
+        except ValueError as e:
+            raise ValueError(f"--regions-file {path} is not valid JSON: {e}") from None
+        if not isinstance(boxes, list) or not all(isinstance(b, list) and len(b) == 4 for b in boxes):
+            raise ValueError(f"--regions-file {path} must hold a list of [x0, y0, x1, y1] boxes")
+        return {"boxes": boxes}
+    return {"labels": str(p)}
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from attrib.streaming.serve import is_loopback, make_server, run_until_interrupted
+
+    if args.regions == "given":
+        raise ValueError("serve cannot use --regions given: uploaded images carry no regions of their own")
+    token = args.token or os.environ.get("ATTRIB_SERVE_TOKEN") or None
+    if token is None and not is_loopback(args.host):
+        # Refused before the model loads (make_server refuses it too, before binding).
+        raise ValueError(
+            f"--host {args.host} serves beyond this machine: pass --token SECRET (or set ATTRIB_SERVE_TOKEN), "
+            "or bind to 127.0.0.1"
+        )
     attributor = _attributor(args)
     examples = None
     if args.dataset:
@@ -146,12 +237,22 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         attributor,
         host=args.host,
         port=args.port,
+        token=token,
+        allowed_hosts=args.allow_host or (),
         flagger=load_flagger(args.flagger, attributor.loaded),
         max_new_tokens=args.max_new_tokens,
         examples=examples,
+        time_limit_s=args.time_limit,
+        **generate_kwargs(args),
     )
     host, port = srv.server_address[:2]
-    console.print(f"attrib serve: open http://{host!s}:{port}/  (Ctrl-C stops)")
+    shown = str(host)
+    if shown in ("0.0.0.0", "::", ""):
+        shown = "127.0.0.1"
+    elif ":" in shown:
+        shown = f"[{shown}]"
+    how = "" if token is None else "; enter the token in the page, or add #token=YOUR_TOKEN to the address"
+    console.print(f"attrib serve: open http://{escape(shown)}:{port}/{escape(how)}  (Ctrl-C stops)")
     run_until_interrupted(srv)
     return 0
 
@@ -165,6 +266,7 @@ def register(sub: Any) -> None:
     d.add_argument("--n", type=int, default=4, help="examples to stream")
     d.add_argument("--start", type=int, default=0, help="first example")
     d.add_argument("--out", default="out/demo", help="output directory (report.html, demo.json)")
+    _region_options(d)
     _stream_options(d)
     d.set_defaults(fn=_cmd_demo)
 
@@ -174,8 +276,13 @@ def register(sub: Any) -> None:
     st.add_argument("--image", required=True, help="the image file")
     st.add_argument("--prompt", required=True, help="the question")
     st.add_argument("--truth", default=None, help="expected answer, if known")
-    st.add_argument("--regions", default=None, help="region method (default: the estimator's)")
-    st.add_argument("--k", type=int, default=None, help="regions (default: the estimator's)")
+    _region_options(st)
+    st.add_argument(
+        "--regions-file",
+        dest="regions_file",
+        default=None,
+        help="this image's own regions: a label-map PNG (values 0..K-1) or a JSON list of [x0, y0, x1, y1] boxes",
+    )
     st.add_argument("--html", default=None, help="write a self-contained HTML report here")
     st.add_argument("--json", default=None, help="write the result (spans, scores, answer) as JSON here")
     _stream_options(st)
@@ -186,10 +293,36 @@ def register(sub: Any) -> None:
     sv.add_argument(
         "--estimator", default=None, help="estimator path stem (default: the one that ships with the model)"
     )
-    sv.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    sv.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="bind address (default 127.0.0.1: this machine only; any other needs --token)",
+    )
+    sv.add_argument(
+        "--token",
+        default=None,
+        help="secret that uploads and generations must carry (default: $ATTRIB_SERVE_TOKEN, else a random one placed "
+        "in the page; required with a non-loopback --host; at least 12 characters)",
+    )
+    sv.add_argument(
+        "--allow-host",
+        dest="allow_host",
+        action="append",
+        default=None,
+        metavar="NAME[:PORT]",
+        help="another name the Host header may carry (e.g. the machine's DNS name); repeatable",
+    )
+    sv.add_argument(
+        "--time-limit",
+        dest="time_limit",
+        type=float,
+        default=300.0,
+        help="seconds a generation may run before its stream is closed (default 300)",
+    )
     sv.add_argument("--port", type=int, default=8765, help="TCP port (0 picks a free one)")
     sv.add_argument("--flagger", default=None, help="failure-flagger JSON ('none' disables; default: the model's own)")
-    sv.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=200, help="generation budget")
+    add_generation_options(sv)
+    _region_options(sv)
     sv.add_argument("--dataset", default=None, help="examples offered in the page (default: the model's own)")
     sv.add_argument("--examples", type=int, default=12, help="how many examples of --dataset to offer")
     sv.set_defaults(fn=_cmd_serve)

@@ -24,11 +24,11 @@ from attrib.ablation import loo_subsets, random_subsets
 from attrib.collect.datasets import CollectItem, Dataset, open_dataset
 from attrib.collect.store import Collection, check_writable, open_manifest, write_shard
 from attrib.io import atomic_write_json
-from attrib.models.loading import LoadedModel, load
+from attrib.models.loading import LoadedModel, check_model, load, parse_device
 from attrib.models.loading import resolve_path as resolve_model_path
 from attrib.models.signature import weights_fingerprint
-from attrib.regions import segment
-from attrib.variants.registry import AblationRequest, CaptureRequest, get_variant
+from attrib.regions.methods import Segmenter, check_region_method
+from attrib.variants.registry import AblationRequest, CaptureRequest, check_generate_kwargs, get_variant
 
 __all__ = [
     "CollectConfig",
@@ -40,6 +40,7 @@ __all__ = [
     "example_results",
     "gt_regions",
     "iter_items",
+    "make_segmenters",
     "model_fingerprint",
     "shard_arrays",
 ]
@@ -49,12 +50,12 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True, kw_only=True)
 class CollectConfig:
-    """Settings of a collection (all part of its identity).
+    """Settings of a collection (all part of its identity, but ``batch_size`` and ``device``).
 
     Attributes:
         model: A named (bundled) model, a local checkpoint directory or a hub id.
-        dataset: A dataset spec (see [`attrib.collect.datasets`][attrib.collect.datasets]): ``"shapes:<split>"``
-            or a JSONL path (``image``, ``question``, optional ``answer``).
+        dataset: A dataset spec (see [`attrib.collect.datasets`][attrib.collect.datasets]): ``"shapes:<split>"``,
+            a JSONL path, ``folder:DIR`` or ``hf:DIR``.
         n: Examples to take (generated datasets) or the first ``n`` lines (JSONL; 0 = all).
         start: First example index.
         k: Regions per image.
@@ -66,6 +67,13 @@ class CollectConfig:
         shard_size: Examples per shard.
         max_new_tokens: Generation budget.
         batch_size: Removal sets per ablation forward.
+        dtype: Parameter dtype (``float32``, ``bfloat16``, ``float16``, ``auto``).
+        device: Where the model runs (``cpu``, ``cuda``, ``cuda:N``; ``None``: CPU).
+        system: A system prompt before every question.
+        do_sample: Sample instead of greedy decoding (with ``temperature`` and ``top_p``).
+        temperature: Sampling temperature.
+        top_p: Nucleus-sampling mass.
+        dinov3: The DINOv3 model (directory or hub id) of ``region_method="dinov3"``.
     """
 
     model: str = "shapes-qwen25vl"
@@ -81,16 +89,50 @@ class CollectConfig:
     shard_size: int = 16
     max_new_tokens: int = 200
     batch_size: int = 16
+    dtype: str = "float32"
+    device: str | None = None
+    system: str | None = None
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    dinov3: str | None = None
 
     def __post_init__(self) -> None:
         if self.shard_size < 1 or self.n < 0 or self.k < 1 or self.n_subsets < 1:
             raise ValueError("shard_size, k and n_subsets must be >= 1 and n >= 0")
+        if self.max_new_tokens < 1 or self.batch_size < 1:
+            raise ValueError("max_new_tokens and batch_size must be >= 1")
+        if self.dtype not in ("float32", "bfloat16", "float16", "auto"):
+            raise ValueError(f"dtype must be float32, bfloat16, float16 or auto, got {self.dtype!r}")
+        if self.temperature <= 0 or not 0 < self.top_p <= 1:
+            raise ValueError("temperature must be > 0 and top_p in (0, 1]")
 
     def identity(self) -> dict[str, Any]:
-        """What a resume must match (everything but the batch size, which does not change results)."""
+        """What a resume must match: every setting that changes results (not the batch size or the device).
+
+        Settings added after the first format version are left out at their defaults, so older
+        collections keep their identity.
+        """
         d = asdict(self)
         d.pop("batch_size")
+        d.pop("device")
+        for key, default in (
+            ("dtype", "float32"),
+            ("system", None),
+            ("do_sample", False),
+            ("temperature", 1.0),
+            ("top_p", 1.0),
+            ("dinov3", None),
+        ):
+            if d[key] == default:
+                d.pop(key)
         return d
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        """The decoding options (greedy unless ``do_sample``)."""
+        if not self.do_sample:
+            return {}
+        return {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p}
 
 
 def iter_items(cfg: CollectConfig) -> Iterator[CollectItem]:
@@ -169,14 +211,21 @@ def collect_many(
     if threads:
         torch.set_num_threads(threads)
     outs = [Path(o) for o in out_dirs]
+    dev = parse_device(base.device)  # a bad or missing device fails here, before anything loads
+    check_model(base.model)  # so does a directory that is not a whole checkpoint
+    for c in cfgs:
+        check_region_method(c.region_method, dinov3=c.dinov3)
+    # An unknown region method, or dinov3 without a model, fails here.
+    segmenters = make_segmenters(cfgs, dev if isinstance(dev, torch.device) else None)
     for o in outs:
         check_writable(o)
     fingerprint = model_fingerprint(base.model)
     dataset = open_dataset(base.dataset)
     items = list(dataset.items(base.n, base.start))  # a bad dataset fails here, before anything is written
     manifests = [open_manifest(c.identity(), o, fingerprint) for c, o in zip(cfgs, outs, strict=True)]
-    loaded = load(base.model)
+    loaded = load(base.model, device=base.device, dtype=base.dtype)
     check_ablation_mode(base, loaded)
+    check_generate_kwargs(get_variant(loaded.variant), base.generate_kwargs())
     sig = loaded.signature
     for m, o in zip(manifests, outs, strict=True):
         if m.get("model_signature") != sig:
@@ -194,7 +243,9 @@ def collect_many(
         if not todo:
             continue
         chunk = items[si * base.shard_size : (si + 1) * base.shard_size]
-        results = collect_chunk([cfgs[i] for i in todo], loaded, dataset, chunk, si, on_progress, done, total)
+        results = collect_chunk(
+            [cfgs[i] for i in todo], loaded, dataset, chunk, si, on_progress, done, total, [segmenters[i] for i in todo]
+        )
         done += len(chunk)
         for i, (arrays, recs, failures) in zip(todo, results, strict=True):
             write_shard(outs[i], name, arrays, recs)
@@ -225,6 +276,22 @@ def check_configs(cfgs: Sequence[CollectConfig], out_dirs: Sequence[str | Path],
         raise ValueError(f"{who}: output directories must be distinct")
 
 
+def make_segmenters(cfgs: Sequence[CollectConfig], device: Any = None) -> list[Segmenter]:
+    """One region segmenter per configuration (a DINOv3 model is loaded once, on ``device``, and shared).
+
+    Raises:
+        ValueError: For an unknown region method, or dinov3 regions without a model.
+    """
+    dino: dict[str, Any] = {}
+    out = []
+    for c in cfgs:
+        if c.region_method == "dinov3" and c.dinov3 is not None and c.dinov3 not in dino:
+            dino[c.dinov3] = Segmenter("dinov3", c.k, dinov3=c.dinov3, device=device).options["features"]
+        feats = dino.get(c.dinov3) if c.region_method == "dinov3" and c.dinov3 is not None else None
+        out.append(Segmenter(c.region_method, c.k, **({"features": feats} if feats is not None else {})))
+    return out
+
+
 def collect_chunk(
     cfgs: list[CollectConfig],
     loaded: LoadedModel,
@@ -234,18 +301,20 @@ def collect_chunk(
     on_progress: Callable[[int, int], None] | None,
     done: int,
     total: int,
+    segmenters: Sequence[Segmenter] | None = None,
 ) -> list[tuple[dict[str, np.ndarray], list[dict[str, Any]], list[dict[str, str]]]]:
     """One shard's examples for every configuration: ``(arrays, records, failures)`` per configuration.
 
-    An example that fails (unreadable image, no complete span, a region method
-    that cannot give K regions) is recorded with its reason and the rest go on.
+    An example that fails (a bad dataset row, an unreadable image, no complete span, a
+    region method that cannot give K regions) is recorded with its reason and the rest go on.
     """
+    segs = list(segmenters) if segmenters is not None else make_segmenters(cfgs)
     per: list[list[dict[str, Any]]] = [[] for _ in cfgs]
     failures: list[list[dict[str, str]]] = [[] for _ in cfgs]
     for j, item in enumerate(chunk):
         index = shard_index * cfgs[0].shard_size + j
         try:
-            rs: list[dict[str, Any] | Exception] = list(example_results(cfgs, loaded, dataset, item, index))
+            rs: list[dict[str, Any] | Exception] = list(example_results(cfgs, loaded, dataset, item, index, segs))
         except (ValueError, OSError) as e:
             rs = [e] * len(cfgs)
         for c, r in enumerate(rs):
@@ -289,7 +358,12 @@ def shard_arrays(
 
 
 def example_results(
-    cfgs: list[CollectConfig], loaded: LoadedModel, dataset: Dataset, item: CollectItem, index: int
+    cfgs: list[CollectConfig],
+    loaded: LoadedModel,
+    dataset: Dataset,
+    item: CollectItem,
+    index: int,
+    segmenters: Sequence[Segmenter] | None = None,
 ) -> list[dict[str, Any] | Exception]:
     """One generation, then per configuration: features, targets and the record (or the error).
 
@@ -299,27 +373,38 @@ def example_results(
         dataset: The dataset (it judges the answer).
         item: The example.
         index: Its index in the collection (seeds its regions).
+        segmenters: One per configuration (default: made from the configurations).
     """
     base = cfgs[0]
+    segs = list(segmenters) if segmenters is not None else make_segmenters(cfgs)
     variant = get_variant(loaded.variant)
     image = item.load_image()
-    x = loaded.build(image, item.question)
+    x = loaded.build(image, item.question, system=base.system)
     grid = loaded.grid_spec
     parts, assigns = [], []
-    for cfg in cfgs:
-        part = segment(image, cfg.k, method=cfg.region_method, seed=cfg.seed + index)
+    for cfg, seg in zip(cfgs, segs, strict=True):
+        part = seg(image, seed=cfg.seed + index, given=item.regions)
         if part.k != cfg.k:
             raise ValueError(f"region method {cfg.region_method} gave K={part.k}, expected {cfg.k}")
         parts.append(part)
         assigns.append(part.assign_tokens(grid))
     stacked = np.concatenate([a.matrix for a in assigns]) if len(assigns) > 1 else assigns[0]
-    res = variant.capture(loaded, CaptureRequest(x, stacked, max_new_tokens=base.max_new_tokens))
+    request = CaptureRequest(x, stacked, max_new_tokens=base.max_new_tokens, generate_kwargs=base.generate_kwargs())
+    if base.do_sample:
+        # Sampled traces are reproducible (and a resumed collection equal to an uninterrupted one): each
+        # example draws from its own seed, without touching the caller's random state.
+        devices = [loaded.device] if loaded.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(_example_seed(base.seed, item.uid))
+            res = variant.capture(loaded, request)
+    else:
+        res = variant.capture(loaded, request)
     if not res.spans:
         raise ValueError("the generated trace has no complete span")
     spans = [(s.start, s.end) for s in res.spans]
     text = loaded.decode(res.generated_ids)
     predicted, correct = dataset.judge(text, item.answer)
-    rng_seed = int.from_bytes(hashlib.sha256(f"{base.seed}:{item.uid}".encode()).digest()[:4], "little")
+    rng_seed = _example_seed(base.seed, item.uid)
     out: list[dict[str, Any] | Exception] = []
     offset = 0
     for cfg, part, assign in zip(cfgs, parts, assigns, strict=True):
@@ -339,7 +424,7 @@ def example_results(
                     batch_size=cfg.batch_size,
                     image=image,
                     region_labels=part.labels,
-                    encode_image=lambda im: loaded.build(im, item.question),
+                    encode_image=lambda im: loaded.build(im, item.question, system=base.system),
                 ),
             )
             subsets = random_subsets(cfg.k, cfg.n_subsets, seed=rng_seed)
@@ -371,6 +456,10 @@ def example_results(
         r["record"] = rec
         out.append(r)
     return out
+
+
+def _example_seed(seed: int, uid: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}:{uid}".encode()).digest()[:4], "little")
 
 
 def gt_regions(

@@ -47,10 +47,13 @@ from attrib.collect.pipeline import (
     check_configs,
     collect_chunk,
     iter_items,
+    make_segmenters,
     model_fingerprint,
 )
 from attrib.collect.store import Collection, check_writable, open_manifest, write_shard
 from attrib.io import atomic_write_json
+from attrib.models.loading import check_model
+from attrib.regions.methods import check_region_method
 
 __all__ = ["INSTALL_HINT", "RayCollectError", "RayUnavailableError", "collect_ray"]
 
@@ -117,9 +120,10 @@ class _ShardWorker:
         use_gpu: Put the model on the GPU Ray assigned to this worker.
         workdir: The driver's working directory; relative dataset, image and
             model paths resolve against it where it exists on this node.
+        dtype: Parameter dtype (as in [`CollectConfig`][attrib.collect.pipeline.CollectConfig]).
     """
 
-    def __init__(self, model: str, threads: int, use_gpu: bool, workdir: str | None) -> None:
+    def __init__(self, model: str, threads: int, use_gpu: bool, workdir: str | None, dtype: str = "float32") -> None:
         from attrib.models.loading import load
 
         if workdir and os.path.isdir(workdir):
@@ -131,7 +135,8 @@ class _ShardWorker:
             if not torch.cuda.is_available():
                 raise RuntimeError("Ray gave this worker a GPU, but torch sees no CUDA device")
             self.device = "cuda"
-        self.loaded = load(model, device=self.device)
+        self.loaded = load(model, device=self.device, dtype=dtype)
+        self._segmenters: dict[tuple[Any, ...], Any] = {}
         self._info = {
             "pid": os.getpid(),
             "host": socket.gethostname(),
@@ -163,7 +168,11 @@ class _ShardWorker:
                 f"({got[:3]}... vs {list(uids)[:3]}...): the dataset must be the same on every node"
             )
         dataset = open_dataset(cfgs[0].dataset)
-        return collect_chunk(list(cfgs), self.loaded, dataset, items, shard_index, None, 0, len(items))
+        key = tuple((c.region_method, c.k, c.dinov3) for c in cfgs)
+        if key not in self._segmenters:  # a DINOv3 model loads once per worker, not once per shard
+            self._segmenters[key] = make_segmenters(list(cfgs), self.device)
+        segs = self._segmenters[key]
+        return collect_chunk(list(cfgs), self.loaded, dataset, items, shard_index, None, 0, len(items), segs)
 
 
 def _validate(
@@ -175,6 +184,14 @@ def _validate(
     max_retries: int,
 ) -> None:
     check_configs(cfgs, out_dirs, "collect_ray")
+    dev = cfgs[0].device
+    if dev is not None and str(dev) != "cpu":
+        raise ValueError(
+            f"with the Ray backend each worker's device comes from --gpus-per-worker, not --device {dev}: drop --device"
+        )
+    for c in cfgs:
+        check_region_method(c.region_method, dinov3=c.dinov3)
+    check_model(cfgs[0].model)
     if num_workers is not None and num_workers < 1:
         raise ValueError(f"num_workers must be >= 1, got {num_workers}")
     if num_cpus_per_worker < 0 or num_gpus_per_worker < 0 or max_retries < 0:
@@ -322,7 +339,7 @@ def collect_ray(
                     max_task_retries=0,  # the driver resubmits, to any worker, and counts
                     max_concurrency=2,  # info() and pid() answer while a shard runs
                     scheduling_strategy="SPREAD",
-                ).remote(base.model, torch_threads, num_gpus_per_worker > 0, os.getcwd())
+                ).remote(base.model, torch_threads, num_gpus_per_worker > 0, os.getcwd(), base.dtype)
             )
         try:
             infos = ray.get([a.info.remote() for a in actors])

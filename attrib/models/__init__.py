@@ -34,7 +34,14 @@ from attrib.models.loading import (
     register_processor_kind,
     resolve_path,
 )
-from attrib.models.signature import model_signature, weight_files, weights_fingerprint
+from attrib.models.signature import (
+    SIGNATURE_VERSION,
+    embeddings_signature,
+    model_signature,
+    same_model,
+    weight_files,
+    weights_fingerprint,
+)
 
 __all__ = [
     "ADAPTERS",
@@ -42,6 +49,7 @@ __all__ = [
     "MODEL_KINDS",
     "NAMED_MODELS",
     "PROCESSOR_KINDS",
+    "SIGNATURE_VERSION",
     "InputBuilder",
     "LoadedModel",
     "ModelAdapter",
@@ -54,6 +62,7 @@ __all__ = [
     "answer_after_think",
     "default_model_name",
     "detect_model_kind",
+    "embeddings_signature",
     "get_adapter",
     "get_named_model",
     "load",
@@ -66,6 +75,7 @@ __all__ = [
     "register_named_model",
     "register_processor_kind",
     "resolve_path",
+    "same_model",
     "weight_files",
     "weights_fingerprint",
 ]

@@ -27,6 +27,26 @@ __all__ = [
 ]
 
 
+#: Config attributes holding the ids of image and video marker tokens, across families.
+_VISION_TOKEN_ATTRS = (
+    "image_token_id",
+    "image_token_index",
+    "video_token_id",
+    "video_token_index",
+    "vision_start_token_id",
+    "vision_end_token_id",
+    "image_start_token_id",
+    "image_end_token_id",
+    "video_start_token_id",
+    "video_end_token_id",
+    "boi_token_id",
+    "eoi_token_id",
+    "boi_token_index",
+    "eoi_token_index",
+    "image_seq_token_id",
+)
+
+
 @dataclass(frozen=True)
 class ModelAdapter:
     """Where things are in one VLM family.
@@ -44,15 +64,27 @@ class ModelAdapter:
         max_images: Images per prompt the capture supports.
         encode_once: Batched ablation forwards may reuse one vision encoding
             (``mm_encoder_outputs``); otherwise the image is re-encoded per batch.
-        image_placeholder: Prompt text standing for one image before expansion.
+        image_placeholder: Prompt text standing for one image when the tokenizer has no chat
+            template (it must hold ``image_marker``).
         pad_token: The token repeated once per visual token.
-        image_processor: ``"qwen2_vl"`` (PIL Qwen2-VL processor), ``"glm4v"`` (PIL GLM-4.1V)
-            or ``"clip"`` (LLaVA's CLIP processor).
-        token_types: Inputs carry ``mm_token_type_ids`` (1 on image tokens), as
-            transformers 5.x requires for the Qwen and GLM families.
+        image_marker: The token the chat template emits for one image (default: ``pad_token``).
+        image_sequence: What ``image_marker`` expands to, ``{pads}`` standing for the visual
+            tokens (``pad_token`` once per token), e.g. ``"<img>{pads}</img>"``.
+        image_processor: The PIL image processor: ``"qwen2_vl"`` (Qwen2-VL family), ``"glm4v"``,
+            ``"clip"`` (LLaVA), ``"gemma3"`` or ``"got_ocr2"`` (InternVL).
+        token_type_key: The input marking image tokens with 1 (``mm_token_type_ids`` for the Qwen
+            and GLM families, as transformers 5.x requires; ``token_type_ids`` for Gemma 3), or
+            ``None``.
         grid_from_processor: The pixel -> token grid follows the checkpoint's image processor
-            (``smart`` resize within its ``shortest_edge``/``longest_edge`` pixel budget, its
-            patch and merge sizes); otherwise the registered grid spec ``grid_spec_name`` is used.
+            (its pixel budget or canvas, its patch and merge sizes); otherwise the registered grid
+            spec ``grid_spec_name`` is used.
+        grid_temporal_factor: Frames per temporal patch in the processor's area rule (GLM: 2).
+        square_rule: For a square grid, how its side follows from the config:
+            ``"vision_patches"`` (``image_size / patch_size``, LLaVA), ``"mm_tokens_per_image"``
+            (its square root, Gemma 3) or ``"downsample"`` (``image_size / patch_size *
+            downsample_ratio``, InternVL's pixel shuffle).
+        bidirectional_image: Image tokens attend to each other both ways (Gemma 3), so an
+            ablation mask keeps that block.
     """
 
     family: str
@@ -67,9 +99,39 @@ class ModelAdapter:
     encode_once: bool = True
     image_placeholder: str = "<|vision_start|><|image_pad|><|vision_end|>"
     pad_token: str = "<|image_pad|>"
+    image_marker: str | None = None
+    image_sequence: str = "{pads}"
     image_processor: str = "qwen2_vl"
-    token_types: bool = True
+    token_type_key: str | None = "mm_token_type_ids"
     grid_from_processor: bool = True
+    grid_temporal_factor: int = 1
+    square_rule: str = "vision_patches"
+    bidirectional_image: bool = False
+
+    def __post_init__(self) -> None:
+        if self.grid_source not in ("grid_thw", "square"):
+            raise ValueError(f"adapter {self.family}: grid_source must be 'grid_thw' or 'square'")
+        if self.square_rule not in ("vision_patches", "mm_tokens_per_image", "downsample"):
+            raise ValueError(f"adapter {self.family}: unknown square_rule {self.square_rule!r}")
+        if "{pads}" not in self.image_sequence:
+            raise ValueError(f"adapter {self.family}: image_sequence must hold '{{pads}}'")
+
+    @property
+    def marker(self) -> str:
+        """The token the chat template emits for one image."""
+        return self.image_marker or self.pad_token
+
+    def square_side(self, config: Any) -> int:
+        """Visual tokens per side of a square grid, from the model config (see ``square_rule``)."""
+        if self.square_rule == "mm_tokens_per_image":
+            return round(float(config.mm_tokens_per_image) ** 0.5)
+        vc = config.vision_config
+        size = vc.image_size[0] if isinstance(vc.image_size, (list, tuple)) else vc.image_size
+        patch = vc.patch_size[0] if isinstance(vc.patch_size, (list, tuple)) else vc.patch_size
+        side = int(size) // int(patch)
+        if self.square_rule == "downsample":
+            side = round(side * float(config.downsample_ratio))
+        return side
 
     # ------------------------------------------------------------ reading the model
     def text_config(self, model: Any) -> Any:
@@ -109,6 +171,21 @@ class ModelAdapter:
         if tid is None:
             raise ValueError(f"{type(model).__name__} config has no {self.image_token_attr}")
         return int(tid)
+
+    def vision_token_ids(self, model: Any) -> list[int]:
+        """Ids of the tokens that mark images and videos in a prompt (placeholder, start and end).
+
+        A generated trace must not contain them: a teacher-forced forward over the trace would count them
+        as more images (or shift the multimodal positions), so generation suppresses them.
+        """
+        cfg = model.config
+        vocab = int(getattr(self.text_config(model), "vocab_size", 0) or 0)
+        ids = {self.image_token_id(model)}
+        for name in _VISION_TOKEN_ATTRS:
+            v = getattr(cfg, name, None)
+            if isinstance(v, int) and v >= 0:
+                ids.add(v)
+        return sorted(i for i in ids if not vocab or i < vocab)
 
     def image_grids(self, model: Any, inputs: dict[str, Any]) -> list[tuple[int, int]]:
         """Per image, the merged token grid ``(rows, cols)`` in the model's token order.
@@ -213,6 +290,7 @@ def adapter_for_config(config: Any) -> ModelAdapter:
 register_adapter(ModelAdapter("qwen2_vl", ("Qwen2VLForConditionalGeneration",)))
 register_adapter(ModelAdapter("qwen2_5_vl", ("Qwen2_5_VLForConditionalGeneration",)))
 register_adapter(ModelAdapter("qwen3_vl", ("Qwen3VLForConditionalGeneration",), encode_once=False))
+register_adapter(ModelAdapter("qwen3_vl_moe", ("Qwen3VLMoeForConditionalGeneration",), encode_once=False))
 register_adapter(
     ModelAdapter(
         "glm4v",
@@ -220,7 +298,48 @@ register_adapter(
         image_placeholder="<|begin_of_image|><|image|><|end_of_image|>",
         pad_token="<|image|>",
         image_processor="glm4v",
-        grid_from_processor=False,
+        grid_temporal_factor=2,
+    )
+)
+register_adapter(
+    ModelAdapter(
+        "glm4v_moe",
+        ("Glm4vMoeForConditionalGeneration",),
+        image_placeholder="<|begin_of_image|><|image|><|end_of_image|>",
+        pad_token="<|image|>",
+        image_processor="glm4v",
+        grid_temporal_factor=2,
+    )
+)
+register_adapter(
+    ModelAdapter(
+        "gemma3",
+        ("Gemma3ForConditionalGeneration",),
+        grid_source="square",
+        encode_once=False,
+        image_placeholder="<start_of_image>",
+        pad_token="<image_soft_token>",
+        image_marker="<start_of_image>",
+        image_sequence="\n\n<start_of_image>{pads}<end_of_image>\n\n",
+        image_processor="gemma3",
+        token_type_key="token_type_ids",
+        square_rule="mm_tokens_per_image",
+        bidirectional_image=True,
+    )
+)
+register_adapter(
+    ModelAdapter(
+        "internvl",
+        ("InternVLForConditionalGeneration",),
+        grid_source="square",
+        encode_once=False,
+        image_placeholder="<image>",
+        pad_token="<IMG_CONTEXT>",
+        image_marker="<image>",
+        image_sequence="<img>{pads}</img>",
+        image_processor="got_ocr2",
+        token_type_key=None,
+        square_rule="downsample",
     )
 )
 register_adapter(
@@ -233,8 +352,7 @@ register_adapter(
         image_placeholder="<image>",
         pad_token="<image>",
         image_processor="clip",
-        token_types=False,
-        grid_from_processor=False,
+        token_type_key=None,
     )
 )
 
@@ -246,3 +364,7 @@ register_checkpoint("nvidia/Cosmos-Reason1-7B", "qwen2_5_vl")
 register_checkpoint("Qwen/Qwen2.5-VL-7B-Instruct", "qwen2_5_vl")
 register_checkpoint("Qwen/Qwen2-VL-7B-Instruct", "qwen2_vl")
 register_checkpoint("llava-hf/llava-1.5-7b-hf", "llava")
+register_checkpoint("Qwen/Qwen3-VL-30B-A3B-Thinking", "qwen3_vl_moe")
+register_checkpoint("zai-org/GLM-4.5V", "glm4v_moe")
+register_checkpoint("google/gemma-3-12b-it", "gemma3")
+register_checkpoint("OpenGVLab/InternVL3-8B-hf", "internvl")

@@ -41,8 +41,11 @@ class Processor(Protocol):
 
     tokenizer: Any
 
-    def build(self, image: Image.Image, prompt: str, answer: str | None = None) -> dict[str, torch.Tensor]:
-        """Batch-1 model inputs for one image and prompt (``answer`` appended for teacher forcing)."""
+    def build(
+        self, image: Image.Image, prompt: str, answer: str | None = None, *, system: str | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Batch-1 model inputs for one image and prompt (``answer`` appended for teacher forcing;
+        ``system`` placed before the user turn)."""
         ...
 
     def decode(self, ids: Sequence[int]) -> str:
@@ -58,7 +61,7 @@ def load_image_processor(kind: str, path: str | Path | None = None, **kwargs: An
     """A PIL-backend image processor of ``kind`` (from ``path`` when given).
 
     Args:
-        kind: ``"qwen2_vl"``, ``"glm4v"`` or ``"clip"``.
+        kind: ``"qwen2_vl"``, ``"glm4v"``, ``"clip"``, ``"gemma3"`` or ``"got_ocr2"``.
         path: A local model directory (or hub id) holding ``preprocessor_config.json``.
         **kwargs: Constructor overrides when ``path`` is ``None``.
 
@@ -78,8 +81,16 @@ def load_image_processor(kind: str, path: str | Path | None = None, **kwargs: An
         from transformers import CLIPImageProcessor
 
         cls = CLIPImageProcessor
+    elif kind == "gemma3":
+        from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
+
+        cls = Gemma3ImageProcessorPil
+    elif kind == "got_ocr2":
+        from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
+
+        cls = GotOcr2ImageProcessorPil
     else:
-        raise ValueError(f"unknown image processor kind {kind!r}; choose qwen2_vl, glm4v or clip")
+        raise ValueError(f"unknown image processor kind {kind!r}; choose qwen2_vl, glm4v, clip, gemma3 or got_ocr2")
     if path is not None:
         return cls.from_pretrained(path)
     return cls(**kwargs)
@@ -93,7 +104,10 @@ class InputBuilder:
         tokenizer: The model's tokenizer (with its chat template, if any).
         image_processor: A PIL-backend image processor (see
             [`load_image_processor`][attrib.models.inputs.load_image_processor]).
-        tokens_per_image: LLaVA only: visual tokens per image (``(image_size / patch) ** 2``).
+        tokens_per_image: Square-grid families: visual tokens per image (``side ** 2``).
+
+    Raises:
+        ValueError: If the tokenizer lacks the family's image tokens.
     """
 
     def __init__(
@@ -103,10 +117,17 @@ class InputBuilder:
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.tokens_per_image = tokens_per_image
-        pad = tokenizer.convert_tokens_to_ids(adapter.pad_token)
-        if not isinstance(pad, int) or pad == tokenizer.unk_token_id:
-            raise ValueError(f"tokenizer lacks the image token {adapter.pad_token!r} of family {adapter.family}")
-        self.pad_id = pad
+        self.pad_id = self._token(adapter.pad_token)
+        self.marker_id = self._token(adapter.marker)
+        head, _, tail = adapter.image_sequence.partition("{pads}")
+        self._head = list(tokenizer.encode(head, add_special_tokens=False)) if head else []
+        self._tail = list(tokenizer.encode(tail, add_special_tokens=False)) if tail else []
+
+    def _token(self, token: str) -> int:
+        tid = self.tokenizer.convert_tokens_to_ids(token)
+        if not isinstance(tid, int) or tid == self.tokenizer.unk_token_id:
+            raise ValueError(f"tokenizer lacks the image token {token!r} of family {self.adapter.family}")
+        return tid
 
     @classmethod
     def from_pretrained(cls, adapter: ModelAdapter, path: str | Path, config: Any = None) -> InputBuilder:
@@ -115,7 +136,7 @@ class InputBuilder:
         Args:
             adapter: The family's adapter.
             path: Checkpoint directory or hub id.
-            config: The model's config (LLaVA: sets the visual tokens per image).
+            config: The model's config (square-grid families: the visual tokens per image).
         """
         from transformers import AutoTokenizer
 
@@ -123,68 +144,85 @@ class InputBuilder:
         ip = load_image_processor(adapter.image_processor, path)
         n = None
         if adapter.grid_source == "square" and config is not None:
-            vc = config.vision_config
-            n = (vc.image_size // vc.patch_size) ** 2
+            n = adapter.square_side(config) ** 2
         return cls(adapter, tok, ip, tokens_per_image=n)
 
-    def prompt_text(self, prompt: str) -> str:
-        """The prompt with the chat template applied and one image placeholder."""
+    def prompt_text(self, prompt: str, system: str | None = None) -> str:
+        """The prompt with the chat template applied (a system turn first when given) and one image marker."""
         a = self.adapter
         if getattr(self.tokenizer, "chat_template", None):
             msgs: Any = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+            if system:
+                msgs.insert(0, {"role": "system", "content": [{"type": "text", "text": system}]})
             text = str(self.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False))
-            if a.pad_token in text:
+            if a.marker in text:
                 return text
-        return a.image_placeholder + prompt
+        return (f"{system}\n" if system else "") + a.image_placeholder + prompt
 
-    def __call__(self, image: Image.Image | None, prompt: str) -> dict[str, torch.Tensor]:
+    def __call__(
+        self, image: Image.Image | None, prompt: str, answer: str | None = None, *, system: str | None = None
+    ) -> dict[str, torch.Tensor]:
         """Model inputs for one image and one prompt (see [`build`][attrib.models.inputs.InputBuilder.build])."""
-        return self.build(image, prompt)  # type: ignore[arg-type]
+        return self.build(image, prompt, answer, system=system)  # type: ignore[arg-type]
 
-    def build(self, image: Image.Image, prompt: str, answer: str | None = None) -> dict[str, torch.Tensor]:
+    def _pixels(self, img: Image.Image) -> tuple[dict[str, torch.Tensor], int]:
+        """The image processor's tensors and the number of visual tokens."""
+        kind = self.adapter.image_processor
+        if self.adapter.grid_source == "square":
+            # One tile per image: InternVL's tiling and Gemma 3's pan-and-scan add crops whose tokens the
+            # single square grid of the regions does not describe.
+            kw: dict[str, Any] = (
+                {"crop_to_patches": False}
+                if kind == "got_ocr2"
+                else {"do_pan_and_scan": False}
+                if kind == "gemma3"
+                else {}
+            )
+            vis = self.image_processor(images=[img], return_tensors="pt", **kw)
+            return {"pixel_values": vis["pixel_values"]}, self.tokens_per_image or 576
+        vis = self.image_processor(images=[img], return_tensors="np")
+        grid = np.asarray(vis["image_grid_thw"])
+        merge = int(getattr(self.image_processor, "merge_size", 2))
+        out = {
+            "pixel_values": torch.from_numpy(np.asarray(vis["pixel_values"], dtype=np.float32)),
+            "image_grid_thw": torch.from_numpy(grid.astype(np.int64)),
+        }
+        return out, int(np.prod(grid[0])) // merge**2
+
+    def build(
+        self, image: Image.Image, prompt: str, answer: str | None = None, *, system: str | None = None
+    ) -> dict[str, torch.Tensor]:
         """Model inputs for one image and one prompt.
 
         Args:
             image: The image.
             prompt: The user's question.
             answer: Assistant text appended after the prompt (teacher forcing), or ``None``.
+            system: A system prompt, placed before the user turn by the chat template.
 
         Raises:
             ValueError: If ``image`` is ``None`` or the prompt text already holds image tokens.
         """
         if image is None:
             raise ValueError("a prompt with no image: attrib attributes reasoning to image regions")
-        if self.adapter.pad_token in prompt:
-            raise ValueError(
-                f"the prompt must not contain {self.adapter.pad_token!r} itself; pass the image separately"
-            )
-        img = to_rgb(image)
-        text = self.prompt_text(prompt)
-        ids = self.tokenizer.encode(text, add_special_tokens=False)
-        out: dict[str, torch.Tensor] = {}
-        if self.adapter.image_processor == "clip":
-            vis = self.image_processor(images=[img], return_tensors="pt")
-            n = self.tokens_per_image or 576
-            out["pixel_values"] = vis["pixel_values"]
-        else:
-            vis = self.image_processor(images=[img], return_tensors="np")
-            grid = np.asarray(vis["image_grid_thw"])
-            merge = int(getattr(self.image_processor, "merge_size", 2))
-            n = int(np.prod(grid[0])) // merge**2
-            out["pixel_values"] = torch.from_numpy(np.asarray(vis["pixel_values"], dtype=np.float32))
-            out["image_grid_thw"] = torch.from_numpy(grid.astype(np.int64))
-        pos = [i for i, t in enumerate(ids) if t == self.pad_id]
+        a = self.adapter
+        for token in {a.pad_token, a.marker}:
+            if token in prompt:
+                raise ValueError(f"the prompt must not contain {token!r} itself; pass the image separately")
+        out, n = self._pixels(to_rgb(image))
+        ids = list(self.tokenizer.encode(self.prompt_text(prompt, system), add_special_tokens=False))
+        pos = [i for i, t in enumerate(ids) if t == self.marker_id]
         if len(pos) != 1:
             raise ValueError(f"expected one image placeholder in the prompt, found {len(pos)}")
         j = pos[0]
-        ids = ids[:j] + [self.pad_id] * n + ids[j + 1 :]
+        ids = ids[:j] + self._head + [self.pad_id] * n + self._tail + ids[j + 1 :]
         if answer is not None:
             ids = ids + list(self.tokenizer.encode(answer, add_special_tokens=False))
         t = torch.tensor([ids])
         out["input_ids"] = t
         out["attention_mask"] = torch.ones_like(t)
-        if self.adapter.token_types:
-            out["mm_token_type_ids"] = (t == self.pad_id).long()
+        if a.token_type_key is not None:
+            out[a.token_type_key] = (t == self.pad_id).long()
         return out
 
     def decode(self, ids: Sequence[int]) -> str:
@@ -192,11 +230,17 @@ class InputBuilder:
         return str(self.tokenizer.decode(list(ids), skip_special_tokens=True))
 
     def grid_spec(self) -> GridSpec:
-        """The visual-token grid of this builder's image processor (see ``ModelAdapter.grid_from_processor``)."""
+        """The visual-token grid of this builder's images (see ``ModelAdapter.grid_from_processor``).
+
+        Raises:
+            ValueError: If the processor's canvas is not a whole number of tokens per side.
+        """
         a = self.adapter
+        if not a.grid_from_processor:
+            return get_grid_spec(a.grid_spec_name)
         ip = self.image_processor
-        size = getattr(ip, "size", None)
-        if a.grid_from_processor and size is not None:
+        size: Any = ip.size
+        if a.grid_source == "grid_thw":
             lo = size["shortest_edge"] if isinstance(size, dict) else size.shortest_edge
             hi = size["longest_edge"] if isinstance(size, dict) else size.longest_edge
             return GridSpec(
@@ -206,5 +250,16 @@ class InputBuilder:
                 "smart",
                 min_pixels=int(lo),
                 max_pixels=int(hi),
+                temporal_factor=a.grid_temporal_factor,
             )
-        return get_grid_spec(a.grid_spec_name)
+        side = round((self.tokens_per_image or 576) ** 0.5)
+        if a.image_processor == "clip":
+            crop: Any = ip.crop_size
+            canvas = int(crop["height"] if isinstance(crop, dict) else crop.height)
+            rule = "shortest_edge_crop"
+        else:
+            canvas = int(size["height"] if isinstance(size, dict) else size.height)
+            rule = "stretch"
+        if canvas % side:
+            raise ValueError(f"{a.family}: a {canvas}-px canvas does not split into {side} tokens per side")
+        return GridSpec(a.family, canvas // side, 1, rule, crop_size=canvas)  # type: ignore[arg-type]

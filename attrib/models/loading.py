@@ -22,6 +22,7 @@ Anything else is a transformers checkpoint of a supported family, loaded with
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import re
@@ -36,7 +37,7 @@ from PIL import Image
 
 from attrib.models.adapters import ModelAdapter, adapter_for, adapter_for_config
 from attrib.models.inputs import InputBuilder, Processor
-from attrib.models.signature import model_signature
+from attrib.models.signature import model_signature, weight_files
 from attrib.plugins import load_plugins
 from attrib.regions.geometry import GridSpec
 
@@ -49,11 +50,14 @@ __all__ = [
     "NamedModel",
     "ProcessorKind",
     "answer_after_think",
+    "check_checkpoint_dir",
+    "check_model",
     "default_model_name",
     "detect_model_kind",
     "get_named_model",
     "load",
     "load_processor",
+    "parse_device",
     "register_model_kind",
     "register_named_model",
     "register_processor_kind",
@@ -246,33 +250,135 @@ def load_processor(path: str | Path, config: Any = None) -> tuple[Processor, Pro
     return InputBuilder.from_pretrained(adapter_for_config(config), path, config), None
 
 
-def _dtype(dtype: torch.dtype | str | None) -> torch.dtype:
-    if dtype is None or dtype == "auto":
+def _dtype(dtype: torch.dtype | str | None) -> torch.dtype | str:
+    """A torch dtype, or ``"auto"`` (the checkpoint's own)."""
+    if dtype is None:
         return torch.float32
     if isinstance(dtype, torch.dtype):
         return dtype
+    if dtype == "auto":
+        return "auto"
     names = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     if dtype not in names:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(names)} or auto")
     return names[dtype]
 
 
-def _load_transformers(path: str | Path, dtype: torch.dtype, local: bool) -> Any:
+def _checkpoint_dtype(path: Path) -> torch.dtype:
+    """The dtype a checkpoint directory's config records (float32 when it records none)."""
+    try:
+        cfg = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return torch.float32
+    name = cfg.get("dtype") or cfg.get("torch_dtype") or (cfg.get("text_config") or {}).get("dtype")
+    dt = getattr(torch, str(name), None) if name else None
+    return dt if isinstance(dt, torch.dtype) else torch.float32
+
+
+def parse_device(device: str | torch.device | None) -> torch.device | str | None:
+    """Check a device option before any weights load.
+
+    Args:
+        device: ``None`` (CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``, a ``torch.device``, or
+            ``"auto"`` (accelerate's ``device_map="auto"``: the model spread over the visible GPUs, then CPU).
+
+    Returns:
+        A ``torch.device``, ``"auto"``, or ``None``.
+
+    Raises:
+        ValueError: For an unknown device, a GPU this torch cannot see, or ``auto`` without accelerate.
+    """
+    if device is None or isinstance(device, torch.device):
+        dev = device
+    elif str(device) in ("auto", "device_map"):
+        if importlib.util.find_spec("accelerate") is None:
+            raise ValueError("--device auto places the model with accelerate's device_map: pip install accelerate")
+        return "auto"
+    else:
+        try:
+            dev = torch.device(str(device))
+        except RuntimeError:
+            raise ValueError(f"unknown device {device!r}: use cpu, cuda, cuda:N, mps or auto") from None
+    if dev is not None and dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+            raise ValueError(f"device {device} asked for, but torch ({build}) sees no CUDA device: use --device cpu")
+        if dev.index is not None and dev.index >= n:
+            raise ValueError(f"device {device} asked for, but torch sees {n} CUDA device(s) (cuda:0..cuda:{n - 1})")
+    if dev is not None and dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("device mps asked for, but this torch has no MPS backend: use --device cpu")
+    return dev
+
+
+def check_checkpoint_dir(path: Path) -> None:
+    """Refuse a directory that is not a whole checkpoint of a supported family, before anything loads (cheap:
+    the config is read, no weights).
+
+    Raises:
+        ValueError: Without ``config.json``, for an unreadable config or an unsupported architecture, without
+            weight files, or with shards its index names missing.
+    """
+    from transformers import AutoConfig
+
+    if not path.is_dir():
+        raise ValueError(f"{path} is not a model checkpoint directory")
+    if not (path / "config.json").is_file():
+        raise ValueError(f"{path} is not a model checkpoint: it has no config.json")
+    try:
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError, KeyError) as e:
+        raise ValueError(f"cannot read the config of {path}: {_one_line(e)}") from e
+    adapter_for_config(config)
+    files = weight_files(path)
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise ValueError(
+            f"checkpoint {path} is missing {len(missing)} weight shard(s) named in its index: {', '.join(missing[:3])}"
+            + (" ..." if len(missing) > 3 else "")
+        )
+    if not files and not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
+        raise ValueError(f"{path} is not a model checkpoint: it has a config.json but no weight files")
+
+
+def check_model(name_or_path: str | Path | None) -> None:
+    """Check a model argument before any work: a named model, a hub id, or a whole checkpoint directory.
+
+    Raises:
+        FileNotFoundError: For a local path that does not exist.
+        ValueError: For a directory that is not a whole checkpoint (see
+            [`check_checkpoint_dir`][attrib.models.loading.check_checkpoint_dir]).
+    """
+    load_plugins()
+    where = resolve_path(str(name_or_path) if name_or_path is not None else default_model_name())
+    if isinstance(where, Path) and detect_model_kind(where) is None:
+        check_checkpoint_dir(where)
+
+
+def _load_transformers(path: str | Path, dtype: torch.dtype | str, local: bool, device_map: str | None = None) -> Any:
     from transformers import AutoConfig, AutoModelForImageTextToText
 
     if local:
-        p = Path(path)
-        if not (p / "config.json").is_file():
-            raise ValueError(f"{p} is not a model checkpoint: it has no config.json")
-    config = AutoConfig.from_pretrained(path, local_files_only=local)
+        check_checkpoint_dir(Path(path))
+    try:
+        config = AutoConfig.from_pretrained(path, local_files_only=local)
+    except (OSError, ValueError, KeyError) as e:
+        raise ValueError(f"cannot read the config of {path}: {_one_line(e)}") from e
     adapter_for_config(config)  # an unsupported architecture fails here, before weights load
+    extra: dict[str, Any] = {} if device_map is None else {"device_map": device_map}
     try:
         model = AutoModelForImageTextToText.from_pretrained(
-            path, dtype=dtype, attn_implementation="sdpa", local_files_only=local
+            path, dtype=dtype, attn_implementation="sdpa", local_files_only=local, **extra
         )
     except Exception as e:  # safetensors and transformers raise several types for bad files
-        raise ValueError(f"cannot load model weights from {path}: {type(e).__name__}: {e}") from e
+        raise ValueError(f"cannot load model weights from {path}: {type(e).__name__}: {_one_line(e)}") from e
     return model
+
+
+def _one_line(e: BaseException) -> str:
+    """An exception's message on one line (library messages often span several)."""
+    text = " ".join(str(e).split())
+    return text if len(text) <= 300 else text[:297] + "..."
 
 
 @dataclass
@@ -330,7 +436,11 @@ class LoadedModel:
 
     @property
     def device(self) -> torch.device:
-        """Where the model's parameters are."""
+        """Where inputs go: the device of the input embeddings (the parameters' device, unless the model is
+        spread over devices with ``device="auto"``)."""
+        if getattr(self.hf_model, "hf_device_map", None):
+            emb = self.hf_model.get_input_embeddings()
+            return emb.weight.device  # type: ignore[no-any-return]
         return next(self.model.parameters()).device
 
     @cached_property
@@ -341,7 +451,7 @@ class LoadedModel:
     @cached_property
     def signature(self) -> dict[str, Any]:
         """[`model_signature`][attrib.models.signature.model_signature] of the model (computed once)."""
-        return model_signature(self.model)
+        return model_signature(self.model, self.path)
 
     @property
     def eos_token_id(self) -> int | None:
@@ -349,9 +459,11 @@ class LoadedModel:
         e = getattr(self.processor.tokenizer, "eos_token_id", None)
         return None if e is None else int(e)
 
-    def build(self, image: Image.Image, prompt: str, answer: str | None = None) -> dict[str, torch.Tensor]:
-        """Batch-1 inputs for ``image`` and ``prompt``, on the model's device."""
-        x = self.processor.build(image, prompt, answer)
+    def build(
+        self, image: Image.Image, prompt: str, answer: str | None = None, *, system: str | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Batch-1 inputs for ``image`` and ``prompt`` (a system prompt first when given), on the model's device."""
+        x = self.processor.build(image, prompt, answer, system=system)
         dev = self.device
         return {k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in x.items()}
 
@@ -388,8 +500,9 @@ def load(
 
     Args:
         name_or_path: A named model (``None``: the default one), a directory or a hub id.
-        device: ``"cpu"`` (default), ``"cuda"``, ``"cuda:N"`` or a ``torch.device``.
-        dtype: ``float32`` (default), ``bfloat16``, ``float16`` or ``auto``.
+        device: ``"cpu"`` (default), ``"cuda"``, ``"cuda:N"``, ``"mps"``, a ``torch.device``, or ``"auto"``
+            (accelerate's ``device_map="auto"``; research variants go to the first GPU, else CPU).
+        dtype: ``float32`` (default), ``bfloat16``, ``float16`` or ``auto`` (the checkpoint's own).
 
     Raises:
         FileNotFoundError: For a local path that does not exist.
@@ -397,10 +510,12 @@ def load(
             architecture, an unknown processor or corrupt files.
     """
     load_plugins()
+    dt = _dtype(dtype)
+    dev = parse_device(device)
+    device_map = "auto" if dev == "auto" else None
     name = str(name_or_path) if name_or_path is not None else default_model_name()
     named = NAMED_MODELS.get(name)
     where = resolve_path(name)
-    dt = _dtype(dtype)
     path: Path | None = None
     parse: Callable[[str], str | None] = answer_after_think
     variant = "plain"
@@ -411,19 +526,21 @@ def load(
             raise ValueError(f"{path} is not a model checkpoint directory")
         kind = detect_model_kind(path)
         if kind is not None:
-            model = kind.load(path, dtype=dt)
+            model = kind.load(path, dtype=_checkpoint_dtype(path) if dt == "auto" else dt)
             variant = kind.name
         else:
-            model = _load_transformers(path, dt, local=True)
+            model = _load_transformers(path, dt, local=True, device_map=device_map)
         hf = getattr(model, "base", None) if kind is not None else model
         processor, pkind = load_processor(path, getattr(hf, "config", None))
         if pkind is not None and pkind.parse_answer is not None:
             parse = pkind.parse_answer
     else:
-        model = _load_transformers(where, dt, local=False)
+        model = _load_transformers(where, dt, local=False, device_map=device_map)
         processor, _ = load_processor(where, model.config)
-    if device is not None:
-        model = model.to(torch.device(device))
+    if isinstance(dev, torch.device):
+        model = model.to(dev)
+    elif dev == "auto" and getattr(model, "hf_device_map", None) is None:
+        model = model.to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     model.eval()
     loaded = LoadedModel(
         name=name,

@@ -17,6 +17,8 @@ Resize rules:
   reach no token.
 - ``pad_square`` (LLaVA with ``do_pad``): padded to a square, then resized to
   ``crop_size``. Tokens over the padding are assigned to the nearest image pixel.
+- ``stretch`` (Gemma 3, InternVL with one tile): the whole image resized to a
+  ``crop_size`` square, aspect ratio not kept.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Literal
 
 __all__ = ["GRID_SPECS", "GridSpec", "TokenGrid", "get_grid_spec", "register_grid_spec"]
 
-ResizeRule = Literal["smart", "shortest_edge_crop", "pad_square"]
+ResizeRule = Literal["smart", "shortest_edge_crop", "pad_square", "stretch"]
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,7 @@ class GridSpec:
         resize: The resize rule (module docstring).
         min_pixels: Smallest canvas area (``smart``).
         max_pixels: Largest canvas area (``smart``).
-        crop_size: Square canvas side (``shortest_edge_crop`` / ``pad_square``).
+        crop_size: Square canvas side (``shortest_edge_crop``, ``pad_square``, ``stretch``).
         temporal_factor: Frames per temporal patch, used by GLM's area rule.
     """
 
@@ -111,6 +113,8 @@ class GridSpec:
             h, w = self._smart(height, width)
             return TokenGrid(h // self.cell, w // self.cell, self.cell, w / width, h / height, 0.0, 0.0, width, height)
         s = self.crop_size
+        if self.resize == "stretch":
+            return TokenGrid(s // self.cell, s // self.cell, self.cell, s / width, s / height, 0.0, 0.0, width, height)
         if self.resize == "shortest_edge_crop":
             scale = s / min(width, height)
             rw, rh = width * scale, height * scale

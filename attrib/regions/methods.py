@@ -23,17 +23,21 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
 
 from attrib.io import to_rgb
+from attrib.plugins import load_plugins
 from attrib.regions.partition import RegionPartition
 
 __all__ = [
     "REGION_METHODS",
     "DinoV3Features",
+    "Segmenter",
+    "check_region_method",
     "cluster_features",
     "register_region_method",
     "segment",
@@ -296,6 +300,119 @@ def dinov3_regions(
     labels = cluster_features(f, k, clusterer=clusterer, k_range=k_range, seed=seed)
     wid, hgt = image.size
     return RegionPartition(_upsample(labels, wid, hgt), method="dinov3", meta={"grid": [h, w]})
+
+
+# ---------------------------------------------------------------------------- given by the user
+@register_region_method("given")
+def given_regions(
+    image: Image.Image, k: int | None, *, seed: int = 0, labels: Any = None, boxes: Any = None
+) -> RegionPartition:
+    """Regions the user supplies per example: a label map, or boxes.
+
+    Args:
+        image: The image (its size checks the label map's).
+        k: The collection's K: the given regions are kept in their order and padded with empty
+            regions up to K (``None``: as many as given).
+        seed: Unused.
+        labels: ``(H, W)`` integer map (values ``0..K-1``), an array or a path to a PNG.
+        boxes: ``[[x0, y0, x1, y1], ...]`` in pixels; box ``i`` is region ``i`` (an earlier box
+            wins where boxes overlap), and the pixels in no box form one more region.
+
+    Raises:
+        ValueError: Without labels or boxes, for a label map of another size, a box outside the
+            image, or more regions than K.
+    """
+    w, h = image.size
+    if labels is not None:
+        if isinstance(labels, (str, Path)):
+            with Image.open(labels) as im:
+                lab = np.asarray(im).astype(np.int64)
+        else:
+            lab = np.asarray(labels).astype(np.int64)
+        if lab.shape != (h, w):
+            raise ValueError(f"the label map is {lab.shape[1]}x{lab.shape[0]}, the image {w}x{h}")
+    elif boxes:
+        lab = np.full((h, w), len(boxes), dtype=np.int64)
+        for i, b in reversed(list(enumerate(boxes))):
+            x0, y0, x1, y1 = (round(float(v)) for v in b)
+            if not (0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h):
+                raise ValueError(f"box {i} {list(b)} is not inside the {w}x{h} image")
+            lab[y0:y1, x0:x1] = i
+        if int(lab.max()) < len(boxes):  # the boxes cover the image: no background region
+            lab = np.minimum(lab, len(boxes) - 1)
+    else:
+        raise ValueError("given regions need a label map or boxes")
+    if lab.size and int(lab.min()) < 0:
+        raise ValueError("the label map has negative labels; regions are numbered 0..K-1")
+    n = int(lab.max()) + 1
+    if k is not None and n > k:
+        raise ValueError(f"the example gives {n} regions, more than K={k}")
+    return RegionPartition(lab, method="given", n_regions=k or n)
+
+
+def check_region_method(method: str, *, dinov3: Any = None) -> None:
+    """Refuse region settings that cannot work, before any model loads.
+
+    Raises:
+        ValueError: For an unknown method, or ``dinov3`` regions without a DINOv3 model.
+    """
+    if method not in REGION_METHODS:
+        load_plugins()  # a plugin's method registers on first use
+    if method not in REGION_METHODS:
+        raise ValueError(f"unknown region method {method!r}; choose one of {sorted(REGION_METHODS)}")
+    if method == "dinov3" and dinov3 is None:
+        raise ValueError(
+            "dinov3 regions need a DINOv3 model: pass --dinov3 PATH_OR_ID (a DINOv3ViTModel directory or hub id)"
+        )
+    if dinov3 is not None and isinstance(dinov3, (str, Path)):
+        p = Path(dinov3)
+        if (p.is_absolute() or str(dinov3).startswith(".") or p.exists()) and not (p / "config.json").is_file():
+            raise ValueError(f"--dinov3 {dinov3} is not a model directory (no config.json)")
+
+
+class Segmenter:
+    """A region method with its options bound, heavy models loaded once: called per image.
+
+    Args:
+        method: A key of ``REGION_METHODS``.
+        k: Regions per image (``None``: automatic, for the clustering methods).
+        dinov3: The DINOv3 model (local directory or hub id) of ``method="dinov3"``; loaded
+            here, once, and reused for every image.
+        device: Where the DINOv3 model runs (default CPU; pass the VLM's device).
+        **options: Further method options.
+
+    Raises:
+        ValueError: For an unknown method, or ``dinov3`` regions without a DINOv3 model (before any work).
+    """
+
+    def __init__(
+        self, method: str = "color", k: int | None = 32, *, dinov3: Any = None, device: Any = None, **options: Any
+    ) -> None:
+        if k is not None and k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        self.method = method
+        self.k = k
+        self.options = dict(options)
+        has_features = self.options.get("features") is not None or self.options.get("model") is not None
+        check_region_method(method, dinov3=dinov3 if not has_features else self.options.get("model", "features"))
+        if method == "dinov3" and not has_features:
+            self.options["features"] = DinoV3Features(dinov3, device=str(device) if device is not None else "cpu")
+
+    def given(self, image: Image.Image, given: dict[str, Any]) -> RegionPartition:
+        """The caller's own regions of ``image`` (``{"labels": ...}`` or ``{"boxes": ...}``), as many as given."""
+        return segment(image, None, method="given", **given)
+
+    def __call__(self, image: Image.Image, *, seed: int = 0, given: dict[str, Any] | None = None) -> RegionPartition:
+        """The regions of ``image`` (``given``: the example's own regions, for ``method="given"``).
+
+        Raises:
+            ValueError: For ``given`` regions missing from the example, or a method's own refusal.
+        """
+        if self.method == "given":
+            if not given:
+                raise ValueError("region method 'given' needs regions (a label map or boxes) in the example")
+            return segment(image, self.k, method="given", **given)
+        return segment(image, self.k, method=self.method, seed=seed, **self.options)
 
 
 # ---------------------------------------------------------------------------- baselines

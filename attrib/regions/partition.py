@@ -57,11 +57,16 @@ class RegionPartition:
         labels: ``(H, W)`` integer map with values in ``[0, K)``.
         method: Name of the method that produced it.
         meta: Free-form JSON-ready metadata (parameters, timings).
+        n_regions: When given, the labels are kept as they are (region ``i`` stays ``i``) and
+            K is ``n_regions``: regions without a pixel are allowed (user-given regions padded
+            to a collection's K). Otherwise the labels are renumbered ``0..K-1`` in order of
+            first appearance and K is the number of distinct labels.
     """
 
     labels: np.ndarray
     method: str = "custom"
     meta: dict[str, Any] = field(default_factory=dict)
+    n_regions: int | None = None
 
     def __post_init__(self) -> None:
         lab = np.asarray(self.labels)
@@ -71,6 +76,11 @@ class RegionPartition:
             raise ValueError(f"labels must be integers, got {lab.dtype}")
         if lab.min() < 0:
             raise ValueError("labels must be >= 0")
+        if self.n_regions is not None:
+            if int(lab.max()) >= self.n_regions:
+                raise ValueError(f"labels reach {int(lab.max())}, outside the {self.n_regions} regions")
+            self.labels = lab.astype(np.int32)
+            return
         # Relabel to 0..K-1 in order of first appearance (row-major), so K = number of regions.
         _, first, inv = np.unique(lab.ravel(), return_index=True, return_inverse=True)
         order = np.argsort(np.argsort(first))
@@ -79,7 +89,7 @@ class RegionPartition:
     @property
     def k(self) -> int:
         """Number of regions."""
-        return int(self.labels.max()) + 1
+        return int(self.n_regions) if self.n_regions is not None else int(self.labels.max()) + 1
 
     @property
     def size(self) -> tuple[int, int]:

@@ -203,9 +203,11 @@ class ShapesProcessor:
         return cls(tok, ip)
 
     # ------------------------------------------------------------------ inputs
-    def prompt(self, question: str) -> str:
-        """The chat-formatted prompt text (one unexpanded image pad)."""
+    def prompt(self, question: str, system: str | None = None) -> str:
+        """The chat-formatted prompt text (one unexpanded image pad; a system turn first when given)."""
         msgs: Any = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+        if system:
+            msgs.insert(0, {"role": "system", "content": system})
         out = self.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
         return str(out)
 
@@ -214,6 +216,8 @@ class ShapesProcessor:
         images: Sequence[Image.Image],
         questions: Sequence[str],
         answers: Sequence[str] | None = None,
+        *,
+        system: str | None = None,
     ) -> dict[str, torch.Tensor]:
         """Build a left-padded batch.
 
@@ -223,6 +227,7 @@ class ShapesProcessor:
             answers: Optional assistant outputs; when given, they are appended
                 (followed by ``<|im_end|>``) and ``labels`` mask everything else
                 with -100, for teacher forcing.
+            system: A system prompt for every example (a system turn before the user's).
 
         Returns:
             ``input_ids``, ``attention_mask``, ``mm_token_type_ids``,
@@ -246,7 +251,7 @@ class ShapesProcessor:
         label_seqs: list[list[int]] = []
         for i, q in enumerate(questions):
             n_img = int(np.prod(grids[i])) // (self.merge_size**2)
-            ids = self._expand(self.tokenizer.encode(self.prompt(q), add_special_tokens=False), n_img)
+            ids = self._expand(self.tokenizer.encode(self.prompt(q, system), add_special_tokens=False), n_img)
             labels = [-100] * len(ids)
             if answers is not None:
                 a = [*self.tokenizer.encode(answers[i], add_special_tokens=False), int(self.tokenizer.eos_token_id)]
@@ -274,7 +279,9 @@ class ShapesProcessor:
             out["labels"] = labels_t
         return out
 
-    def build(self, image: Image.Image, prompt: str, answer: str | None = None) -> dict[str, torch.Tensor]:
+    def build(
+        self, image: Image.Image, prompt: str, answer: str | None = None, *, system: str | None = None
+    ) -> dict[str, torch.Tensor]:
         """Batch-1 inputs for one image and question (the [`attrib.models.Processor`][attrib.models.inputs.Processor]
         interface).
 
@@ -282,8 +289,9 @@ class ShapesProcessor:
             image: The image.
             prompt: The question.
             answer: Assistant output appended for teacher forcing (then followed by ``<|im_end|>``).
+            system: A system prompt (a system turn before the user's).
         """
-        out = self([image], [prompt], None if answer is None else [answer])
+        out = self([image], [prompt], None if answer is None else [answer], system=system)
         out.pop("labels", None)
         return out
 

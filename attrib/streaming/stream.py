@@ -51,8 +51,10 @@ from attrib.capture.sdpa import CaptureResult
 from attrib.capture.spans import Span
 from attrib.io import to_rgb
 from attrib.models.loading import LoadedModel, load
-from attrib.regions import RegionPartition, segment
-from attrib.variants.registry import AblationRequest, CaptureRequest, Variant, get_variant
+from attrib.models.signature import same_model
+from attrib.regions import RegionPartition
+from attrib.regions.methods import Segmenter, check_region_method
+from attrib.variants.registry import AblationRequest, CaptureRequest, Variant, check_generate_kwargs, get_variant
 from estimators.linear import LinearHeadEstimator
 
 __all__ = [
@@ -151,6 +153,8 @@ class StreamResult:
         flagged_at: Span index at which the flagger first fired, if it did.
         generated_ids: The generated token ids.
         token_sources: Per generated token, the image token it copies (v1 models; ``None`` otherwise).
+        system: The system prompt, when one was given.
+        generate_kwargs: The decoding options (empty: greedy).
     """
 
     image: Image.Image
@@ -168,6 +172,8 @@ class StreamResult:
     flagged_at: int | None = None
     generated_ids: list[int] = field(default_factory=list)
     token_sources: list[int] | None = None
+    system: str | None = None
+    generate_kwargs: dict[str, Any] = field(default_factory=dict)
 
     @property
     def correct(self) -> bool | None:
@@ -185,7 +191,13 @@ class StreamResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (no image)."""
+        extra: dict[str, Any] = {}
+        if self.system is not None:
+            extra["system"] = self.system
+        if self.generate_kwargs:
+            extra["generate_kwargs"] = dict(self.generate_kwargs)
         return {
+            **extra,
             "prompt": self.prompt,
             "output": self.output,
             "answer": self.answer,
@@ -253,6 +265,8 @@ class AttributionStream:
         flagger: Flagger | None,
         top: int,
         generate_kwargs: dict[str, Any],
+        system: str | None = None,
+        regions: RegionPartition | np.ndarray | dict[str, Any] | None = None,
     ) -> None:
         self._a = attributor
         self.image = to_rgb(image)
@@ -262,6 +276,7 @@ class AttributionStream:
         self._flagger = flagger
         self._max_new_tokens = max_new_tokens
         self._gen_kwargs = generate_kwargs
+        self.system = system
         self._stop = threading.Event()
         self._spans_q: queue.Queue[Any] = queue.Queue()
         self._events_q: queue.Queue[Any] = queue.Queue()
@@ -269,9 +284,10 @@ class AttributionStream:
         self._t0 = 0.0
         self._flagged_at: int | None = None
         # Validate and prepare in the caller's thread, so bad input fails here, before any thread starts.
-        self.inputs = attributor.loaded.build(self.image, prompt)
+        check_generate_kwargs(attributor.variant, generate_kwargs)
+        self.inputs = attributor.loaded.build(self.image, prompt, system=system)
         attributor.check_context(self.inputs, max_new_tokens)
-        self.partition: RegionPartition = attributor.partition(self.image)
+        self.partition: RegionPartition = attributor.partition(self.image, regions=regions)
         self.assignment = attributor.assignment(self.partition, self.inputs)
         self._gen: threading.Thread | None = None
         self._worker: threading.Thread | None = None
@@ -373,6 +389,8 @@ class AttributionStream:
             flagged_at=self._flagged_at,
             generated_ids=list(cap.generated_ids),
             token_sources=cap.token_sources,
+            system=self.system,
+            generate_kwargs=dict(self._gen_kwargs),
         )
         return FinalEvent(answer=res.answer, result=res)
 
@@ -418,11 +436,15 @@ class Attributor:
     Args:
         loaded: The model ([`attrib.models.load`][attrib.models.loading.load]).
         estimator: A fitted [`LinearHeadEstimator`][estimators.linear.LinearHeadEstimator].
-        region_method: Region method (see [`attrib.regions`][attrib.regions]).
+        region_method: Region method (see [`attrib.regions`][attrib.regions]); ``"given"`` takes each
+            image's regions from [`stream`][attrib.streaming.stream.Attributor.stream]'s ``regions``.
         k: Regions per image.
+        dinov3: The DINOv3 model (directory or hub id) of ``region_method="dinov3"``, loaded once here.
+        system: A system prompt for every stream (``stream(system=...)`` overrides it).
 
     Raises:
-        ValueError: If the estimator does not fit this model (shape or recorded signature).
+        ValueError: If the estimator does not fit this model (shape or recorded signature), or for bad
+            region settings.
     """
 
     def __init__(
@@ -432,12 +454,15 @@ class Attributor:
         *,
         region_method: str = "color",
         k: int = 32,
+        dinov3: str | Path | None = None,
+        system: str | None = None,
     ) -> None:
         self.loaded = loaded
         self.variant: Variant = get_variant(loaded.variant)
         self.estimator = estimator
         self.region_method = region_method
         self.k = k
+        self.system = system
         self.name = loaded.name
         self.lock = threading.Lock()
         n_layers, n_heads = loaded.dims
@@ -450,8 +475,7 @@ class Attributor:
             )
         sig = meta.get("model_signature")
         if sig:
-            mine = loaded.signature
-            diff = [k for k in ("class", "config_sha", "embeddings_sha") if sig.get(k) != mine.get(k)]
+            diff = same_model(sig, loaded.model, loaded.path)
             if diff:
                 raise ValueError(
                     f"estimator was fit on another model ({meta.get('model_id', '?')}; differs in {', '.join(diff)}): "
@@ -462,6 +486,9 @@ class Attributor:
         fit_method = meta.get("region_method")
         if fit_method and fit_method != region_method:
             logger.warning("estimator fit on %r regions, streaming with %r regions", fit_method, region_method)
+        self.segmenter = Segmenter(
+            region_method, k, dinov3=str(dinov3) if dinov3 is not None else None, device=loaded.device
+        )
 
     @property
     def model(self) -> Any:
@@ -478,6 +505,8 @@ class Attributor:
         k: int | None = None,
         device: str | torch.device | None = None,
         dtype: torch.dtype | str | None = None,
+        dinov3: str | Path | None = None,
+        system: str | None = None,
     ) -> Attributor:
         """Load a model (a bundled name, a local directory or a hub id) and an estimator.
 
@@ -487,13 +516,17 @@ class Attributor:
             estimator: Estimator path stem; ``None`` uses the one that ships with the model.
             region_method: Region method (default: the estimator's).
             k: Regions per image (default: the estimator's).
-            device: Where to put the model (default CPU).
+            device: Where to put the model (default CPU; see [`attrib.models.load`][attrib.models.loading.load]).
             dtype: Parameter dtype (default float32).
+            dinov3: The DINOv3 model of ``dinov3`` regions (directory or hub id).
+            system: A system prompt for every stream.
 
         Raises:
             FileNotFoundError: For a missing model or estimator.
             ValueError: For an unsupported model, no estimator for it, or an estimator of another model.
         """
+        if region_method is not None:
+            check_region_method(region_method, dinov3=dinov3)  # refused before the model loads
         loaded = load(model, device=device, dtype=dtype)
         if estimator is None:
             estimator = loaded.default_estimator()
@@ -509,13 +542,40 @@ class Attributor:
             est,
             region_method=region_method or meta.get("region_method", "color"),
             k=k or int(meta.get("k", 32)),
+            dinov3=dinov3,
+            system=system,
         )
 
     # -- per-input steps -----------------------------------------------------------------------
 
-    def partition(self, image: Image.Image) -> RegionPartition:
-        """Regions of ``image``."""
-        return segment(image, self.k, method=self.region_method)
+    def partition(
+        self, image: Image.Image, *, regions: RegionPartition | np.ndarray | dict[str, Any] | None = None
+    ) -> RegionPartition:
+        """Regions of ``image``: this attributor's method, or the caller's own ``regions``.
+
+        Args:
+            image: The image.
+            regions: A ready [`RegionPartition`][attrib.regions.RegionPartition], an ``(H, W)`` label map, or the
+                options of the ``given`` method (``{"labels": ...}`` or ``{"boxes": ...}``); ``None``: this
+                attributor's region method.
+
+        Raises:
+            ValueError: For regions that do not fit the image, or ``given`` regions missing.
+        """
+        if isinstance(regions, RegionPartition):
+            part = regions
+        elif isinstance(regions, np.ndarray):
+            part = self.segmenter.given(image, {"labels": regions})
+        elif isinstance(regions, dict):
+            part = self.segmenter.given(image, regions)
+        else:
+            return self.segmenter(image)
+        if part.labels.shape != (image.height, image.width):
+            raise ValueError(
+                f"regions are {part.labels.shape[1]}x{part.labels.shape[0]} but the image is "
+                f"{image.width}x{image.height}"
+            )
+        return part
 
     def assignment(self, partition: RegionPartition, inputs: dict[str, Any]) -> Any:
         """Region -> visual-token assignment for ``inputs``' image."""
@@ -545,6 +605,8 @@ class Attributor:
         truth: str | None = None,
         flagger: Flagger | None = None,
         top: int = 3,
+        system: str | None = None,
+        regions: RegionPartition | np.ndarray | dict[str, Any] | None = None,
         **generate_kwargs: Any,
     ) -> AttributionStream:
         """Start streaming attributions for one image and prompt.
@@ -556,8 +618,11 @@ class Attributor:
             truth: The expected answer, when known (the result then says whether it was right).
             flagger: Optional online failure flagger (``update(scores) -> bool``).
             top: Top regions per event.
-            **generate_kwargs: Passed to the model's ``generate`` (e.g. ``min_new_tokens``,
-                ``do_sample``; greedy by default).
+            system: A system prompt (default: the attributor's).
+            regions: This image's own regions (a partition, a label map, or ``{"boxes": ...}``) instead of
+                the attributor's region method.
+            **generate_kwargs: Passed to the model's ``generate`` (e.g. ``do_sample``, ``temperature``,
+                ``top_p``, ``min_new_tokens``; greedy by default).
 
         Returns:
             The stream; generation starts when iteration does.
@@ -574,6 +639,8 @@ class Attributor:
             flagger=flagger,
             top=top,
             generate_kwargs=generate_kwargs,
+            system=self.system if system is None else system,
+            regions=regions,
         )
 
     def verify(self, result: StreamResult, *, topk: int = 5) -> dict[str, Any]:
@@ -592,7 +659,7 @@ class Attributor:
         ids = result.generated_ids
         if not result.spans or not ids:
             return {"n_spans": 0}
-        inputs = self.loaded.build(result.image, result.prompt)
+        inputs = self.loaded.build(result.image, result.prompt, system=result.system)
         part = RegionPartition(result.regions)
         mode = str(getattr(self.estimator, "metadata_", {}).get("ablation_mode", "mask"))
         if mode not in self.variant.ablation_modes and self.variant.ablation_modes:

@@ -354,10 +354,16 @@ class VariantModel(nn.Module):
             The variant's [`Generation`][attrib.variants.base.Generation].
 
         Raises:
-            ValueError: For missing image inputs or a bad option.
+            ValueError: For missing image inputs, a bad option, or ``do_sample=True`` (greedy only).
         """
         from transformers import DynamicCache
 
+        if options.pop("do_sample", False):
+            raise ValueError(
+                f"{type(self).__name__} decodes greedily: sampling (do_sample) is not supported for research variants"
+            )
+        for key in ("temperature", "top_p", "top_k"):
+            options.pop(key, None)
         opts = self.decode_options(options)
         prep = self.prepare(input_ids, options, image_embeds)
         attention_mask = prep.attention_mask

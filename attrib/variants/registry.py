@@ -52,6 +52,7 @@ __all__ = [
     "ResearchVariant",
     "StopFlag",
     "Variant",
+    "check_generate_kwargs",
     "get_variant",
     "register_variant",
 ]
@@ -156,12 +157,18 @@ class PlainVariant:
     description = "a transformers checkpoint of a supported family"
     parts: tuple[str, ...] = ()
     ablation_modes: tuple[str, ...] = ("mask", "mean", "repaint")
+    #: Whether generation can sample (``do_sample``, ``temperature``, ``top_p``).
+    sampling: bool = True
 
     def capture(self, loaded: LoadedModel, request: CaptureRequest) -> CaptureResult:
         """``loaded.model.generate`` (greedy unless ``generate_kwargs`` say otherwise) under a capture."""
         from transformers import StoppingCriteria, StoppingCriteriaList
 
         kw: dict[str, Any] = {"do_sample": False, **request.generate_kwargs}
+        # Image markers in the trace would break every teacher-forced forward over it (ablation, verify).
+        suppress = set(loaded.adapter.vision_token_ids(loaded.hf_model)) | set(kw.pop("suppress_tokens", None) or ())
+        suppress |= set(getattr(getattr(loaded.hf_model, "generation_config", None), "suppress_tokens", None) or ())
+        kw["suppress_tokens"] = sorted(suppress)
         if request.stop is not None:
             flag: StopFlag = request.stop
 
@@ -219,6 +226,7 @@ class ResearchVariant(PlainVariant):
 
     name = "research-variant"
     ablation_modes: tuple[str, ...] = ()
+    sampling = False
 
     def capture(self, loaded: LoadedModel, request: CaptureRequest) -> CaptureResult:
         """The model's own [`capture`][attrib.variants.base.VariantModel.capture]."""
@@ -274,3 +282,19 @@ def get_variant(name: str) -> Variant:
     if name not in VARIANTS:
         raise ValueError(f"no variant {name!r} is registered; known: {sorted(VARIANTS)}")
     return VARIANTS[name]
+
+
+def check_generate_kwargs(variant: Variant, generate_kwargs: Mapping[str, Any]) -> None:
+    """Refuse decoding options ``variant`` cannot honour, before any generation starts.
+
+    Raises:
+        ValueError: For sampling on a variant that decodes greedily, or a bad temperature or ``top_p``.
+    """
+    if generate_kwargs.get("do_sample") and not getattr(variant, "sampling", True):
+        raise ValueError(f"{variant.description} decodes greedily: drop --do-sample (sampling is not supported)")
+    t = generate_kwargs.get("temperature")
+    if t is not None and not float(t) > 0:
+        raise ValueError(f"temperature must be > 0, got {t}")
+    p = generate_kwargs.get("top_p")
+    if p is not None and not 0 < float(p) <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {p}")
