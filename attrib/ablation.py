@@ -146,14 +146,23 @@ def image_features(model: Any, inputs: dict[str, Any]) -> torch.Tensor:
         model: A transformers VLM (``model.model.get_image_features``).
         inputs: Its inputs (``pixel_values`` and the family's grid inputs).
     """
+    return _vision_outputs(model, inputs)[0]
+
+
+def _flat(feats: Any) -> torch.Tensor:
+    if isinstance(feats, (list, tuple)):
+        feats = torch.cat([f.reshape(-1, f.shape[-1]) for f in feats])
+    return feats.reshape(-1, feats.shape[-1])  # type: ignore[no-any-return]
+
+
+def _vision_outputs(model: Any, inputs: dict[str, Any]) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+    """The image embeddings, and the deepstack features (Qwen3-VL: per deepstack layer, ``(N_image, d)``
+    added to the hidden states of the image tokens in the first layers), ``None`` where the family has none."""
     inner = model.model
     out = inner.get_image_features(**_vision_kwargs(inner, inputs), return_dict=True)
     feats = getattr(out, "pooler_output", None)
-    if feats is None:
-        feats = out
-    if isinstance(feats, (list, tuple)):
-        feats = torch.cat([f.reshape(-1, f.shape[-1]) for f in feats])
-    return feats.reshape(-1, feats.shape[-1])
+    deep = getattr(out, "deepstack_features", None)
+    return _flat(out if feats is None else feats), ([_flat(d) for d in deep] if deep else None)
 
 
 class AblationRunner:
@@ -307,11 +316,14 @@ class AblationRunner:
         inner = self.model.model
         with torch.no_grad():
             base = inner.get_input_embeddings()(p.full_ids).detach()
-            feats = image_features(self.model, self.inputs).reshape(1, -1, base.shape[-1]).detach()
+            flat, deep = _vision_outputs(self.model, self.inputs)
+            feats = flat.reshape(1, -1, base.shape[-1]).detach()
         gen = self.generated.to(base.device)
         t_prompt = p.prompt_len
         span_list = list(spans)
         model = self.model
+        key = self.adapter.token_type_key
+        types = p.lm_kwargs.get(key) if key is not None and self.adapter.bidirectional_image else None
 
         def forward(img: torch.Tensor) -> torch.Tensor:
             b = img.shape[0]
@@ -319,7 +331,22 @@ class AblationRunner:
             emb[:, p.image_pos] = img.to(emb.dtype)
             pos = p.position_ids.expand(*p.position_ids.shape[:-2], b, p.position_ids.shape[-1])
             mask = torch.ones(b, emb.shape[1], device=emb.device)
-            logits = model(inputs_embeds=emb, position_ids=pos, attention_mask=mask).logits
+            if deep is not None:
+                # Deepstack features (held at their unablated values) enter the first layers at the image
+                # positions, as in the model's own forward; the gradient is taken through the embeddings.
+                vis = torch.zeros(b, emb.shape[1], dtype=torch.bool, device=emb.device)
+                vis[:, p.image_pos] = True
+                hidden = inner.language_model(
+                    inputs_embeds=emb,
+                    position_ids=pos,
+                    attention_mask=mask,
+                    visual_pos_masks=vis,
+                    deepstack_visual_embeds=[d.to(emb.dtype).repeat(b, 1) for d in deep],
+                ).last_hidden_state
+                logits = model.lm_head(hidden)
+            else:
+                extra: dict[str, Any] = {} if types is None or key is None else {key: types.expand(b, -1)}
+                logits = model(inputs_embeds=emb, position_ids=pos, attention_mask=mask, **extra).logits
             lp = torch.log_softmax(logits[:, t_prompt - 1 : -1].float(), -1)
             tok = lp.gather(-1, gen.expand(b, -1)[..., None])[..., 0]
             return torch.stack([tok[:, s:e].sum(1) for s, e in span_list], 1)

@@ -234,7 +234,8 @@ class LinearHeadEstimator(RegressorMixin, BaseEstimator):  # type: ignore[misc]
 
         Raises:
             FileNotFoundError: If a file is missing.
-            ValueError: If the shape does not match ``expected_shape`` or the files disagree.
+            ValueError: If the shape does not match ``expected_shape``, the files disagree, or either file is
+                not what [`save`][estimators.linear.LinearHeadEstimator.save] writes (a pickle, say).
         """
         from safetensors.numpy import load_file
 
@@ -242,8 +243,24 @@ class LinearHeadEstimator(RegressorMixin, BaseEstimator):  # type: ignore[misc]
         for f in (p.with_suffix(".safetensors"), p.with_suffix(".json")):
             if not f.is_file():
                 raise FileNotFoundError(f"estimator file not found: {f}")
-        meta = json.loads(p.with_suffix(".json").read_text())
-        coef = load_file(str(p.with_suffix(".safetensors")))["coef"]
+        try:
+            meta = json.loads(p.with_suffix(".json").read_text())
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ValueError(f"estimator metadata {p.with_suffix('.json')} is not valid JSON: {e}") from None
+        if not isinstance(meta, dict) or not {"L", "H", "intercept", "params"} <= set(meta):
+            raise ValueError(
+                f"estimator metadata {p.with_suffix('.json')} lacks L, H, intercept or params: not an estimator file"
+            )
+        try:
+            tensors = load_file(str(p.with_suffix(".safetensors")))
+        except Exception as e:  # safetensors raises its own error type for anything that is not safetensors
+            raise ValueError(
+                f"estimator weights {p.with_suffix('.safetensors')} are not a safetensors file "
+                f"({' '.join(str(e).split())}); estimators are saved by `attrib fit` (never pickles)"
+            ) from None
+        if "coef" not in tensors:
+            raise ValueError(f"estimator weights {p.with_suffix('.safetensors')} hold no 'coef' tensor")
+        coef = tensors["coef"]
         if coef.shape != (meta["L"], meta["H"]):
             raise ValueError(
                 f"estimator {p}: weights {coef.shape} disagree with metadata L x H = {meta['L']} x {meta['H']}"

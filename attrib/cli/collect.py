@@ -15,11 +15,8 @@ __all__ = ["register"]
 
 
 def _cmd_collect(args: argparse.Namespace) -> int:
-    from attrib.collect.datasets import open_dataset
-    from attrib.collect.pipeline import CollectConfig, collect_many
+    from attrib.collect.pipeline import CollectConfig, collect_many, preflight
     from attrib.models import default_model_name
-    from attrib.models.loading import check_model, parse_device
-    from attrib.regions import check_region_method
 
     methods = [m.strip() for m in str(args.regions).split(",") if m.strip()]
     try:
@@ -55,12 +52,7 @@ def _cmd_collect(args: argparse.Namespace) -> int:
         for m in methods
         for k in ks
     ]
-    # Configuration errors are refused here, before any progress or work.
-    open_dataset(cfgs[0].dataset)
-    parse_device(cfgs[0].device)
-    for c in cfgs:
-        check_region_method(c.region_method, dinov3=c.dinov3)
-    check_model(cfgs[0].model)
+    preflight(cfgs)  # configuration errors are refused here, before any progress or work
     outs = [Path(args.out)] if len(cfgs) == 1 else [Path(args.out) / f"{c.region_method}-k{c.k}" for c in cfgs]
     if args.backend != "ray" and (args.address is not None or args.workers is not None or args.gpus_per_worker):
         raise ValueError("--address, --workers and --gpus-per-worker need --backend ray")

@@ -24,7 +24,7 @@ from attrib.ablation import loo_subsets, random_subsets
 from attrib.collect.datasets import CollectItem, Dataset, open_dataset
 from attrib.collect.store import Collection, check_writable, open_manifest, write_shard
 from attrib.io import atomic_write_json
-from attrib.models.loading import LoadedModel, check_model, load, parse_device
+from attrib.models.loading import LoadedModel, check_model, detect_model_kind, load, parse_device
 from attrib.models.loading import resolve_path as resolve_model_path
 from attrib.models.signature import weights_fingerprint
 from attrib.regions.methods import Segmenter, check_region_method
@@ -42,6 +42,7 @@ __all__ = [
     "iter_items",
     "make_segmenters",
     "model_fingerprint",
+    "preflight",
     "shard_arrays",
 ]
 
@@ -211,10 +212,7 @@ def collect_many(
     if threads:
         torch.set_num_threads(threads)
     outs = [Path(o) for o in out_dirs]
-    dev = parse_device(base.device)  # a bad or missing device fails here, before anything loads
-    check_model(base.model)  # so does a directory that is not a whole checkpoint
-    for c in cfgs:
-        check_region_method(c.region_method, dinov3=c.dinov3)
+    dev = preflight(cfgs)  # configuration errors fail here, before anything loads or is written
     # An unknown region method, or dinov3 without a model, fails here.
     segmenters = make_segmenters(cfgs, dev if isinstance(dev, torch.device) else None)
     for o in outs:
@@ -258,6 +256,32 @@ def collect_many(
         atomic_write_json(o / "manifest.json", m)
         out.append(Collection.open(o))
     return out
+
+
+def preflight(cfgs: Sequence[CollectConfig]) -> Any:
+    """Refuse configurations that cannot work, cheaply and before any model, dataset row or file is touched.
+
+    Checks the device, the model argument (a named model, a hub id, or a whole checkpoint of a supported
+    family), sampling against the model's variant, the region methods and the dataset spec.
+
+    Returns:
+        The parsed device (see [`parse_device`][attrib.models.loading.parse_device]).
+
+    Raises:
+        ValueError: Naming the option and the problem.
+        FileNotFoundError: For a missing dataset or model path.
+    """
+    base = cfgs[0]
+    dev = parse_device(base.device)
+    for c in cfgs:
+        check_region_method(c.region_method, dinov3=c.dinov3)
+    open_dataset(base.dataset)
+    check_model(base.model)
+    if base.do_sample:
+        where = resolve_model_path(base.model)
+        kind = detect_model_kind(where) if isinstance(where, Path) else None
+        check_generate_kwargs(get_variant(kind.name if kind is not None else "plain"), base.generate_kwargs())
+    return dev
 
 
 def check_configs(cfgs: Sequence[CollectConfig], out_dirs: Sequence[str | Path], who: str) -> None:
@@ -352,6 +376,9 @@ def shard_arrays(
             if results
             else np.zeros((0, k), np.float32)
         )
+    for name in sorted({n for r in results for n in r.get("parts", {})}):
+        # alias key parts (v1: via_copy), the part of ``features`` that reached each region through them
+        arrays[f"part.{name}"] = np.concatenate([r["parts"][name] for r in results]).astype(np.float32)
     for i, r in enumerate(results):
         arrays[f"regions_{i}"] = r["regions"].astype(np.int16)
     return arrays, [r["record"] for r in results], failures
@@ -434,6 +461,9 @@ def example_results(
                 "subset_deltas": runner.deltas(subsets, spans).T,
                 "regions": part.labels,
             }
+            alias = {n: p for n, p in res.parts.items() if p.ndim == 4}  # (n_spans, K, L, H) alias parts
+            if alias:
+                r["parts"] = {n: np.ascontiguousarray(p[:, cols]) for n, p in alias.items()}
             if cfg.loo:
                 r["loo_deltas"] = runner.deltas(loo_subsets(cfg.k), spans).T
         except (ValueError, OSError) as e:

@@ -217,6 +217,13 @@ def resolve_path(name_or_path: str | Path | None) -> Path | str:
         return p
     if _looks_local(name):
         raise FileNotFoundError(f"model directory not found: {name}")
+    if "/" not in name:
+        # Hub ids are org/name; a bare word is a typo of a bundled name or a missing directory.
+        known = ", ".join(sorted(NAMED_MODELS)) or "none"
+        raise FileNotFoundError(
+            f"unknown model {name!r}: not a bundled model ({known}), not a directory here, and not a hub id "
+            "(org/name)"
+        )
     return name
 
 

@@ -525,18 +525,22 @@ class Attributor:
             FileNotFoundError: For a missing model or estimator.
             ValueError: For an unsupported model, no estimator for it, or an estimator of another model.
         """
-        if region_method is not None:
-            check_region_method(region_method, dinov3=dinov3)  # refused before the model loads
+        # Everything that can be checked without the model is checked before it loads.
+        est = LinearHeadEstimator.load(estimator) if estimator is not None else None
+        meta = getattr(est, "metadata_", {}) if est is not None else {}
+        method = region_method or meta.get("region_method")
+        if method is not None:
+            check_region_method(method, dinov3=dinov3)
         loaded = load(model, device=device, dtype=dtype)
-        if estimator is None:
-            estimator = loaded.default_estimator()
-            if estimator is None:
+        if est is None:
+            default = loaded.default_estimator()
+            if default is None:
                 raise ValueError(
                     f"no estimator ships with {loaded.name}: pass --estimator (fit one with `attrib collect` "
                     "and `attrib fit`)"
                 )
-        est = LinearHeadEstimator.load(estimator)
-        meta = getattr(est, "metadata_", {})
+            est = LinearHeadEstimator.load(default)
+            meta = getattr(est, "metadata_", {})
         return cls(
             loaded,
             est,
