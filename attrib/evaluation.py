@@ -213,8 +213,13 @@ def evaluate_methods(
     topk: int = 5,
     limit: int | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    fit_subsets: slice | None = None,
+    score_subsets: slice | None = None,
 ) -> dict[str, Any]:
     """Score every method on a held-out collection.
+
+    Each example's removal sets are split in two: methods that fit on the example's own ablations
+    (``contextcite``) see only ``fit_subsets``, and every method is scored (LDS) on ``score_subsets``.
 
     Args:
         test: Held-out collection (made with ``--loo`` and an even number of removal sets).
@@ -226,14 +231,16 @@ def evaluate_methods(
         topk: K of the top-K drop.
         limit: Evaluate at most this many examples.
         on_progress: Called as ``on_progress(done, total)``.
+        fit_subsets: Removal sets a method may fit on (default: the first half).
+        score_subsets: Removal sets every method is scored on (default: the second half).
 
     Returns:
         ``{"methods": {name: {"lds", "top5_drop", "top5_drop_normalized", "r2", "pointing",
         "seconds_per_token", ... with intervals}}, "n_examples", "n_spans"}``.
 
     Raises:
-        ValueError: For an unknown method, a collection without leave-one-out targets,
-            or a method that needs the model when none is given.
+        ValueError: For an unknown method, a collection without leave-one-out targets, a method that needs
+            the model when none is given, or fit and scored removal sets that overlap (scores would leak).
     """
     unknown = [m for m in methods if m not in BASELINES]
     if unknown:
@@ -250,7 +257,16 @@ def evaluate_methods(
     cfg = test.config
     m_total = exs[0]["subsets"].shape[0]
     half = m_total // 2
-    fit_sl, eval_sl = slice(0, half), slice(half, m_total)
+    fit_sl = fit_subsets if fit_subsets is not None else slice(0, half)
+    eval_sl = score_subsets if score_subsets is not None else slice(half, m_total)
+    fit_idx, eval_idx = set(range(m_total)[fit_sl]), set(range(m_total)[eval_sl])
+    if not eval_idx:
+        raise ValueError(f"no removal sets left to score on (score_subsets={eval_sl} of {m_total})")
+    if fit_idx & eval_idx:
+        raise ValueError(
+            f"fit and scored removal sets overlap ({len(fit_idx & eval_idx)} sets): a method fit on the sets it is "
+            "scored on would be credited for memorising them"
+        )
     rows: dict[str, dict[str, list[Any]]] = {
         name: {"act": [], "pred": [], "scores": [], "loo": [], "gt": [], "seconds": [], "tokens": []}
         for name in methods

@@ -194,8 +194,10 @@ def r2(
     """R² of per-region scores against leave-one-out Δ(S, {k}), pooled over (span, region) pairs.
 
     Scores of different methods live on different scales, so this is the R² of the
-    best affine calibration ``Δ ≈ a·score + b``, which equals the squared Pearson
-    correlation. A constant predictor scores 0; a perfect (affine) one scores 1.
+    best affine calibration ``Δ ≈ a·score + b`` with ``a ≥ 0``: the squared Pearson
+    correlation when it is positive, and 0 otherwise (scores that rank regions backwards
+    explain nothing a user can read off them). A constant predictor scores 0; a perfect
+    (affine) one scores 1.
 
     Args:
         scores: ``(n_spans, K)`` predicted per-region scores.
@@ -211,7 +213,8 @@ def r2(
         a, b = ss.ravel(), yy.ravel()
         if np.ptp(a) == 0 or np.ptp(b) == 0:
             return 0.0
-        return float(np.corrcoef(a, b)[0, 1] ** 2)
+        r = float(np.corrcoef(a, b)[0, 1])
+        return r * r if r > 0 else 0.0
 
     lo, hi = paired_bootstrap_ci((s, y), stat, groups=g, n_boot=n_boot, level=0.95, seed=seed)
     return MetricResult(stat(s, y), lo, hi, s.shape[0])

@@ -113,3 +113,95 @@ def test_contextcite_recovers_additive_effects() -> None:
     assert np.corrcoef(s.ravel(), true.ravel())[0, 1] > 0.99
     with pytest.raises(ValueError, match="already registered"):
         register_baseline("contextcite")(BASELINES["contextcite"])
+
+
+# ----------------------------------------------------------------------------- hand-built collections
+class _Hand:
+    """A collection built by hand (what evaluate_methods reads: examples() and config)."""
+
+    def __init__(self, exs: list[dict[str, object]]) -> None:
+        self._exs = exs
+        self.config = {"dataset": "", "ablation_mode": "mask"}
+
+    def examples(self):  # type: ignore[no-untyped-def]
+        return iter(self._exs)
+
+
+def _hand_collection(*, n_ex: int = 12, k: int = 8, m: int = 32, noise_only: bool = False, seed: int = 0) -> _Hand:
+    """Spans whose true region effects are <w, features> exactly; subset drops are additive in those effects
+    (``noise_only``: drops are noise that no attribution can predict)."""
+    rng = np.random.default_rng(seed)
+    w = np.array([[1.0, -2.0], [0.25, 2.0]])
+    exs = []
+    for i in range(n_ex):
+        n_spans = 3
+        feats = rng.random((n_spans, k, 2, 2))
+        effect = np.einsum("sklh,lh->sk", feats, w)  # (n_spans, K)
+        subsets = rng.random((m, k)) < 0.5
+        deltas = rng.normal(size=(n_spans, m)) if noise_only else effect @ subsets.T.astype(float)
+        exs.append(
+            {
+                "uid": f"h{i}",
+                "features": feats,
+                "subsets": subsets,
+                "subset_deltas": deltas,
+                "loo_deltas": effect,
+                "spans": [{"start": j, "end": j + 1, "text": "x."} for j in range(n_spans)],
+            }
+        )
+    return _Hand(exs)
+
+
+def _true_estimator():  # type: ignore[no-untyped-def]
+    from estimators.linear import LinearHeadEstimator
+
+    est = LinearHeadEstimator(layer_head_shape=(2, 2))
+    est.coef_ = np.array([[1.0, -2.0], [0.25, 2.0]])
+    est.intercept_ = 0.0
+    return est
+
+
+def _check_noise_is_not_credited(res: dict[str, object]) -> None:
+    """On noise targets no method may look faithful on the scored (held-out) removal sets."""
+    for name, r in res["methods"].items():  # type: ignore[attr-defined]
+        assert abs(r["lds"]["value"]) < 0.25, (name, r["lds"])
+
+
+def test_hand_built_known_answers() -> None:
+    res = evaluate_methods(_hand_collection(), _true_estimator(), methods=["estimator", "contextcite", "raw_attention"])
+    est, cc, raw = (res["methods"][n] for n in ("estimator", "contextcite", "raw_attention"))
+    assert est["lds"]["value"] == pytest.approx(1.0) and est["r2"]["value"] == pytest.approx(1.0)
+    assert cc["lds"]["value"] > 0.95  # a linear surrogate recovers additive effects from 16 ablations
+    assert raw["lds"]["value"] < est["lds"]["value"] - 0.1  # the wrong weighting must score lower
+    # An estimator with the weights negated must score low (anti-correlated).
+    bad = _true_estimator()
+    bad.coef_ = -bad.coef_
+    neg = evaluate_methods(_hand_collection(), bad, methods=["estimator"])["methods"]["estimator"]
+    assert neg["lds"]["value"] == pytest.approx(-1.0) and neg["r2"]["value"] == pytest.approx(0.0)
+
+
+def test_noise_targets_score_low_and_a_leaky_split_is_caught() -> None:
+    noise = _hand_collection(noise_only=True)
+    res = evaluate_methods(noise, _true_estimator(), methods=["estimator", "contextcite", "raw_attention"])
+    _check_noise_is_not_credited(res)
+    # Overlapping fit and scored sets are refused outright.
+    with pytest.raises(ValueError, match="overlap"):
+        evaluate_methods(noise, _true_estimator(), methods=["contextcite"], fit_subsets=slice(0, 20))
+    # Swapping on purpose, so that contextcite fits on the very sets it is scored on (what a bug in the
+    # protocol would do), makes it look faithful on pure noise: the check above catches that.
+    import attrib.evaluation as ev
+
+    real = ev.MethodContext
+
+    def leaky(**kw):  # type: ignore[no-untyped-def]
+        kw["fit_subsets"] = slice(16, 32)
+        return real(**kw)
+
+    ev.MethodContext = leaky  # type: ignore[misc]
+    try:
+        swapped = evaluate_methods(noise, _true_estimator(), methods=["contextcite"])
+    finally:
+        ev.MethodContext = real  # type: ignore[misc]
+    assert swapped["methods"]["contextcite"]["lds"]["value"] > 0.5
+    with pytest.raises(AssertionError):
+        _check_noise_is_not_credited(swapped)

@@ -70,6 +70,7 @@ def test_r2_hand_values() -> None:
     loo = np.array([[1.0, 2.0, 3.0], [0.0, 1.0, 5.0]])
     assert r2(2 * loo + 1, loo).value == pytest.approx(1.0)
     assert r2(np.ones_like(loo), loo).value == 0.0
+    assert r2(-2 * loo + 1, loo).value == 0.0  # backwards scores explain nothing
     s = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
     expected = np.corrcoef(s.ravel(), loo.ravel())[0, 1] ** 2
     assert r2(s, loo).value == pytest.approx(expected)
