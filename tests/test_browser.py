@@ -170,20 +170,21 @@ def test_report_slider_changes_heatmap(driver: Any, attributor: Attributor, tmp_
     path.write_text(render_report([good, bad], title="<script>window.__pwned=3</script>"))
     driver.get(path.as_uri())
     _wait(driver, "return document.querySelectorAll('.result[data-ready]').length === 2")
-    canvas = "document.getElementById('heat-0')"
+    canvas = "document.querySelector('.result[data-index=\"0\"] canvas')"
     before = driver.execute_script(f"return {canvas}.toDataURL()")
     assert len(good.spans) >= 2
     driver.execute_script(
-        "const s = document.getElementById('slider-0'); s.value = arguments[0];s.dispatchEvent(new Event('input'));",
+        "const s = document.querySelector('.result[data-index=\"0\"] input[type=range]'); s.value = arguments[0];"
+        "s.dispatchEvent(new Event('input'));",
         len(good.spans) - 1,
     )
     after = driver.execute_script(f"return {canvas}.toDataURL()")
     assert after != before
     assert driver.execute_script(f"return {canvas}.dataset.span") == str(len(good.spans) - 1)
-    cur = driver.find_elements("css selector", "#result-0 .trace span.cur")
+    cur = driver.find_elements("css selector", '.result[data-index="0"] .trace span.cur')
     assert len(cur) == 1 and cur[0].text == good.spans[-1].text
     assert driver.execute_script("return window.__pwned === undefined")
-    assert XSS in driver.find_element("css selector", "#result-1 h2").text
+    assert XSS in driver.find_element("css selector", '.result[data-index="1"] h2').text
     assert _severe(driver) == []
 
 

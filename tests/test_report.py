@@ -260,3 +260,24 @@ def test_fragment_in_a_host_page(driver: Any, tmp_path: Path) -> None:
     assert driver.execute_script("return document.querySelector('.attrib-static img').naturalWidth") == 56
     assert driver.find_element("css selector", ".attrib-static img").is_displayed()
     assert "I see a circle." in driver.find_element("css selector", ".attrib-static .trace").text
+
+
+def test_two_fragments_in_one_page_keep_apart(driver: Any, tmp_path: Path) -> None:
+    """Two notebook cells' fragments: every element id is unique, and each slider drives its own canvas."""
+    (tmp_path / "two.html").write_text(HOST.format(_result()._repr_html_() + _result()._repr_html_()))
+    driver.get((tmp_path / "two.html").as_uri())
+    _wait(driver, "return document.querySelectorAll('.result[data-ready]').length === 2")
+    ids = driver.execute_script("return Array.from(document.querySelectorAll('[id]')).map(e => e.id)")
+    assert len(ids) == len(set(ids)), sorted(i for i in ids if ids.count(i) > 1)
+    reports = driver.find_elements("css selector", ".attrib-report")
+    assert len(reports) == 2 and reports[0].get_attribute("id") != reports[1].get_attribute("id")
+
+
+def test_estimator_figures_show_counts_as_integers_and_no_paths(driver: Any, tmp_path: Path) -> None:
+    est = {"validation": {"lds": 0.3995, "n_test_examples": 200, "test_collection": "data/secret-path"}}
+    (tmp_path / "v.html").write_text(HOST.format(_result(estimator=est)._repr_html_()))
+    driver.get((tmp_path / "v.html").as_uri())
+    _wait(driver, "return document.querySelectorAll('.result[data-ready]').length === 1")
+    text = driver.find_element("css selector", ".attrib-report").text
+    assert "n test examples 200" in text and "200.000" not in text and "0.400" in text
+    assert "secret-path" not in driver.page_source and "secret-path" not in text

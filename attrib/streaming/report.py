@@ -26,6 +26,7 @@ import io
 import re
 import secrets
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -133,7 +134,23 @@ def result_payload(result: StreamResult) -> dict[str, Any]:
     d = result.to_dict()
     d["image"] = png_data_uri(result.image)
     d["labels"] = labels_payload(result.regions)
+    d["estimator"] = _shareable_estimator(d.get("estimator") or {})
     return d
+
+
+#: Estimator metadata a shared page may carry (no paths of the machine that fit it).
+_ESTIMATOR_KEYS = ("model_id", "region_method", "k", "ablation_mode", "n_train_examples", "version")
+
+
+def _shareable_estimator(meta: dict[str, Any]) -> dict[str, Any]:
+    """The estimator's figures and settings, without the training and test collections' paths."""
+    out: dict[str, Any] = {k: meta[k] for k in _ESTIMATOR_KEYS if k in meta}
+    if "model_id" in out and ("/" in str(out["model_id"]) and Path(str(out["model_id"])).is_absolute()):
+        out["model_id"] = Path(str(out["model_id"])).name
+    val = meta.get("validation")
+    if isinstance(val, dict):
+        out["validation"] = {k: v for k, v in val.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return out
 
 
 #: Shared drawing code of the report and the live view (``paintHeatmap(canvas, img, labels, scores, top)``),
@@ -198,15 +215,19 @@ _REPORT_JS = r"""
 const DATA = JSON.parse(document.getElementById("attrib-data-" + uid).textContent);
 function el(tag, text, cls) { const e = document.createElement(tag); if (text !== undefined) e.textContent = text;
   if (cls) e.className = cls; return e; }
-function fmt(v) { return (v === null || v === undefined) ? "-" : (typeof v === "number" ? v.toFixed(3) : String(v)); }
+function fmt(v) {
+  if (v === null || v === undefined) return "-";
+  if (typeof v !== "number") return String(v);
+  return Number.isInteger(v) ? String(v) : v.toFixed(3);
+}
 DATA.results.forEach(function (r, ri) {
-  const box = el("div", undefined, "result"); box.id = "result-" + ri;
+  const box = el("div", undefined, "result"); box.id = uid + "-result-" + ri; box.dataset.index = String(ri);
   box.appendChild(el("h2", "Q: " + r.prompt));
   const row = el("div", undefined, "row"); box.appendChild(row);
   const left = el("div"); row.appendChild(left);
-  const canvas = el("canvas"); canvas.id = "heat-" + ri; left.appendChild(canvas);
+  const canvas = el("canvas"); canvas.id = uid + "-heat-" + ri; left.appendChild(canvas);
   const sl = el("input"); sl.type = "range"; sl.min = 0; sl.max = Math.max(0, r.spans.length - 1); sl.value = 0;
-  sl.id = "slider-" + ri; sl.style.width = "336px"; left.appendChild(el("div")).appendChild(sl);
+  sl.id = uid + "-slider-" + ri; sl.style.width = "336px"; left.appendChild(el("div")).appendChild(sl);
   const lbl = el("div", "", "muted"); left.appendChild(lbl);
   const right = el("div"); right.style.flex = "1"; row.appendChild(right);
   const trace = el("p", undefined, "trace"); right.appendChild(trace);
@@ -233,7 +254,9 @@ DATA.results.forEach(function (r, ri) {
     frow(f.k + " random regions' drop", f.random_drop);
   } else { frow("per-example ablation check", "not run"); }
   const v = (r.estimator || {}).validation || {};
-  Object.keys(v).forEach(function (k) { frow("estimator held-out " + k, v[k]); });
+  // Figures only: where they were measured (paths on the machine that fit the estimator) is not the reader's.
+  Object.keys(v).filter(function (k) { return typeof v[k] === "number"; }).forEach(function (k) {
+    frow("estimator held-out " + k.replace(/_/g, " "), v[k]); });
   box.appendChild(el("p", r.generated_tokens + " tokens in " + fmt(r.generation_s) + " s; model " + r.model, "muted"));
   document.getElementById("results-" + uid).appendChild(box);
   const img = new Image(); const labBytes = decodeLabels(r.labels);
