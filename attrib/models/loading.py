@@ -221,8 +221,7 @@ def resolve_path(name_or_path: str | Path | None) -> Path | str:
         # Hub ids are org/name; a bare word is a typo of a bundled name or a missing directory.
         known = ", ".join(sorted(NAMED_MODELS)) or "none"
         raise FileNotFoundError(
-            f"unknown model {name!r}: not a bundled model ({known}), not a directory here, and not a hub id "
-            "(org/name)"
+            f"unknown model {name!r}: not a bundled model ({known}), not a directory here, and not a hub id (org/name)"
         )
     return name
 
