@@ -1,26 +1,34 @@
 """Stream region attributions while the model thinks.
 
-Three threads, two queues:
+Generation runs on the thread that iterates the stream; the attribution runs in a worker thread:
 
 ```text
-generation thread --(span, features)--> attribution worker --(event)--> your loop
+your loop (thread A) --next()--> generation (greenlet on thread A) --(span, features)--> attribution worker
+      ^                                     |                                              (thread B)
+      +-------- event (at the next token) --+<------------------ event ----------------------+
 ```
 
-- The **generation thread** generates under an attention capture, through the
-  model's variant ([`attrib.variants`][attrib.variants]: plain models, v1 point-and-copy,
-  latent tokens); when a reasoning span completes, its ``(K, L, H)`` features
-  (and its key parts, e.g. the via-copy part) go on a queue and generation
-  carries on at once.
+- **Generation** runs under an attention capture, through the model's variant
+  ([`attrib.variants`][attrib.variants]: plain models, v1 point-and-copy, latent tokens), on
+  *your* thread, as a greenlet: ``next()`` resumes it, and it suspends itself when an event is
+  ready for you. On this project's CPU build of torch, ``generate`` called from a thread other than
+  the main one runs markedly slower (OpenMP regions started from a non-main thread pay a wake-up each),
+  so keeping it on the caller's thread is what makes streaming cost what generation costs.
+  When a reasoning span completes, its ``(K, L, H)`` features (and its key parts, e.g. the via-copy
+  part) go on a queue and generation carries on at once.
 - The **attribution worker** turns each span's features into per-region scores
   with the estimator (one dot product), picks the top regions, updates the
   optional failure flagger and emits a [`SpanEvent`][attrib.streaming.stream.SpanEvent].
-- **Iterating** the [`AttributionStream`][attrib.streaming.stream.AttributionStream] yields those events as they
-  arrive, then one [`FinalEvent`][attrib.streaming.stream.FinalEvent] carrying the answer and the whole
+- **Iterating** the [`AttributionStream`][attrib.streaming.stream.AttributionStream] yields those events:
+  generation checks for ready events once per token and hands them over, then one
+  [`FinalEvent`][attrib.streaming.stream.FinalEvent] carrying the answer and the whole
   [`StreamResult`][attrib.streaming.stream.StreamResult].
 
-An exception in either thread is re-raised by the iterator. Closing the stream
-(``close()``, leaving a ``with`` block, or a web client disconnecting) stops
-generation at the next token.
+An exception in generation or in the worker is re-raised by the iterator. Closing the stream
+(``close()``, leaving a ``with`` block, or a web client disconnecting) stops generation: at once on
+the iterating thread (generation is unwound where it was suspended), at the next token from another
+thread. Your loop's body runs while generation is suspended, so a slow body delays generation (it
+never delays the events: they wait for you). No thread outlives the stream.
 
 Example:
     ```python
@@ -33,24 +41,27 @@ Example:
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import queue
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
+from greenlet import GreenletExit, greenlet
 from PIL import Image
 
 from attrib.analysis.latent import latent_share
-from attrib.capture.sdpa import CaptureResult
+from attrib.capture.sdpa import CaptureResult, active_capture
 from attrib.capture.spans import Span
 from attrib.io import to_rgb
-from attrib.models.loading import LoadedModel, load
+from attrib.models.loading import LoadedModel, check_model, load
 from attrib.models.signature import same_model
 from attrib.regions import RegionPartition
 from attrib.regions.methods import Segmenter, check_region_method
@@ -243,7 +254,19 @@ class FinalEvent:
         return {"type": "final", **d}
 
 
-_DONE = object()
+_WORKER_JOIN_S = 30.0  # how long ending a stream waits for its attribution worker
+
+
+@dataclass(frozen=True)
+class _Modes:
+    """The autograd modes of a greenlet's code (thread-local in torch, so restored at every switch)."""
+
+    grad: bool
+    inference: bool
+
+    @staticmethod
+    def current() -> _Modes:
+        return _Modes(torch.is_grad_enabled(), torch.is_inference_mode_enabled())
 
 
 class AttributionStream:
@@ -251,7 +274,9 @@ class AttributionStream:
     [`FinalEvent`][attrib.streaming.stream.FinalEvent], while generation runs.
 
     Created by [`Attributor.stream`][attrib.streaming.stream.Attributor.stream]; use it as an iterator, ideally in a
-    ``with`` block.
+    ``with`` block. Generation runs on the thread that iterates (see the module docstring): iterate
+    and close a stream in one thread; [`close`][attrib.streaming.stream.AttributionStream.close] from another thread
+    only asks generation to stop at its next token.
     """
 
     def __init__(
@@ -278,66 +303,81 @@ class AttributionStream:
         self._gen_kwargs = generate_kwargs
         self.system = system
         self._stop = threading.Event()
-        self._spans_q: queue.Queue[Any] = queue.Queue()
-        self._events_q: queue.Queue[Any] = queue.Queue()
+        self._spans_q: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self._events_q: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._events: list[SpanEvent] = []
         self._t0 = 0.0
         self._flagged_at: int | None = None
-        # Validate and prepare in the caller's thread, so bad input fails here, before any thread starts.
+        # Validate and prepare in the caller's thread, so bad input fails here, before anything starts.
         check_generate_kwargs(attributor.variant, generate_kwargs)
         self.inputs = attributor.loaded.build(self.image, prompt, system=system)
         attributor.check_context(self.inputs, max_new_tokens)
         self.partition: RegionPartition = attributor.partition(self.image, regions=regions)
         self.assignment = attributor.assignment(self.partition, self.inputs)
-        self._gen: threading.Thread | None = None
+        self._gen: greenlet | None = None  # generation, suspended whenever an event goes to the consumer
         self._worker: threading.Thread | None = None
-        self._finished = False
+        self._owner: int | None = None  # the thread that iterates
+        self._consumer_modes = _Modes.current()
+        self._started = False
+        self._closed = False
+        self._ended = threading.Event()
         self.generation_done_s: float | None = None
 
-    # -- threads -------------------------------------------------------------------------------
-
-    def _start(self) -> None:
-        self._t0 = time.perf_counter()
-        self._gen = threading.Thread(target=self._generate, name="attrib-generate", daemon=True)
-        self._worker = threading.Thread(target=self._attribute, name="attrib-attribute", daemon=True)
-        self._worker.start()
-        self._gen.start()
+    # -- generation (a greenlet on the iterating thread) -----------------------------------------
 
     def _now(self) -> float:
         return time.perf_counter() - self._t0
 
     def _generate(self) -> None:
-        def on_span(span: Span, feats: np.ndarray, parts: dict[str, np.ndarray]) -> None:
-            self._spans_q.put((span, feats.copy(), {k: v.copy() for k, v in parts.items()}, self._now()))
+        a = self._a
+        with a._exclusive(), torch.inference_mode():
+            request = CaptureRequest(
+                self.inputs,
+                self.assignment,
+                max_new_tokens=self._max_new_tokens,
+                on_span=self._on_span,
+                stop=self._poll,
+                generate_kwargs=self._gen_kwargs,
+            )
+            res = a.variant.capture(a.loaded, request)
+        self.generation_done_s = self._now()
+        self._spans_q.put(("done", res))
 
-        try:
-            a = self._a
-            with a.lock, torch.inference_mode():
-                request = CaptureRequest(
-                    self.inputs,
-                    self.assignment,
-                    max_new_tokens=self._max_new_tokens,
-                    on_span=on_span,
-                    stop=self._stop.is_set,
-                    generate_kwargs=self._gen_kwargs,
-                )
-                res = a.variant.capture(a.loaded, request)
-            self.generation_done_s = self._now()
-            self._spans_q.put(("done", res))
-        except BaseException as e:  # handed to the consumer, which re-raises it
-            self._spans_q.put(("error", e))
+    def _on_span(self, span: Span, feats: np.ndarray, parts: dict[str, np.ndarray]) -> None:
+        cap = active_capture()  # the span ended when its last token arrived, before its batched pass
+        end_s = cap.last_token_s - self._t0 if cap is not None else self._now()
+        self._spans_q.put(("span", span, feats, parts, end_s))
+
+    def _poll(self) -> bool:
+        """Once per generated token: hand ready events to the consumer; ``True`` stops generation."""
+        q = self._events_q
+        while not q.empty():
+            try:
+                item = q.get_nowait()
+            except queue.Empty:
+                break
+            self._hand_over(item)
+        return self._stop.is_set()
+
+    def _hand_over(self, item: tuple[str, Any]) -> None:
+        """Suspend generation and give ``item`` to the consumer; return when it asks for the next one."""
+        assert self._gen is not None and self._gen.parent is not None
+        modes = self._consumer_modes
+        with torch.inference_mode(modes.inference), torch.set_grad_enabled(modes.grad):
+            self._gen.parent.switch(item)
+
+    # -- the attribution worker (a thread) -------------------------------------------------------
 
     def _attribute(self) -> None:
         try:
             while True:
                 item = self._spans_q.get()
-                if item[0] == "error":
-                    self._events_q.put(item)
+                if item[0] == "stop":
                     return
                 if item[0] == "done":
                     self._events_q.put(("final", self._final(item[1])))
                     return
-                span, feats, parts, end_s = item
+                _, span, feats, parts, end_s = item
                 est = self._a.estimator
                 scores = est.region_scores(feats[None])[0]
                 part_scores = {
@@ -397,17 +437,57 @@ class AttributionStream:
     # -- iteration -----------------------------------------------------------------------------
 
     def __iter__(self) -> Iterator[SpanEvent | FinalEvent]:
-        if self._gen is None:
-            self._start()
-        while not self._finished:
-            kind, payload = self._events_q.get()
-            if kind == "error":
-                self._finished = True
-                self._stop.set()
-                raise payload
-            if kind == "final":
-                self._finished = True
-            yield payload
+        if self._started:
+            if not self._ended.is_set():
+                raise RuntimeError("this stream is already being iterated")
+            return
+        self._started = True
+        self._owner = threading.get_ident()
+        self._t0 = time.perf_counter()
+        self._worker = threading.Thread(target=self._attribute, name="attrib-attribute", daemon=True)
+        self._worker.start()
+        self._gen = greenlet(self._generate)
+        self._gen.gr_context = contextvars.copy_context()
+        try:
+            while not self._closed:
+                kind, payload = self._next_item()
+                if kind == "error":
+                    raise payload
+                yield payload
+                if kind == "final":
+                    return
+        finally:
+            self._end()
+
+    def _next_item(self) -> tuple[str, Any]:
+        try:
+            return self._events_q.get_nowait()
+        except queue.Empty:
+            pass
+        gen = self._gen
+        if gen is not None and not gen.dead:
+            self._consumer_modes = _Modes.current()
+            item = gen.switch()  # generation runs until it hands over an event, or ends (None)
+            if item is not None:
+                return item  # type: ignore[no-any-return]
+        while True:  # generation has ended: the worker finishes the last spans, then the final event
+            try:
+                return self._events_q.get(timeout=1.0)
+            except queue.Empty:
+                if self._worker is None or not self._worker.is_alive():
+                    raise RuntimeError("the attribution worker ended without a result") from None
+
+    def _end(self) -> None:
+        """Stop generation now (unwinding it: the capture detaches, the model is released) and the worker."""
+        self._stop.set()
+        self._closed = True
+        gen = self._gen
+        if gen is not None and not gen.dead:
+            gen.throw(GreenletExit)
+        if self._worker is not None:
+            self._spans_q.put(("stop",))
+            self._worker.join(_WORKER_JOIN_S)
+        self._ended.set()
 
     def __enter__(self) -> AttributionStream:
         return self
@@ -416,11 +496,19 @@ class AttributionStream:
         self.close()
 
     def close(self, timeout: float = 30.0) -> None:
-        """Stop generation (at the next token) and wait for both threads to end."""
+        """Stop generation and the attribution worker.
+
+        On the iterating thread this stops generation at once; from another thread it asks generation to
+        stop at its next token and waits up to ``timeout`` seconds for the stream to end. Safe to call twice.
+        """
         self._stop.set()
-        for t in (self._gen, self._worker):
-            if t is not None:
-                t.join(timeout)
+        if not self._started or self._ended.is_set():
+            self._closed = True
+            return
+        if threading.get_ident() == self._owner:
+            self._end()
+        else:
+            self._ended.wait(timeout)
 
     def run(self) -> StreamResult:
         """Consume the whole stream and return the result."""
@@ -465,6 +553,7 @@ class Attributor:
         self.system = system
         self.name = loaded.name
         self.lock = threading.Lock()
+        self._lock_owner: int | None = None
         n_layers, n_heads = loaded.dims
         coef = np.asarray(estimator.coef_)
         meta = dict(getattr(estimator, "metadata_", {}))
@@ -494,6 +583,29 @@ class Attributor:
     def model(self) -> Any:
         """The model."""
         return self.loaded.model
+
+    @contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """Hold [`lock`][attrib.streaming.stream.Attributor.lock]: one generation or ablation at a time.
+
+        Raises:
+            RuntimeError: If this thread already holds it (a stream of this attributor is suspended
+                between two events here): waiting would never end.
+        """
+        me = threading.get_ident()
+        if not self.lock.acquire(blocking=False):
+            if self._lock_owner == me:
+                raise RuntimeError(
+                    "this attributor's model is busy with a stream that this thread is iterating: finish or close "
+                    "that stream first (one stream at a time per model)"
+                )
+            self.lock.acquire()
+        self._lock_owner = me
+        try:
+            yield
+        finally:
+            self._lock_owner = None
+            self.lock.release()
 
     @classmethod
     def load(
@@ -525,7 +637,9 @@ class Attributor:
             FileNotFoundError: For a missing model or estimator.
             ValueError: For an unsupported model, no estimator for it, or an estimator of another model.
         """
-        # Everything that can be checked without the model is checked before it loads.
+        # Everything that can be checked without the model is checked before it loads: the model
+        # argument first (a missing directory, a checkpoint missing shards), then the estimator.
+        check_model(model)
         est = LinearHeadEstimator.load(estimator) if estimator is not None else None
         meta = getattr(est, "metadata_", {}) if est is not None else {}
         method = region_method or meta.get("region_method")
@@ -673,7 +787,7 @@ class Attributor:
         )
         runner = self.variant.ablator(self.loaded, request)
         spans = [(s.start, s.end) for s in result.spans]
-        with self.lock:
+        with self._exclusive():
             loo = runner.deltas(loo_subsets(part.k), spans).T  # (n_spans, K)
         est = result.scores
         kk = min(topk, part.k)
@@ -682,7 +796,7 @@ class Attributor:
         for i in range(len(spans)):
             rand[i, rng.choice(part.k, kk, replace=False)] = True
         sets = np.concatenate([topk_sets(est, kk), topk_sets(loo, kk), rand])
-        with self.lock:
+        with self._exclusive():
             d = runner.deltas(sets, spans)
         n = len(spans)
         diag = [np.diag(d[i * n : (i + 1) * n]) for i in range(3)]
