@@ -126,6 +126,9 @@ class _Prepared:
     image_pos: torch.Tensor  # (N,)
     prompt_len: int
     lm_kwargs: dict[str, Any]
+    #: ``(1, T, d)``: what the language model received in the unablated forward, when removed image tokens
+    #: can simply be left out of the ablated forwards (see ``AblationRunner._compact_batch``); else ``None``.
+    embeds: torch.Tensor | None = None
 
 
 def _vision_kwargs(inner: Any, inputs: dict[str, Any]) -> dict[str, Any]:
@@ -178,6 +181,10 @@ class AblationRunner:
         image: The original image (``repaint`` only).
         region_labels: ``(H, W)`` pixel region map (``repaint`` only).
         encode_image: ``image -> inputs`` for the same prompt (``repaint`` only).
+        compact: In ``mask`` mode, leave removed image tokens out of the ablated sequences where that is
+            exact (their keys are masked for every query, so their rows change nothing): faster, same
+            log-probs. ``False`` keeps them in, masked. Families whose image features also enter deeper
+            layers or whose image block attends bidirectionally always keep them.
 
     Raises:
         ValueError: For an unknown mode, a batch size below 1, an assignment that
@@ -196,6 +203,7 @@ class AblationRunner:
         image: Image.Image | None = None,
         region_labels: np.ndarray | None = None,
         encode_image: Callable[[Image.Image], dict[str, Any]] | None = None,
+        compact: bool = True,
     ) -> None:
         if mode not in ABLATION_MODES:
             raise ValueError(f"unknown ablation mode {mode!r}; choose one of {ABLATION_MODES}")
@@ -221,6 +229,7 @@ class AblationRunner:
         self.image = image
         self.region_labels = region_labels
         self.encode_image = encode_image
+        self.compact = compact
         self._base: np.ndarray | None = None
         self.prep = self._prepare()
         if m.shape[1] != self.prep.image_pos.numel():
@@ -245,6 +254,9 @@ class AblationRunner:
 
         def grab(_mod: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
             captured["position_ids"] = kwargs.get("position_ids")
+            captured["inputs_embeds"] = kwargs.get("inputs_embeds")
+            # Image features that also enter deeper layers (Qwen3-VL's deepstack) pin the image tokens in place.
+            captured["deep"] = any(v is not None for k, v in kwargs.items() if k.startswith(("deepstack", "visual_")))
 
         lm = self._language_model()
         handle = lm.register_forward_pre_hook(grab, with_kwargs=True)
@@ -261,7 +273,18 @@ class AblationRunner:
         image_pos = torch.nonzero(ids[0] == self.adapter.image_token_id(model)).flatten()
         self._base = self._token_logprobs(out.logits, gen)[0]
         lm_kwargs = self._encoded_kwargs(extra)
-        return _Prepared(full, pos, image_pos, ids.shape[1], lm_kwargs)
+        embeds = captured.get("inputs_embeds")
+        compact = (
+            self.compact
+            and self.mode == "mask"
+            and isinstance(embeds, torch.Tensor)
+            and embeds.shape[:2] == full.shape
+            and not captured.get("deep")
+            and not self.adapter.bidirectional_image
+            and image_pos.numel() > 0
+            and int(image_pos.max()) < ids.shape[1] - 1  # the last prompt token (it predicts y_1) is text
+        )
+        return _Prepared(full, pos, image_pos, ids.shape[1], lm_kwargs, embeds if compact else None)
 
     def _extend_types(self, x: dict[str, Any], gen: torch.Tensor) -> dict[str, Any]:
         """The non-id inputs, with the family's token-type input extended over the trace (zeros: text)."""
@@ -366,8 +389,16 @@ class AblationRunner:
         rem = np.asarray(removed, dtype=bool)
         if rem.ndim != 2 or rem.shape[1] != self.k:
             raise ValueError(f"removal sets must have shape (M, {self.k}), got {rem.shape}")
-        outs = [np.asarray(self._batch(rem[i : i + self.batch_size])) for i in range(0, rem.shape[0], self.batch_size)]
-        return np.concatenate(outs, 0) if outs else np.zeros((0, self.generated.numel()))
+        if not rem.shape[0]:
+            return np.zeros((0, self.generated.numel()))
+        order = np.arange(rem.shape[0])
+        if self.prep.embeds is not None:  # sets that remove as many tokens share a batch (less padding)
+            order = np.argsort(self._token_mask(rem).sum(1).numpy(), kind="stable")
+        bs = self.batch_size
+        outs = np.concatenate([np.asarray(self._batch(rem[order[i : i + bs]])) for i in range(0, len(order), bs)], 0)
+        res = np.empty_like(outs)
+        res[order] = outs
+        return res
 
     def deltas(self, removed: np.ndarray, spans: Sequence[tuple[int, int]]) -> np.ndarray:
         """``(M, n_spans)`` Δ(S, V) for each removal set and span."""
@@ -388,6 +419,8 @@ class AblationRunner:
             if keep_all:
                 raise ValueError("full_logits is not available for mode='repaint'")
             return np.stack([self._repaint_one(r) for r in rem])
+        if self.prep.embeds is not None and not keep_all:
+            return self._compact_batch(rem)
         p = self.prep
         b = rem.shape[0]
         t = p.full_ids.shape[1]
@@ -438,6 +471,42 @@ class AblationRunner:
             out = self.model(**call, **kw)
         if keep_all:
             return out.logits
+        return self._token_logprobs(out.logits, self.generated.to(dev)[None])
+
+    def _compact_batch(self, rem: np.ndarray) -> np.ndarray:
+        """Mask mode with the removed image tokens left out of the sequence.
+
+        A token whose key is masked for every query in every layer contributes nothing to any other
+        position, so leaving it out gives the masked forward's log-probs without computing its rows.
+        Each removal set's sequence keeps the unablated position ids and the language model's unablated
+        input embeddings; the rows are left-padded to one length (a pad attends only to itself and no
+        real token attends to it), so the trace ends at the same place in every row.
+        """
+        p = self.prep
+        assert p.embeds is not None
+        b, t = rem.shape[0], p.full_ids.shape[1]
+        dev = p.embeds.device
+        keep = torch.ones(b, t, dtype=torch.bool)
+        keep[:, p.image_pos.cpu()] = ~self._token_mask(rem)
+        counts = keep.sum(1)
+        width = int(counts.max())
+        dest = keep.cumsum(1) - 1 + (width - counts)[:, None]
+        index = torch.full((b, width), t, dtype=torch.long)  # index t: the pad (a zero embedding)
+        rows, cols = keep.nonzero(as_tuple=True)
+        index[rows, dest[rows, cols]] = cols
+        index = index.to(dev)
+        real = index < t
+        emb = torch.cat([p.embeds[0], p.embeds.new_zeros(1, p.embeds.shape[-1])])[index]
+        pos = p.position_ids[..., 0, :]
+        pos = torch.cat([pos, pos.new_zeros(*pos.shape[:-1], 1)], -1)[..., index]
+        ar = torch.arange(width, device=dev)
+        allowed = (ar[None, :] <= ar[:, None])[None] & (real[:, None, :] | (ar[None, :] == ar[:, None])[None])
+        dtype = p.embeds.dtype
+        mask = torch.zeros(b, 1, width, width, dtype=dtype, device=dev)
+        mask.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
+        n = self.generated.numel()
+        with torch.inference_mode():
+            out = self.model(inputs_embeds=emb, position_ids=pos, attention_mask=mask, logits_to_keep=n + 1)
         return self._token_logprobs(out.logits, self.generated.to(dev)[None])
 
     def _mean_embeds(self, ids: torch.Tensor, kw: dict[str, Any], enc: Any, tok_removed: torch.Tensor) -> torch.Tensor:

@@ -2,16 +2,25 @@
 
 Usage:
     python examples/bench_capture.py --json OUT [--quick] [--device cpu|cuda] [--models bundled,30m,7b]
+        [--reps N] [--mem-tokens N]
 
 For each model and length (256, 1,000 and 2,000 generated tokens, forced with
-``min_new_tokens``), plain and captured generations alternate (plain, capture,
-plain, ...) and the overhead is the ratio of the medians of seconds per token.
-Peak RSS is measured in fresh subprocesses (one per mode) at the longest length,
-so model loading is counted the same way in both.
+``min_new_tokens``; ``--quick``: 256), plain and captured generations alternate
+(plain, capture, plain, ...) in one process and the overhead is the ratio of the
+medians of seconds per token. The captured run counts everything the capture
+costs a user: setting it up, every forward pass under it, its span segmentation,
+and ``result()``; the region assignment is an input, built once beforehand.
+
+Memory: fresh subprocesses of one kind (this script, same model, same length, same
+inputs; only the mode differs), one per mode and repeat, generate ``--mem-tokens``
+tokens (default 4,000) and report their peak RSS (and peak GPU memory on CUDA). The
+capture's own memory is ``peak_rss_capture_mb - peak_rss_plain_mb``; the features it
+keeps are ``features_mb`` (spans x K x L x H float32), and
+``capture_growth_mb_per_1000_tokens`` is what remains beyond them, per 1,000 tokens.
 
 Writes ``{"runs": [{"model", "generated_tokens", "overhead_ratio",
 "ms_per_token_plain", "ms_per_token_capture", "peak_rss_plain_mb",
-"peak_rss_capture_mb"}], ...}``.
+"peak_rss_capture_mb", ...}], "memory": [...], ...}``.
 """
 
 from __future__ import annotations
@@ -49,6 +58,8 @@ def build_model(name: str, device: str) -> tuple[Any, dict[str, torch.Tensor], A
         return model.to(device), {k: v.to(device) for k, v in x.items()}, proc.tokenizer.decode
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
+    text: dict[str, Any]
+    vision: dict[str, Any]
     if name == "30m":
         text = {"hidden_size": 512, "num_hidden_layers": 8, "num_attention_heads": 8, "num_key_value_heads": 4}
         text |= {"intermediate_size": 1408, "vocab_size": 16000}
@@ -113,36 +124,77 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_once(model: Any, x: dict[str, torch.Tensor], decode: Any, n: int, capture: bool, device: str) -> float:
+def run_once(
+    model: Any, x: dict[str, torch.Tensor], decode: Any, n: int, capture: bool, device: str, assign: np.ndarray
+) -> tuple[float, Any]:
+    """Seconds per token of one generation of ``n`` tokens (plain or under a capture), and the capture's result."""
     kw = {"max_new_tokens": n, "min_new_tokens": n, "do_sample": False}
+    res = None
     with torch.inference_mode():
         _sync(device)
         t0 = time.perf_counter()
         if capture:
-            with AttentionCapture(model, x, assignment(), decode=decode) as cap:
+            with AttentionCapture(model, x, assign, decode=decode) as cap:
                 model.generate(**x, streamer=cap.streamer, **kw)
-            cap.result()
+            res = cap.result()
         else:
             model.generate(**x, **kw)
         _sync(device)
-    return (time.perf_counter() - t0) / n
+    return (time.perf_counter() - t0) / n, res
 
 
 def child(args: argparse.Namespace) -> None:
     model, x, decode = build_model(args.model, args.device)
-    time_once(model, x, decode, args.tokens, args.mode == "capture", args.device)
+    if args.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    _, res = run_once(model, x, decode, args.tokens, args.mode == "capture", args.device, assignment())
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     gpu = torch.cuda.max_memory_allocated() / 2**20 if args.device == "cuda" else None
-    print(json.dumps({"peak_rss_mb": rss, "peak_gpu_mb": gpu}))
+    feats = 0.0 if res is None else res.features.nbytes / 2**20
+    n_spans = 0 if res is None else len(res.spans)
+    print(json.dumps({"peak_rss_mb": rss, "peak_gpu_mb": gpu, "features_mb": feats, "n_spans": n_spans}))
+
+
+def memory(name: str, device: str, tokens: int, reps: int) -> dict[str, Any]:
+    """Peak memory of plain and captured generation of ``tokens`` tokens, fresh subprocesses, alternating."""
+    got: dict[str, list[dict[str, Any]]] = {"plain": [], "capture": []}
+    for _ in range(reps):
+        for mode in ("plain", "capture"):
+            cmd = [sys.executable, __file__, "--child", "--model", name, "--tokens", str(tokens), "--mode", mode]
+            cmd += ["--device", device]
+            res = subprocess.run(cmd, check=True, capture_output=True, text=True)
+            got[mode].append(json.loads(res.stdout.strip().splitlines()[-1]))
+    med = {m: statistics.median(r["peak_rss_mb"] for r in rs) for m, rs in got.items()}
+    feats = statistics.median(r["features_mb"] for r in got["capture"])
+    extra = med["capture"] - med["plain"]
+    out: dict[str, Any] = {
+        "model": name,
+        "generated_tokens": tokens,
+        "reps": reps,
+        "peak_rss_plain_mb": med["plain"],
+        "peak_rss_capture_mb": med["capture"],
+        "peak_rss_plain_mb_each": [r["peak_rss_mb"] for r in got["plain"]],
+        "peak_rss_capture_mb_each": [r["peak_rss_mb"] for r in got["capture"]],
+        "capture_extra_mb": extra,
+        "features_mb": feats,
+        "n_spans": statistics.median(r["n_spans"] for r in got["capture"]),
+        "capture_growth_mb_per_1000_tokens": (extra - feats) / (tokens / 1000),
+    }
+    if device == "cuda":
+        gp = statistics.median(r["peak_gpu_mb"] for r in got["plain"])
+        gc = statistics.median(r["peak_gpu_mb"] for r in got["capture"])
+        out |= {"peak_gpu_plain_mb": gp, "peak_gpu_capture_mb": gc, "capture_extra_gpu_mb": gc - gp}
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json")
-    ap.add_argument("--quick", action="store_true", help="256 tokens, 2 repeats (< 2 minutes)")
+    ap.add_argument("--quick", action="store_true", help="256 tokens; memory from one subprocess per mode")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--models", default="bundled,30m")
-    ap.add_argument("--reps", type=int, default=None)
+    ap.add_argument("--reps", type=int, default=None, help="timing repeats per mode and length (default 5)")
+    ap.add_argument("--mem-tokens", type=int, default=4000, help="generated tokens of the memory runs")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
     ap.add_argument("--tokens", type=int, help=argparse.SUPPRESS)
@@ -154,23 +206,29 @@ def main() -> None:
     if not args.json:
         ap.error("--json is required")
     lengths = [256] if args.quick else [256, 1000, 2000]
-    reps = args.reps or (2 if args.quick else 3)
+    reps = args.reps or 5
+    mem_reps = 1 if args.quick else 2
     out: dict[str, Any] = {
         "runs": [],
+        "memory": [],
         "device": args.device,
         "machine": platform.machine(),
+        "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "reps": reps,
         "quick": args.quick,
     }
+    t_start = time.perf_counter()
     for name in args.models.split(","):
         model, x, decode = build_model(name, args.device)
-        time_once(model, x, decode, 16, True, args.device)  # warm-up
+        assign = assignment()
+        run_once(model, x, decode, 16, True, args.device, assign)  # warm-up
+        run_once(model, x, decode, 16, False, args.device, assign)
         for n in lengths:
             plain, cap = [], []
             for _ in range(reps):
-                plain.append(time_once(model, x, decode, n, False, args.device))
-                cap.append(time_once(model, x, decode, n, True, args.device))
+                plain.append(run_once(model, x, decode, n, False, args.device, assign)[0])
+                cap.append(run_once(model, x, decode, n, True, args.device, assign)[0])
             mp, mc = statistics.median(plain), statistics.median(cap)
             out["runs"].append(
                 {
@@ -178,29 +236,30 @@ def main() -> None:
                     "generated_tokens": n,
                     "ms_per_token_plain": mp * 1e3,
                     "ms_per_token_capture": mc * 1e3,
+                    "ms_per_token_plain_each": [v * 1e3 for v in plain],
+                    "ms_per_token_capture_each": [v * 1e3 for v in cap],
                     "added_ms_per_token": (mc - mp) * 1e3,
                     "overhead_ratio": mc / mp,
                 }
             )
-            print(f"{name} {n} tokens: plain {mp * 1e3:.2f} ms/tok, capture {mc * 1e3:.2f} ms/tok, x{mc / mp:.3f}")
+            print(f"{name} {n} tokens: plain {mp * 1e3:.3f} ms/tok, capture {mc * 1e3:.3f} ms/tok, x{mc / mp:.4f}")
         del model
-        n_mem = lengths[-1]
-        mem = {}
-        for mode in ("plain", "capture"):
-            cmd = [sys.executable, __file__, "--child", "--model", name, "--tokens", str(n_mem), "--mode", mode]
-            cmd += ["--device", args.device]
-            res = subprocess.run(cmd, check=True, capture_output=True, text=True)
-            mem[mode] = json.loads(res.stdout.strip().splitlines()[-1])
+        mem = memory(name, args.device, args.mem_tokens, mem_reps)
+        out["memory"].append(mem)
         for r in out["runs"]:
             if r["model"] == name:
-                r["peak_rss_plain_mb"] = mem["plain"]["peak_rss_mb"]
-                r["peak_rss_capture_mb"] = mem["capture"]["peak_rss_mb"]
-                r["memory_measured_at_tokens"] = n_mem
+                r["peak_rss_plain_mb"] = mem["peak_rss_plain_mb"]
+                r["peak_rss_capture_mb"] = mem["peak_rss_capture_mb"]
+                r["memory_measured_at_tokens"] = args.mem_tokens
                 if args.device == "cuda":
-                    r["peak_gpu_plain_mb"] = mem["plain"]["peak_gpu_mb"]
-                    r["peak_gpu_capture_mb"] = mem["capture"]["peak_gpu_mb"]
-        rp, rc = mem["plain"]["peak_rss_mb"], mem["capture"]["peak_rss_mb"]
-        print(f"{name} peak RSS at {n_mem} tokens: plain {rp:.0f} MB, capture {rc:.0f} MB")
+                    r["peak_gpu_plain_mb"] = mem["peak_gpu_plain_mb"]
+                    r["peak_gpu_capture_mb"] = mem["peak_gpu_capture_mb"]
+        print(
+            f"{name} peak RSS at {args.mem_tokens} tokens: plain {mem['peak_rss_plain_mb']:.1f} MB, capture "
+            f"{mem['peak_rss_capture_mb']:.1f} MB (features {mem['features_mb']:.2f} MB; beyond them "
+            f"{mem['capture_growth_mb_per_1000_tokens']:+.3f} MB per 1,000 tokens)"
+        )
+    out["wall_s"] = time.perf_counter() - t_start
     atomic_write_json(args.json, out)
 
 

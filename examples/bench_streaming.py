@@ -1,51 +1,79 @@
-"""Streaming attribution cost: per-token overhead against plain generation, event latency, and leave-one-out.
+"""Streaming attribution cost: per-token overhead against plain generation, event latency, leave-one-out, memory.
 
 Usage:
-    python examples/bench_streaming.py --json OUT [--quick]
+    python examples/bench_streaming.py --json OUT [--quick] [--reps N] [--mem-tokens N]
 
-On the bundled model with its bundled estimator. For each length (256, 1,000
-and 2,000 generated tokens, forced with ``min_new_tokens``; ``--quick``: 256),
-plain ``generate`` and a fully consumed :class:`~attrib.streaming.AttributionStream`
-(capture + background attribution worker + events) alternate, and the overhead
-is the ratio of the medians of seconds per token. The per-image set-up of a stream
-(model inputs, regions, token assignment) is a fixed cost, reported apart
-(``setup_s_per_image``), not spread over the tokens. Event latency is the time from
-a span's last token to its event's emission, over every span of the streamed runs.
+On the bundled model with its bundled estimator, everything in one process except memory.
 
-Leave-one-out against the estimator, per span: LOO pays ``K`` teacher-forced
-ablation forwards per example (all spans scored at once), divided by the
-number of spans; the estimator pays one dot product per span
-(``loo_speedup``) plus the capture overhead of the span's tokens
-(``loo_speedup_incl_capture``).
+Overhead. For each length (256, 1,000 and 2,000 generated tokens, forced with
+``min_new_tokens``; ``--quick``: 256), plain ``generate`` on the main thread and a
+fully consumed :class:`~attrib.streaming.AttributionStream` (generation on the
+caller's thread under the capture, the attribution worker, events handed to the
+loop) alternate, and the overhead is the ratio of the medians of seconds per token.
+The per-image set-up of a stream (model inputs, regions, token assignment) is a
+fixed cost, reported apart (``setup_s_per_image``), not spread over the tokens.
 
-Writes ``{"runs": [{"generated_tokens", "overhead_ratio", "event_latency_ms", ...}], "loo_speedup", ...}``.
+Latency. ``event_latency_ms``: from a span's last token to its event's emission by
+the worker (``SpanEvent.latency_ms``); ``delivery_latency_ms``: from the span's last
+token to the moment the consumer's loop receives the event (generation hands
+events over at its next token), over every span of the streamed runs.
+
+Off the main thread. ``attrib serve`` iterates streams on a server thread; the same
+comparison is repeated with both plain generation and the stream run on a fresh
+non-main thread (``non_main_thread``), and against plain generation on the main thread.
+
+Leave-one-out against the streamed path, per span: LOO pays ``K`` teacher-forced
+ablation forwards per example (all spans scored at once), divided by the number of
+spans. The streamed path pays the estimator's dot product (``loo_speedup`` counts
+only that) and, counting everything (``loo_speedup_incl_capture``): the capture's
+cost for the span's tokens plus the worker's whole event (scores, top regions,
+event object). The capture's cost per token is the larger of two measures: the
+streamed-minus-plain time of the overhead runs, and the time spent inside the
+capture's own code, timed by wrapping it in separate instrumented streams.
+
+Memory. Fresh subprocesses of one kind (this script, same example, same length;
+only the mode differs), alternating, generate ``--mem-tokens`` tokens (default
+4,000) plainly or streamed, and report their peak RSS.
+
+Writes ``{"runs": [{"generated_tokens", "overhead_ratio", "event_latency_ms", ...}],
+"loo_speedup", "loo_speedup_incl_capture", "memory", "non_main_thread", ...}``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import platform
+import resource
 import statistics
+import subprocess
+import sys
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 
 from attrib.ablation import AblationRunner, loo_subsets
+from attrib.capture.sdpa import AttentionCapture
 from attrib.io import atomic_write_json
 from attrib.shapes import make_example
 from attrib.streaming import Attributor, SpanEvent
 
 
 def plain(attributor: Attributor, x: dict[str, torch.Tensor], n: int) -> float:
+    """Seconds per token of plain greedy ``generate`` of ``n`` tokens."""
     with torch.inference_mode():
         t0 = time.perf_counter()
         attributor.model.generate(**x, max_new_tokens=n, min_new_tokens=n, do_sample=False)
     return (time.perf_counter() - t0) / n
 
 
-def streamed(attributor: Attributor, ex: Any, n: int, latencies: list[float], setup: list[float]) -> float:
+def streamed(
+    attributor: Attributor, ex: Any, n: int, latencies: list[float], delivery: list[float], setup: list[float]
+) -> float:
     """Seconds per token of a consumed stream; the per-image set-up (inputs, regions) is timed apart."""
     t0 = time.perf_counter()
     s = attributor.stream(ex.image(), ex.question.text, max_new_tokens=n, min_new_tokens=n)
@@ -54,8 +82,58 @@ def streamed(attributor: Attributor, ex: Any, n: int, latencies: list[float], se
     with s:
         for ev in s:
             if isinstance(ev, SpanEvent):
+                delivery.append(1000.0 * (time.perf_counter() - s._t0 - ev.span_end_s))
                 latencies.append(ev.latency_ms)
     return (time.perf_counter() - t0) / n
+
+
+def in_thread(fn: Callable[[], float]) -> float:
+    """Run ``fn`` on a fresh thread (as ``attrib serve`` does) and return its result."""
+    out: list[float] = []
+    t = threading.Thread(target=lambda: out.append(fn()))
+    t.start()
+    t.join()
+    return out[0]
+
+
+def capture_seconds(attributor: Attributor, ex: Any, n: int) -> float:
+    """Seconds per token spent inside the capture's own code during one stream (instrumented run)."""
+    spent = [0.0]
+    names = ("_record", "push_token")
+    saved = {k: getattr(AttentionCapture, k) for k in names}
+
+    def timed(fn: Callable[..., Any]) -> Callable[..., Any]:
+        def run(*a: Any, **k: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                spent[0] += time.perf_counter() - t0
+
+        return run
+
+    try:
+        for k, fn in saved.items():
+            setattr(AttentionCapture, k, timed(fn))
+        with attributor.stream(ex.image(), ex.question.text, max_new_tokens=n, min_new_tokens=n) as s:
+            for _ in s:
+                pass
+    finally:
+        for k, fn in saved.items():
+            setattr(AttentionCapture, k, fn)
+    return spent[0] / n
+
+
+def event_seconds(attributor: Attributor, k: int, top: int = 3, reps: int = 2000) -> float:
+    """Seconds of the worker's whole work for one span (scores, top regions, the event object)."""
+    est = attributor.estimator
+    f = np.random.default_rng(0).random((1, k, *est.coef_.shape), dtype=np.float32)
+    t0 = time.perf_counter()
+    for i in range(reps):
+        scores = est.region_scores(f)[0]
+        order = np.argsort(-scores, kind="stable")[:top]
+        SpanEvent(i, "", 0, 1, scores.astype(np.float32), [(int(r), float(scores[r])) for r in order], 0.0, 0.0)
+    return (time.perf_counter() - t0) / reps
 
 
 def loo_vs_estimator(attributor: Attributor, n_examples: int) -> dict[str, Any]:
@@ -88,61 +166,153 @@ def loo_vs_estimator(attributor: Attributor, n_examples: int) -> dict[str, Any]:
     }
 
 
+def child(mode: str, tokens: int) -> None:
+    """One memory run: ``tokens`` tokens generated plainly or streamed; prints the peak RSS."""
+    attributor = Attributor.load()
+    ex = make_example("test", 0)
+    n_spans = 0
+    if mode == "plain":
+        plain(attributor, attributor.loaded.build(ex.image(), ex.question.text), tokens)
+    else:
+        res = attributor.stream(ex.image(), ex.question.text, max_new_tokens=tokens, min_new_tokens=tokens).run()
+        n_spans = len(res.spans)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"peak_rss_mb": rss, "n_spans": n_spans}))
+
+
+def memory(tokens: int, reps: int) -> dict[str, Any]:
+    got: dict[str, list[dict[str, Any]]] = {"plain": [], "streamed": []}
+    for _ in range(reps):
+        for mode in got:
+            cmd = [sys.executable, __file__, "--child", mode, "--tokens", str(tokens)]
+            res = subprocess.run(cmd, check=True, capture_output=True, text=True)
+            got[mode].append(json.loads(res.stdout.strip().splitlines()[-1]))
+    med = {m: statistics.median(r["peak_rss_mb"] for r in rs) for m, rs in got.items()}
+    return {
+        "generated_tokens": tokens,
+        "reps": reps,
+        "peak_rss_plain_mb": med["plain"],
+        "peak_rss_streamed_mb": med["streamed"],
+        "peak_rss_plain_mb_each": [r["peak_rss_mb"] for r in got["plain"]],
+        "peak_rss_streamed_mb_each": [r["peak_rss_mb"] for r in got["streamed"]],
+        "streaming_extra_mb": med["streamed"] - med["plain"],
+        "n_spans": statistics.median(r["n_spans"] for r in got["streamed"]),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--json", required=True)
-    ap.add_argument("--quick", action="store_true", help="256 tokens, 2 repeats, 5 LOO examples (< 2 minutes)")
-    ap.add_argument("--reps", type=int, default=None)
+    ap.add_argument("--json")
+    ap.add_argument("--quick", action="store_true", help="256 tokens, 5 LOO examples, one memory run per mode")
+    ap.add_argument("--reps", type=int, default=None, help="timing repeats per mode and length (default 5)")
+    ap.add_argument("--mem-tokens", type=int, default=4000)
+    ap.add_argument("--child", choices=("plain", "streamed"), help=argparse.SUPPRESS)
+    ap.add_argument("--tokens", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.child:
+        child(args.child, args.tokens)
+        return
+    if not args.json:
+        ap.error("--json is required")
     lengths = [256] if args.quick else [256, 1000, 2000]
-    reps = args.reps or (2 if args.quick else 3)
+    reps = args.reps or 5
+    t_start = time.perf_counter()
     attributor = Attributor.load()
     ex = make_example("test", 0)
     x = attributor.loaded.build(ex.image(), ex.question.text)
-    streamed(attributor, ex, 16, [], [])  # warm-up
+    streamed(attributor, ex, 16, [], [], [])  # warm-up
     plain(attributor, x, 16)
     out: dict[str, Any] = {
         "model": attributor.name,
         "runs": [],
         "machine": platform.machine(),
+        "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "reps": reps,
         "quick": args.quick,
     }
     for n in lengths:
-        p, s, lat, setup = [], [], [], []
+        p: list[float] = []
+        s: list[float] = []
+        lat: list[float] = []
+        dlv: list[float] = []
+        setup: list[float] = []
         for _ in range(reps):
             p.append(plain(attributor, x, n))
-            s.append(streamed(attributor, ex, n, lat, setup))
+            s.append(streamed(attributor, ex, n, lat, dlv, setup))
         mp, ms = statistics.median(p), statistics.median(s)
         run = {
             "generated_tokens": n,
             "ms_per_token_plain": mp * 1e3,
             "ms_per_token_streaming": ms * 1e3,
+            "ms_per_token_plain_each": [v * 1e3 for v in p],
+            "ms_per_token_streaming_each": [v * 1e3 for v in s],
             "added_ms_per_token": (ms - mp) * 1e3,
             "overhead_ratio": ms / mp,
             "event_latency_ms": statistics.median(lat),
             "event_latency_p95_ms": float(np.percentile(lat, 95)),
+            "delivery_latency_ms": statistics.median(dlv),
+            "delivery_latency_p95_ms": float(np.percentile(dlv, 95)),
             "n_events": len(lat),
             "setup_s_per_image": statistics.median(setup),
         }
         out["runs"].append(run)
         print(
-            f"{n} tokens: plain {mp * 1e3:.2f} ms/tok, streaming {ms * 1e3:.2f} ms/tok, x{ms / mp:.3f}; "
-            f"event latency median {run['event_latency_ms']:.2f} ms"
+            f"{n} tokens: plain {mp * 1e3:.3f} ms/tok, streaming {ms * 1e3:.3f} ms/tok, x{ms / mp:.4f}; "
+            f"event latency median {run['event_latency_ms']:.2f} ms, p95 {run['event_latency_p95_ms']:.2f} ms; "
+            f"delivery p95 {run['delivery_latency_p95_ms']:.2f} ms"
         )
+    # The serve case: generation on a non-main thread.
+    n0 = lengths[0]
+    pm, pt, st = [], [], []
+    for _ in range(reps):
+        pm.append(plain(attributor, x, n0))
+        pt.append(in_thread(lambda: plain(attributor, x, n0)))
+        st.append(in_thread(lambda: streamed(attributor, ex, n0, [], [], [])))
+    mpm, mpt, mst = statistics.median(pm), statistics.median(pt), statistics.median(st)
+    out["non_main_thread"] = {
+        "generated_tokens": n0,
+        "ms_per_token_plain_main": mpm * 1e3,
+        "ms_per_token_plain_thread": mpt * 1e3,
+        "ms_per_token_streaming_thread": mst * 1e3,
+        "thread_penalty_plain": mpt / mpm,
+        "overhead_ratio_vs_plain_thread": mst / mpt,
+        "overhead_ratio_vs_plain_main": mst / mpm,
+    }
+    print(
+        f"non-main thread, {n0} tokens: plain {mpt * 1e3:.3f} ms/tok (main {mpm * 1e3:.3f}), streamed "
+        f"{mst * 1e3:.3f} ms/tok: x{mst / mpt:.3f} vs plain there, x{mst / mpm:.3f} vs plain on the main thread"
+    )
+    # Leave-one-out against the streamed path, per span.
     loo = loo_vs_estimator(attributor, 5 if args.quick else 20)
-    added_s = max(0.0, out["runs"][0]["added_ms_per_token"] / 1e3)
+    direct = statistics.median(capture_seconds(attributor, ex, n0) for _ in range(3))
+    diff = statistics.median(r["added_ms_per_token"] for r in out["runs"]) / 1e3
+    capture_s_per_token = max(direct, diff)
+    event_s = event_seconds(attributor, attributor.k)
+    per_span = capture_s_per_token * loo["tokens_per_span"] + max(event_s, loo["estimator_s_per_span"])
+    loo |= {
+        "capture_s_per_token_instrumented": direct,
+        "capture_s_per_token_difference": diff,
+        "capture_s_per_token": capture_s_per_token,
+        "event_s_per_span": event_s,
+        "streamed_s_per_span_incl_capture": per_span,
+    }
     out["loo"] = loo
     out["loo_speedup"] = loo["loo_s_per_span"] / loo["estimator_s_per_span"]
-    out["loo_speedup_incl_capture"] = loo["loo_s_per_span"] / (
-        loo["estimator_s_per_span"] + added_s * loo["tokens_per_span"]
-    )
+    out["loo_speedup_incl_capture"] = loo["loo_s_per_span"] / per_span
     print(
         f"leave-one-out {loo['loo_s_per_span'] * 1e3:.2f} ms/span vs estimator "
-        f"{loo['estimator_s_per_span'] * 1e6:.1f} us/span: x{out['loo_speedup']:.0f} "
-        f"(x{out['loo_speedup_incl_capture']:.1f} counting capture overhead)"
+        f"{loo['estimator_s_per_span'] * 1e6:.1f} us/span: x{out['loo_speedup']:.0f}; streamed path incl. capture "
+        f"{per_span * 1e6:.0f} us/span (capture {capture_s_per_token * 1e6:.1f} us/token x "
+        f"{loo['tokens_per_span']:.1f} tokens + event {event_s * 1e6:.1f} us): x{out['loo_speedup_incl_capture']:.0f}"
     )
+    out["memory"] = memory(args.mem_tokens, 1 if args.quick else 2)
+    m = out["memory"]
+    print(
+        f"peak RSS at {args.mem_tokens} tokens: plain {m['peak_rss_plain_mb']:.1f} MB, streamed "
+        f"{m['peak_rss_streamed_mb']:.1f} MB ({m['streaming_extra_mb']:+.1f} MB, {m['n_spans']} spans)"
+    )
+    out["wall_s"] = time.perf_counter() - t_start
     atomic_write_json(args.json, out)
 
 

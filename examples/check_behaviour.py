@@ -31,6 +31,18 @@ SCORE_ATOL = 2e-6  # the reference rounds scores to 7 decimals
 DELTA_ATOL = 2e-5  # and ablation drops to 6
 
 
+def _is_numeric(v: Any) -> bool:
+    """A float or a (nested) list of numbers, not an int count or a string."""
+    if isinstance(v, float):
+        return True
+    if isinstance(v, list) and v:
+        try:
+            return np.asarray(v).dtype.kind == "f"
+        except ValueError:
+            return False
+    return False
+
+
 def _close(a: Any, b: Any, atol: float) -> bool:
     x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     return x.shape == y.shape and bool(np.allclose(x, y, rtol=0, atol=atol, equal_nan=True))
@@ -107,7 +119,11 @@ def check_collect(n: int) -> list[str]:
             where = f"collect {name} {row['uid']}"
             rec = dict(res["record"])
             for key, val in row["record"].items():
-                if rec.get(key) != val:
+                got = rec.get(key)
+                if _is_numeric(val) and _is_numeric(got):  # computed from features: same tolerance
+                    if not _close(got, val, SCORE_ATOL):
+                        errors.append(f"{where}: record {key} differ (max {_maxdiff(got, val):.2e})")
+                elif got != val:
                     errors.append(f"{where}: record {key} {rec.get(key)!r} != {val!r}")
             for key, got, want, tol in (
                 ("scores", est.region_scores(feats), row["scores"], SCORE_ATOL),

@@ -63,7 +63,7 @@ def test_ablation_changes_nothing_before_the_image(family: str) -> None:
 def test_masked_keys_receive_zero_attention_under_eager(family: str) -> None:
     model, x, gen, a = _setup(family)
     model.set_attn_implementation("eager")
-    r = AblationRunner(model, x, gen, a)
+    r = AblationRunner(model, x, gen, a, compact=False)  # removed tokens kept in the sequence, masked
     rem = np.array([[True, False, True]])
     seen: list[torch.Tensor] = []
 
@@ -88,7 +88,7 @@ def test_masked_keys_receive_zero_attention_under_eager(family: str) -> None:
 @pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl", "glm4v"])
 def test_positions_are_those_of_the_unablated_input(family: str) -> None:
     model, x, gen, a = _setup(family)
-    r = AblationRunner(model, x, gen, a)
+    r = AblationRunner(model, x, gen, a, compact=False)  # compaction drops the removed positions
     got: list[torch.Tensor] = []
     lm = r._language_model()
     h = lm.register_forward_pre_hook(lambda m, args, kw: got.append(kw["position_ids"]), with_kwargs=True)
@@ -183,3 +183,19 @@ def test_embedding_forward_reproduces_the_model(family: str) -> None:
     both = forward(torch.cat([feats, torch.zeros_like(feats)])).detach().numpy()
     np.testing.assert_allclose(both[0], want, atol=1e-4)
     assert np.abs(both[1] - want).max() > 1e-4
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_leaving_removed_tokens_out_equals_masking_them(family: str) -> None:
+    """Mask mode's compaction (removed image tokens dropped from the sequence) is exact."""
+    model, x, gen, a = _setup(family)
+    rem = np.concatenate([loo_subsets(K), random_subsets(K, 5, seed=1), np.ones((1, K), bool)])
+    compact = AblationRunner(model, x, gen, a, batch_size=4)
+    masked = AblationRunner(model, x, gen, a, batch_size=4, compact=False)
+    assert masked.prep.embeds is None
+    adapter = adapter_for(model)
+    deep = family in ("qwen3_vl", "qwen3_vl_moe")  # deepstack features pin image tokens in place
+    assert (compact.prep.embeds is not None) == (not deep and not adapter.bidirectional_image)
+    np.testing.assert_allclose(compact.logprobs(rem), masked.logprobs(rem), rtol=0, atol=2e-5)
+    # A removal set that removes nothing still reproduces the unablated trace.
+    np.testing.assert_allclose(compact.logprobs(np.zeros((1, K), bool))[0], compact.base_logprobs, rtol=0, atol=2e-5)

@@ -170,7 +170,9 @@ def test_capture_is_freed() -> None:
     with cap:
         model.generate(**x, streamer=cap.streamer, max_new_tokens=5, min_new_tokens=5)
     res = cap.result()
-    ref_cap, ref_buf = weakref.ref(cap), weakref.ref(cap._step)
+    # Nothing of the model's (queries, key caches) is held once the capture has exited.
+    assert all(k is None for k in cap._keys) and not cap._values and not any(cap._buf)
+    ref_cap, ref_buf = weakref.ref(cap), weakref.ref(cap.segmenter)
     del cap
     gc.collect()
     assert ref_cap() is None and ref_buf() is None
@@ -241,3 +243,42 @@ def test_nnsight_backend_equals_native(family: str) -> None:
     assert via.per_token is not None and native.per_token is not None
     np.testing.assert_allclose(via.per_token, native.per_token, atol=1e-6)
     assert _no_hooks(model, before)
+
+
+@pytest.mark.parametrize("chunk", [1, 3])
+def test_batched_pass_size_does_not_change_features(chunk: int) -> None:
+    """Rows computed one token at a time, or three at a time, equal the default batched pass."""
+    model = build("qwen2_5_vl")
+    x = inputs("qwen2_5_vl")
+    kw = {"max_new_tokens": 14, "min_new_tokens": 14, "do_sample": False}
+    ref = capture_generate(model, x, _assignment(6), decode=_decode, per_token=True, **kw)
+    with AttentionCapture(model, x, _assignment(6), decode=_decode, per_token=True, chunk=chunk) as cap:
+        model.generate(**x, streamer=cap.streamer, **kw)
+    got = cap.result()
+    assert got.spans == ref.spans and got.generated_ids == ref.generated_ids and len(ref.spans) >= 2
+    assert got.per_token is not None and ref.per_token is not None
+    np.testing.assert_allclose(got.per_token, ref.per_token, atol=1e-6)
+    np.testing.assert_allclose(got.features, ref.features, atol=1e-6)
+    with pytest.raises(ValueError, match="chunk"):
+        AttentionCapture(model, x, _assignment(6), decode=_decode, chunk=0)
+
+
+def test_sliding_window_layers_past_their_window_equal_eager() -> None:
+    """Gemma 3's sliding layers drop old keys from their cache: rows stay exact after the image leaves the window."""
+    model = build("gemma3")
+    window = 8  # the prompt has 13 tokens: the window passes the image during prefill and generation
+    model.config.text_config.sliding_window = window
+    for mod in adapter_for(model).attention_modules(model):
+        if getattr(mod, "sliding_window", None):
+            mod.sliding_window = window
+    x = inputs("gemma3")
+    assign = _assignment(n_image_tokens("gemma3"), k=2)
+    with AttentionCapture(model, x, assign, decode=_decode, per_token=True) as cap:
+        out = model.generate(**x, streamer=cap.streamer, max_new_tokens=10, min_new_tokens=10, do_sample=False)
+    assert any(cap._stepwise)  # the sliding layers switched to computing their rows at each step
+    res = cap.result()
+    prompt_len = x["input_ids"].shape[1]
+    ref = tm.eager_rows(model, out, x, prompt_len, assign)
+    assert res.per_token is not None
+    np.testing.assert_allclose(res.per_token, ref, atol=1e-4)
+    assert ref[-1].sum() < ref[0].sum()  # the image did leave the window of the sliding layers

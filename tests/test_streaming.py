@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import http.client
 import json
 import socket
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from attrib.cli import main
@@ -230,3 +232,146 @@ def test_server_stops_generation_when_the_client_disconnects(attributor: Attribu
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def _attrib_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("attrib-")]
+
+
+def _count_forwards(attributor: Attributor, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    calls = [0]
+    forward = attributor.model.forward
+
+    @functools.wraps(forward)  # generate() validates its kwargs against forward's signature
+    def counted(*a: object, **k: object) -> object:
+        calls[0] += 1
+        return forward(*a, **k)
+
+    monkeypatch.setattr(attributor.model, "forward", counted)
+    return calls
+
+
+@pytest.mark.parametrize("model", ["shapes-qwen25vl", "shapes-qwen25vl-v1"])
+def test_streamed_events_identical_to_a_post_hoc_capture(model: str) -> None:
+    """Span by span, the stream's events are the estimator applied to a capture of the same generation."""
+    from attrib.variants.registry import CaptureRequest
+
+    a = Attributor.load(model)
+    ex = make_example("test", 5)
+    res = a.stream(ex.image(), ex.question.text).run()
+    x = a.loaded.build(ex.image(), ex.question.text)
+    cap = a.variant.capture(a.loaded, CaptureRequest(x, a.assignment(a.partition(ex.image()), x)))
+    assert res.generated_ids == cap.generated_ids and len(res.spans) == len(cap.spans) >= 2
+    assert [(s.index, s.text, s.start, s.end) for s in res.spans] == [
+        (s.index, s.text, s.start, s.end) for s in cap.spans
+    ]
+    np.testing.assert_allclose(res.scores, a.estimator.region_scores(cap.features), rtol=0, atol=1e-6)
+    for name, part in cap.parts.items():
+        if part.ndim == 4:  # alias parts (v1 copies): their share of each score
+            want = a.estimator.region_scores(part)
+            np.testing.assert_allclose(np.stack([s.parts[name] for s in res.spans]), want, rtol=0, atol=1e-6)
+    assert not _attrib_threads()
+
+
+def test_closing_on_the_iterating_thread_stops_generation_at_once(
+    attributor: Attributor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ex = make_example("test", 1)
+    calls = _count_forwards(attributor, monkeypatch)
+    stream = attributor.stream(ex.image(), ex.question.text, max_new_tokens=1500, min_new_tokens=1500)
+    seen = []
+    with stream:
+        for ev in stream:
+            seen.append(ev)
+            if isinstance(ev, SpanEvent):
+                at_close = calls[0]
+                stream.close()
+    assert len(seen) == 1 and calls[0] == at_close < 300  # not one forward pass after close()
+    assert not _attrib_threads() and not attributor.lock.locked()
+    assert attributor.model.config.text_config._attn_implementation == "sdpa"
+    # The model is free: the next stream runs normally.
+    assert attributor.stream(ex.image(), ex.question.text).run().spans
+
+
+def test_closing_from_another_thread_stops_generation_within_one_token(
+    attributor: Attributor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ex = make_example("test", 1)
+    calls = _count_forwards(attributor, monkeypatch)
+    stream = attributor.stream(ex.image(), ex.question.text, max_new_tokens=1500, min_new_tokens=1500)
+    at_close: list[int] = []
+    closer: threading.Thread | None = None
+    final = None
+
+    def close() -> None:
+        at_close.append(calls[0])
+        stream.close(timeout=30)
+
+    for ev in stream:
+        if isinstance(ev, SpanEvent) and closer is None:
+            closer = threading.Thread(target=close)
+            closer.start()
+            while not at_close:
+                time.sleep(0.001)
+        if isinstance(ev, FinalEvent):
+            final = ev
+    assert closer is not None
+    closer.join(30)
+    assert not closer.is_alive()
+    # The forward pass running when close() was called may finish; no other starts.
+    assert calls[0] <= at_close[0] + 1
+    assert final is not None and final.result.generated_tokens <= at_close[0] + 1 < 1500
+    assert not _attrib_threads() and not attributor.lock.locked()
+
+
+def test_no_thread_outlives_the_stream(attributor: Attributor, monkeypatch: pytest.MonkeyPatch) -> None:
+    ex = make_example("test", 2)
+    attributor.stream(ex.image(), ex.question.text).run()
+    assert not _attrib_threads()
+    # Abandoned mid-way without close(): the iterator's finalisation ends everything.
+    it = iter(attributor.stream(ex.image(), ex.question.text, max_new_tokens=600, min_new_tokens=600))
+    next(it)
+    del it
+    assert not _attrib_threads() and not attributor.lock.locked()
+    # An exception in the consumer's loop body.
+    with pytest.raises(KeyError), attributor.stream(ex.image(), ex.question.text) as s:
+        for _ in s:
+            raise KeyError("consumer")
+    assert not _attrib_threads() and not attributor.lock.locked()
+    # An exception in the worker.
+    monkeypatch.setattr(attributor.estimator, "region_scores", lambda f: 1 / 0)
+    with pytest.raises(ZeroDivisionError), attributor.stream(ex.image(), ex.question.text) as s:
+        list(s)
+    assert not _attrib_threads() and not attributor.lock.locked()
+
+
+def test_the_consumer_keeps_its_autograd_mode(attributor: Attributor) -> None:
+    """Generation runs in inference mode on the consumer's thread; the loop body never sees it."""
+    ex = make_example("test", 2)
+    for grad in (True, False):
+        with torch.set_grad_enabled(grad):
+            for _ in attributor.stream(ex.image(), ex.question.text):
+                assert torch.is_grad_enabled() is grad and not torch.is_inference_mode_enabled()
+            assert torch.is_grad_enabled() is grad and not torch.is_inference_mode_enabled()
+
+
+def test_a_second_stream_on_the_same_thread_is_refused_not_deadlocked(attributor: Attributor) -> None:
+    ex = make_example("test", 2)
+    with attributor.stream(ex.image(), ex.question.text, max_new_tokens=600, min_new_tokens=600) as first:
+        events = iter(first)  # held: dropping the iterator ends the stream
+        next(events)
+        with pytest.raises(RuntimeError, match="busy with a stream that this thread is iterating"):
+            attributor.stream(ex.image(), ex.question.text).run()
+    assert not attributor.lock.locked() and not _attrib_threads()
+
+
+def test_a_stream_iterated_on_another_thread_gives_the_same_result(attributor: Attributor) -> None:
+    """``attrib serve`` iterates on a server thread: the result is the main thread's."""
+    ex = make_example("test", 4)
+    here = attributor.stream(ex.image(), ex.question.text).run()
+    there: list[StreamResult] = []
+    t = threading.Thread(target=lambda: there.append(attributor.stream(ex.image(), ex.question.text).run()))
+    t.start()
+    t.join(120)
+    assert there and there[0].generated_ids == here.generated_ids
+    np.testing.assert_array_equal(there[0].scores, here.scores)

@@ -3,15 +3,19 @@
 How it works. On entering [`AttentionCapture`][attrib.capture.sdpa.AttentionCapture], the language model's
 attention implementation is switched from ``sdpa`` to ``attrib_sdpa``, a
 function registered with transformers' ``AttentionInterface``. It returns
-exactly what ``sdpa`` returns (same kernel, same output) and, beside it, computes
-the attention probabilities of the **newest query row only**:
-``softmax(q_last · Kᵀ · scale + mask)``, from the post-RoPE query and the cached
-keys the attention function receives anyway (so M-RoPE is respected, and GQA is
-handled by grouping query heads over their shared KV head). The row is reduced
-at once to per-region mass with the region -> token assignment, so per step the
-extra memory is O(H · T) for one layer, and what is kept is O(L · H · K) per span.
-No T x T matrix is ever formed, in prefill either. The vision tower keeps its
-own implementation.
+exactly what ``sdpa`` returns (same kernel, same output) and, beside it, keeps
+what the **newest query row** needs: a reference to that row's post-RoPE query
+and to the layer's key cache (no copy; M-RoPE, partial rotary and QK-norm are
+already applied). The rows themselves are computed later, in one batched pass
+per layer when a span closes (or every ``chunk`` tokens): each buffered query
+against the cached keys, causal per token, through SDPA itself with a value
+matrix that holds the region -> token assignment, so the kernel returns each
+row's attention mass per region directly (float32 accumulation inside the
+kernel, in the cache's dtype, GQA by grouping query heads over their KV head, no
+copy of the cache and no ``T x T`` or ``H x T`` probability matrix). Span sums
+stay on the model's device; one ``(L, H, K)`` array per span moves to the host.
+A layer whose cache drops old keys (sliding-window layers past their window)
+computes its row at each step instead, from the keys it is given.
 
 Alignment. The row computed in the forward pass that *predicts* generated token
 ``y_t`` is that token's feature (the prefill's last row belongs to ``y_1``). This
@@ -28,7 +32,8 @@ image token) counts for its source's regions and is also kept apart; any other
 part (latent tokens) is kept apart as ``(L, H)`` mass credited to no region.
 
 On exit, on normal return or on an exception, the original implementation is
-restored and nothing of the capture stays attached to the model.
+restored and nothing of the capture stays attached to the model (the references
+to queries and keys are dropped).
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +50,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.nn.functional import scaled_dot_product_attention
 
 from attrib.capture.spans import Span, SpanSegmenter
 from attrib.io import atomic_write_text
@@ -68,6 +76,9 @@ IMPLEMENTATION = "attrib_sdpa"
 _ACTIVE: contextvars.ContextVar[AttentionCapture | None] = contextvars.ContextVar("attrib_capture", default=None)
 
 
+_SDPA: Callable[..., Any] | None = None  # transformers' sdpa_attention_forward, imported on first use
+
+
 def _capturing_sdpa(
     module: torch.nn.Module,
     query: torch.Tensor,
@@ -76,13 +87,16 @@ def _capturing_sdpa(
     attention_mask: torch.Tensor | None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    global _SDPA
+    if _SDPA is None:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    out = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+        _SDPA = sdpa_attention_forward
+    out = _SDPA(module, query, key, value, attention_mask, **kwargs)
     cap = _ACTIVE.get()
     if cap is not None:
         cap._record(module, query, key, attention_mask, kwargs.get("scaling"))
-    return out
+    return out  # type: ignore[no-any-return]
 
 
 _REGISTERED_NAMES: set[str] = set()
@@ -109,10 +123,17 @@ def _ensure_registered() -> None:
     register_implementation(IMPLEMENTATION, _capturing_sdpa)
 
 
+#: Keys converted to float32 at a time by ``last_row_probs`` for a low-precision cache (bounds the transient copy).
+_SCORE_CHUNK = 1024
+
+
 def last_row_probs(
     query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None, scaling: float | None
 ) -> torch.Tensor:
     """Attention probabilities of the last query row, ``(B, H, T)``, in float32.
+
+    A float32 cache is used as it is; a lower-precision one is read in chunks of
+    ``_SCORE_CHUNK`` keys converted to float32, so no float32 copy of the whole cache is made.
 
     Args:
         query: ``(B, H, Q, D)`` post-RoPE queries.
@@ -125,8 +146,17 @@ def last_row_probs(
     kv = key.shape[1]
     t = key.shape[2]
     q = query[:, :, -1, :].float().reshape(b, kv, h // kv, d)
-    scores = torch.einsum("bkgd,bktd->bkgt", q, key.float()).reshape(b, h, t)
-    scores = scores * (scaling if scaling is not None else d**-0.5)
+    if key.dtype in (torch.float32, torch.float64):
+        scores = torch.einsum("bkgd,bktd->bkgt", q.to(key.dtype), key).float()
+    else:
+        scores = torch.cat(
+            [
+                torch.einsum("bkgd,bktd->bkgt", q, key[:, :, i : i + _SCORE_CHUNK].float())
+                for i in range(0, t, _SCORE_CHUNK)
+            ],
+            dim=-1,
+        )
+    scores = scores.reshape(b, h, t) * (scaling if scaling is not None else d**-0.5)
     if attention_mask is not None:
         m = attention_mask[:, :, -1, :t]
         scores = scores.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else scores + m.float()
@@ -310,6 +340,57 @@ class CaptureResult:
         )
 
 
+class _ValueTable:
+    """The value matrix of the batched pass: one row per key position, ``(T, C)``.
+
+    Columns ``[0, K)`` hold the region -> token assignment at the image positions (direct mass);
+    each alias key part adds ``K`` columns (the assignment of each position's source image token),
+    each other key part one column (1 at its positions). Attention against it gives each query's
+    mass per region and per part in one kernel call. Grown by doubling as the sequence grows.
+    """
+
+    def __init__(self, cap: AttentionCapture, device: torch.device, dtype: torch.dtype) -> None:
+        self.cap = cap
+        self.device = device
+        self.dtype = dtype
+        self.buf = torch.zeros(0, cap._n_cols, dtype=dtype, device=device)
+        self.filled = [0] * len(cap.parts)  # part positions already written
+
+    def rows(self, stop: int) -> torch.Tensor:
+        """Rows ``[0, stop)``, with every key-part position noted so far written."""
+        cap = self.cap
+        if stop > self.buf.shape[0]:
+            self._grow(stop)
+        for i, part in enumerate(cap.parts):
+            n = len(part.positions)
+            if n > self.filled[i]:
+                self._write(i, part, self.filled[i], n)
+                self.filled[i] = n
+        return self.buf[:stop]
+
+    def _grow(self, need: int) -> None:
+        cap = self.cap
+        size = max(need, 2 * self.buf.shape[0], 256, int(cap.image_pos.max()) + 1)
+        new = torch.zeros(size, cap._n_cols, dtype=self.dtype, device=self.device)
+        if self.buf.shape[0]:
+            new[: self.buf.shape[0]] = self.buf
+        else:
+            new[cap.image_pos.to(self.device), : cap.k] = cap._mt.to(self.device, self.dtype)
+        self.buf = new
+
+    def _write(self, i: int, part: KeyPart, lo: int, hi: int) -> None:
+        cap = self.cap
+        pos = torch.tensor(part.positions[lo:hi], dtype=torch.long)
+        if pos.numel() and int(pos.max()) >= self.buf.shape[0]:
+            self._grow(int(pos.max()) + 1)
+        col = cap._part_cols[i]
+        if part.sources is not None:
+            src = torch.tensor(part.sources[lo:hi], dtype=torch.long)
+            self.buf[pos.to(self.device), col] = cap._mt[src].to(self.device, self.dtype)
+        else:
+            self.buf[pos.to(self.device), col] = 1
+
+
 class AttentionCapture:
     """Context manager that records region attention mass during ``model.generate``.
 
@@ -334,11 +415,15 @@ class AttentionCapture:
         segmenter: A custom [`SpanSegmenter`][attrib.capture.spans.SpanSegmenter].
         on_span: Called as ``on_span(span, features[K, L, H], parts)`` as each span completes.
         parts: The [`KeyPart`][attrib.capture.sdpa.KeyPart] objects of a research variant's own tokens.
+        chunk: Tokens whose rows wait for one batched pass at most (a span closing runs the pass earlier).
+
+    Attributes:
+        last_token_s: ``time.perf_counter()`` when the latest token arrived (before its span's pass ran).
 
     Raises:
         ValueError: For an unsupported model, a prompt with no image or too many images,
-            a batch larger than 1, an assignment whose token count does not match, or
-            two key parts with one name.
+            a batch larger than 1, an assignment whose token count does not match,
+            two key parts with one name, or ``chunk < 1``.
     """
 
     def __init__(
@@ -352,11 +437,14 @@ class AttentionCapture:
         segmenter: SpanSegmenter | None = None,
         on_span: SpanCallback | None = None,
         parts: Sequence[KeyPart] = (),
+        chunk: int = 64,
     ) -> None:
         self.model = model
         self.parts = list(parts)
         if len({p.name for p in self.parts}) != len(self.parts):
             raise ValueError(f"key part names must be distinct, got {[p.name for p in self.parts]}")
+        if chunk < 1:
+            raise ValueError(f"chunk must be >= 1, got {chunk}")
         self.adapter: ModelAdapter = adapter_for(model)
         ids = inputs["input_ids"]
         if ids.shape[0] != 1:
@@ -367,7 +455,7 @@ class AttentionCapture:
                 f"the prompt holds {len(grids)} images; the {self.adapter.family} adapter supports "
                 f"{self.adapter.max_images}"
             )
-        self.image_pos = torch.nonzero(ids[0] == self.adapter.image_token_id(model)).flatten()
+        self.image_pos = torch.nonzero(ids[0] == self.adapter.image_token_id(model)).flatten().cpu()
         m = np.asarray(getattr(assignment, "matrix", assignment), dtype=np.float32)
         if m.ndim != 2 or m.shape[1] != self.image_pos.numel():
             raise ValueError(
@@ -376,14 +464,24 @@ class AttentionCapture:
             )
         self.k = m.shape[0]
         self.n_layers, self.n_heads, self.n_kv = self.adapter.dims(model)
-        self._mt = torch.from_numpy(m.T.copy())
+        self._mt = torch.from_numpy(m.T.copy())  # (N_image, K)
         self.decode = decode
         self.segmenter = segmenter or SpanSegmenter(decode)
         self.per_token = per_token
         self.on_span = on_span
+        self.chunk = chunk
+        # Columns of the batched pass: direct region mass, then each part's (K for an alias part, else 1).
+        cols, n = [], self.k
+        for p in self.parts:
+            width = self.k if p.aliases else 1
+            cols.append(slice(n, n + width) if p.aliases else n)
+            n += width
+        self._part_cols: list[slice | int] = cols
+        self._n_cols = n
         self._layer_of: dict[int, int] = {}
         self._saved_impl: str | None = None
         self._token: contextvars.Token[AttentionCapture | None] | None = None
+        self.last_token_s = 0.0
         self._reset_buffers()
 
     # ------------------------------------------------------------ lifecycle
@@ -391,15 +489,24 @@ class AttentionCapture:
         return (self.n_layers, self.n_heads, self.k) if part.aliases else (self.n_layers, self.n_heads)
 
     def _reset_buffers(self) -> None:
-        self._step = torch.zeros(self.n_layers, self.n_heads, self.k)
-        self._part_step = {p.name: torch.zeros(self._part_shape(p)) for p in self.parts}
-        self._seen: set[int] = set()
-        self._pending: list[tuple[torch.Tensor, dict[str, torch.Tensor]]] = []
-        self._span_sum = torch.zeros(self.n_layers, self.n_heads, self.k, dtype=torch.float64)
-        self._part_sum = {p.name: torch.zeros(self._part_shape(p), dtype=torch.float64) for p in self.parts}
+        nl = self.n_layers
+        # Per layer, one entry per buffered forward: (query, key length, mask) while the layer's rows wait
+        # for the batched pass, or the computed (H, C) row of a layer that computes at each step.
+        self._buf: list[list[Any]] = [[] for _ in range(nl)]
+        self._keys: list[torch.Tensor | None] = [None] * nl  # the latest key cache of each waiting layer
+        self._scale: list[float | None] = [None] * nl
+        self._stepwise = [False] * nl  # the layer's cache drops keys: rows are computed at each step
+        self._seen = [0] * nl  # sequence length each layer has seen
+        self._forwards = 0  # forward passes recorded (by the last layer)
+        self._buffered = 0  # tokens whose rows wait for the batched pass
+        self._discard = False  # no further span can complete and no per-token rows are kept
+        self._values: dict[tuple[torch.device, torch.dtype], _ValueTable] = {}
+        self._mask_cache: dict[tuple[int, int, torch.device], torch.Tensor] = {}
+        self._external: deque[torch.Tensor] = deque()  # rows pushed by another backend (push_row)
+        self._ext_buf: list[torch.Tensor] = []
+        self._span_sum: torch.Tensor | None = None  # (L, H, C) float32 on the model's device
         self._span_n = 0
-        self._tokens: list[torch.Tensor] = []
-        self._part_tokens: dict[str, list[torch.Tensor]] = {p.name: [] for p in self.parts}
+        self._token_rows: list[np.ndarray] = []  # per_token: (n, L, H, C) blocks
         self._spans: list[Span] = []
         self._span_feats: list[np.ndarray] = []
         self._part_feats: dict[str, list[np.ndarray]] = {p.name: [] for p in self.parts}
@@ -419,18 +526,32 @@ class AttentionCapture:
         self._token = _ACTIVE.set(self)
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        self._detach(flush=exc_type is None)
 
     def close(self) -> None:
-        """Restore the model's attention implementation. Safe to call twice."""
-        if self._token is not None:
-            _ACTIVE.reset(self._token)
-            self._token = None
-        if self._saved_impl is not None:
-            self.adapter.text_config(self.model)._attn_implementation = self._saved_impl
-            self._saved_impl = None
-        self._layer_of = {}
+        """Restore the model's attention implementation and drop the references to the model's tensors.
+
+        Rows still waiting for the batched pass are computed first when ``per_token`` is set. Safe to call twice.
+        """
+        self._detach(flush=True)
+
+    def _detach(self, *, flush: bool) -> None:
+        try:
+            if flush and self.per_token and self._buffered:
+                self._flush(count=False)
+        finally:
+            if self._token is not None:
+                _ACTIVE.reset(self._token)
+                self._token = None
+            if self._saved_impl is not None:
+                self.adapter.text_config(self.model)._attn_implementation = self._saved_impl
+                self._saved_impl = None
+            self._layer_of = {}
+            self._drop()
+            self._keys = [None] * self.n_layers
+            self._values = {}
+            self._span_sum = None
 
     @property
     def active(self) -> bool:
@@ -449,37 +570,140 @@ class AttentionCapture:
         layer = self._layer_of.get(id(module))
         if layer is None:
             return
-        probs = last_row_probs(query, key, attention_mask, scaling)[0]  # (H, T)
-        mass = probs[:, self.image_pos.to(probs.device)].cpu() @ self._mt  # (H, K)
-        via_total = torch.zeros_like(mass)
-        for part in self.parts:
-            buf = self._part_step[part.name]
-            pos = torch.tensor(part.positions, dtype=torch.long)
-            ok = pos < probs.shape[1]
-            if not part.positions or not bool(ok.any()):
-                buf[layer] = 0.0
+        seen = self._seen[layer] + query.shape[2]
+        t = key.shape[2]
+        if t > seen:  # a cache filled before the capture began
+            seen = t
+        self._seen[layer] = seen
+        if layer == self.n_layers - 1:
+            self._forwards += 1
+        if self._discard:
+            return
+        if t == seen and not self._stepwise[layer]:
+            # Keep references only: the row is computed in the next batched pass.
+            self._keys[layer] = key
+            self._scale[layer] = scaling
+            self._buf[layer].append((query if query.shape[2] == 1 else query[:, :, -1:], seen, attention_mask))
+            return
+        if not self._stepwise[layer]:  # the cache has started dropping keys: compute what waits, then step by step
+            self._buf[layer] = list(self._layer_rows(layer).unbind(1)) if self._buf[layer] else []
+            self._stepwise[layer] = True
+            self._keys[layer] = None
+        self._buf[layer].append(self._row_now(query, key, attention_mask, scaling, seen))
+
+    def _table(self, like: torch.Tensor) -> _ValueTable:
+        tab = self._values.get((like.device, like.dtype))
+        if tab is None:
+            tab = self._values[(like.device, like.dtype)] = _ValueTable(self, like.device, like.dtype)
+        return tab
+
+    def _row_now(
+        self, query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None, scaling: float | None, seen: int
+    ) -> torch.Tensor:
+        """``(H, C)`` row of the newest query against keys that end at position ``seen`` (a suffix of the sequence)."""
+        h, d = query.shape[1], query.shape[3]
+        kv, t = key.shape[1], key.shape[2]
+        q = query[:, :, -1:].reshape(1, kv, h // kv, d)
+        vals = self._table(key).rows(seen)[seen - t :]
+        m = None
+        if mask is not None:
+            m = mask[:, :, -1:, :t]
+            if m.shape[1] == h:
+                m = m.reshape(1, kv, h // kv, t)
+        out = scaled_dot_product_attention(q, key, vals.expand(1, kv, t, vals.shape[1]), attn_mask=m, scale=scaling)
+        return out.reshape(h, vals.shape[1])
+
+    def _layer_rows(self, layer: int) -> torch.Tensor:
+        """``(H, n, C)`` rows of one layer's buffered forwards, in one batched pass."""
+        entries = self._buf[layer]
+        if self._stepwise[layer]:
+            return torch.stack(entries, 1)
+        key = self._keys[layer]
+        assert key is not None
+        n = len(entries)
+        h, d = entries[0][0].shape[1], entries[0][0].shape[3]
+        kv, t = key.shape[1], key.shape[2]
+        g = h // kv
+        q = torch.cat([e[0] for e in entries], dim=2) if n > 1 else entries[0][0]  # (1, H, n, D)
+        q = q.reshape(1, kv, g * n, d)  # row r = head-in-group * n + token
+        vals = self._table(key).rows(t)
+        if any(e[2] is not None for e in entries):
+            mask = self._causal_mask(entries, t, kv, g, key.device)
+        elif (t, g, key.device) in self._mask_cache:  # the usual case: one mask for every layer of this pass
+            mask = self._mask_cache[(t, g, key.device)]
+        else:
+            mask = self._mask_cache[(t, g, key.device)] = self._causal_mask(entries, t, kv, g, key.device)
+        out = scaled_dot_product_attention(
+            q, key, vals.expand(1, kv, t, vals.shape[1]), attn_mask=mask, scale=self._scale[layer]
+        )
+        return out.reshape(h, n, vals.shape[1])
+
+    def _causal_mask(self, entries: list[Any], t: int, kv: int, g: int, device: torch.device) -> torch.Tensor:
+        """``(1, 1 or KV, G * n, T)`` boolean mask: token i sees keys before its own end, and its model mask."""
+        n = len(entries)
+        ends = torch.tensor([e[1] for e in entries], device=device)
+        allowed = torch.arange(t, device=device)[None, :] < ends[:, None]  # (n, T)
+        if all(e[2] is None for e in entries):
+            return allowed.expand(g, n, t).reshape(1, 1, g * n, t)
+        full = allowed.expand(kv, g, n, t).clone()
+        for i, (_, end, m) in enumerate(entries):
+            if m is None:
                 continue
-            rows = probs[:, pos[ok].to(probs.device)].cpu()
-            if part.sources is not None:
-                src = torch.tensor(part.sources[: len(part.positions)], dtype=torch.long)[ok]
-                via = rows @ self._mt[src]
-                buf[layer] = via
-                via_total = via_total + via
-            else:
-                buf[layer] = rows.sum(-1)
-        self._step[layer] = mass + via_total
-        self._seen.add(layer)
-        if len(self._seen) == self.n_layers:
-            self.push_row(self._step.clone(), {n: b.clone() for n, b in self._part_step.items()})
-            self._seen.clear()
+            row = m[0, :, -1, :end]
+            if row.dtype != torch.bool:  # additive: 0 attends, a large negative value does not
+                row = row > torch.finfo(row.dtype).min / 2
+            full[:, :, i, :end] &= row[0] if row.shape[0] == 1 else row.reshape(kv, g, end)
+        return full.reshape(1, kv, g * n, t)
+
+    def _flush(self, *, count: bool) -> None:
+        """Compute the buffered tokens' rows: add them to the open span (``count``) and keep them per token."""
+        n = self._buffered
+        if not n:
+            return
+        if self._ext_buf:
+            rows = torch.stack(self._ext_buf, 2)
+            self._ext_buf = []
+        else:
+            self._mask_cache = {}
+            per_layer = [self._layer_rows(i) for i in range(self.n_layers)]
+            self._mask_cache = {}
+            dev = per_layer[0].device
+            rows = torch.stack([r.to(dev, torch.float32) for r in per_layer])  # (L, H, n, C)
+        self._drop()
+        if count:
+            s = rows.sum(2)
+            self._span_sum = s if self._span_sum is None else self._span_sum + s
+            self._span_n += n
+        if self.per_token:
+            self._token_rows.append(rows.permute(2, 0, 1, 3).cpu().numpy())
+
+    def _drop(self) -> None:
+        """Forget the buffered tokens (their rows are not needed)."""
+        for entries in self._buf:
+            entries.clear()
+        self._ext_buf = []
+        self._buffered = 0
 
     def push_row(self, row: torch.Tensor, parts: dict[str, torch.Tensor] | None = None) -> None:
         """Queue one step's ``(L, H, K)`` region row (and key-part rows) for the next token.
 
-        The native backend calls this from the attention function; another backend
-        (nnsight) calls it with rows it read itself. A part missing from ``parts`` counts as zero.
+        For another backend (nnsight) that computes rows itself; the native backend records them
+        from the attention function. ``row`` includes the alias parts' mass, as the native features do.
+        A part missing from ``parts`` counts as zero.
         """
-        self._pending.append((row, parts or {}))
+        parts = parts or {}
+        out = torch.zeros(self.n_layers, self.n_heads, self._n_cols)
+        direct = row.detach().float().cpu().clone()
+        for p, col in zip(self.parts, self._part_cols, strict=True):
+            r = parts.get(p.name)
+            if r is None:
+                continue
+            r = r.detach().float().cpu()
+            out[..., col] = r
+            if p.aliases:
+                direct -= r
+        out[..., : self.k] = direct
+        self._external.append(out)
 
     @property
     def streamer(self) -> TokenStreamer:
@@ -492,66 +716,89 @@ class AttentionCapture:
         Raises:
             RuntimeError: If no attention row was captured for it (the capture is not active).
         """
-        if not self._pending:
+        self.last_token_s = time.perf_counter()
+        idx = len(self._generated)
+        if self._external:
+            self._ext_buf.append(self._external.popleft())
+        elif self._forwards <= idx:
             raise RuntimeError("a token arrived without a captured attention row (is the capture active?)")
-        row, part_rows = self._pending.pop(0)
         self._generated.append(token_id)
-        prow = {p.name: part_rows.get(p.name, torch.zeros(self._part_shape(p))) for p in self.parts}
-        if self.per_token:
-            self._tokens.append(row)
-            for name, r in prow.items():
-                self._part_tokens[name].append(r)
-        idx = len(self._generated) - 1
-        if idx >= self.segmenter.open_start:
-            self._span_sum += row.double()
-            for name, r in prow.items():
-                self._part_sum[name] += r.double()
-            self._span_n += 1
-        span = self.segmenter.push(token_id)
+        seg = self.segmenter
+        if seg.closed:  # no span can complete any more
+            if self.per_token:
+                self._buffered += 1
+                if self._buffered >= self.chunk:
+                    self._flush(count=False)
+            else:
+                self._drop()
+                self._discard = True
+            return
+        self._buffered += 1
+        span = seg.push(token_id)
         if span is not None:
-            n = max(1, self._span_n)
-            feats = (self._span_sum / n).float().permute(2, 0, 1).numpy()  # (K, L, H)
-            span_parts = {}
-            for p in self.parts:
-                mean = (self._part_sum[p.name] / n).float()
-                span_parts[p.name] = (mean.permute(2, 0, 1) if p.aliases else mean).numpy()
-                self._part_feats[p.name].append(span_parts[p.name])
-            self._spans.append(span)
-            self._span_feats.append(feats)
-            if self.on_span is not None:
-                self.on_span(span, feats, span_parts)
-        if self.segmenter.open_start == idx + 1:  # a span closed, or a think tag moved the start
-            self._span_sum.zero_()
-            for buf in self._part_sum.values():
-                buf.zero_()
-            self._span_n = 0
+            self._flush(count=True)
+            self._emit(span)
+        elif seg.open_start == idx + 1:  # a think tag moved the span's start past this token
+            if self.per_token:
+                self._flush(count=False)
+            else:
+                self._drop()
+            self._span_sum, self._span_n = None, 0
+            if seg.closed and not self.per_token:
+                self._discard = True
+        elif self._buffered >= self.chunk:
+            self._flush(count=True)
+
+    def _emit(self, span: Span) -> None:
+        """Close the open span: its mean features move to the host, once."""
+        if self._span_sum is None:
+            mean = np.zeros((self.n_layers, self.n_heads, self._n_cols), dtype=np.float32)
+        else:
+            mean = (self._span_sum / max(1, self._span_n)).cpu().numpy()
+        self._span_sum, self._span_n = None, 0
+        feats, span_parts = self._split(mean)
+        for name, a in span_parts.items():
+            self._part_feats[name].append(a)
+        self._spans.append(span)
+        self._span_feats.append(feats)
+        if self.on_span is not None:
+            self.on_span(span, feats, span_parts)
+
+    def _split(self, rows: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """``(..., L, H, C)`` -> features ``(..., K, L, H)`` (alias parts included) and each part's share."""
+        total = rows[..., : self.k].copy()
+        parts: dict[str, np.ndarray] = {}
+        for p, col in zip(self.parts, self._part_cols, strict=True):
+            a = rows[..., col]
+            if p.aliases:
+                total += a
+                parts[p.name] = np.ascontiguousarray(np.moveaxis(a, -1, -3), dtype=np.float32)
+            else:
+                parts[p.name] = np.ascontiguousarray(a, dtype=np.float32)
+        return np.ascontiguousarray(np.moveaxis(total, -1, -3), dtype=np.float32), parts
 
     def result(self) -> CaptureResult:
         """The captured features (an empty, valid result when no span completed)."""
+        if self.per_token and self._buffered:
+            self._flush(count=False)
         lhk = (self.k, self.n_layers, self.n_heads)
         feats = (
             np.stack(self._span_feats).astype(np.float32) if self._span_feats else np.zeros((0, *lhk), dtype=np.float32)
         )
         per_token = None
-        if self.per_token:
-            per_token = (
-                torch.stack(self._tokens).permute(0, 3, 1, 2).numpy()
-                if self._tokens
-                else np.zeros((0, *lhk), dtype=np.float32)
-            )
         parts: dict[str, np.ndarray] = {}
         per_token_parts: dict[str, np.ndarray] = {}
+        if self.per_token:
+            rows = (
+                np.concatenate(self._token_rows)
+                if self._token_rows
+                else np.zeros((0, self.n_layers, self.n_heads, self._n_cols), dtype=np.float32)
+            )
+            per_token, per_token_parts = self._split(rows)
         for p in self.parts:
             shape = lhk if p.aliases else (self.n_layers, self.n_heads)
             fs = self._part_feats[p.name]
             parts[p.name] = np.stack(fs).astype(np.float32) if fs else np.zeros((0, *shape), dtype=np.float32)
-            if self.per_token:
-                ts = self._part_tokens[p.name]
-                if ts:
-                    t = torch.stack(ts)
-                    per_token_parts[p.name] = (t.permute(0, 3, 1, 2) if p.aliases else t).numpy()
-                else:
-                    per_token_parts[p.name] = np.zeros((0, *shape), dtype=np.float32)
         return CaptureResult(
             spans=list(self._spans),
             features=feats,

@@ -58,6 +58,7 @@ class SpanSegmenter:
         self.think_open = think_open
         self.think_close = think_close
         self.think_only = think_only
+        self._pieces: dict[int, str] = {}  # token id -> its text (decoding one token depends on its id only)
         self.reset()
 
     def reset(self) -> None:
@@ -73,7 +74,9 @@ class SpanSegmenter:
         self._ids.append(int(token_id))
         if self._closed:
             return None
-        piece = self.decode([int(token_id)])
+        piece = self._pieces.get(token_id)
+        if piece is None:
+            piece = self._pieces[token_id] = self.decode([int(token_id)])
         if self.think_open in piece:
             self._start = i + 1
             return None
@@ -95,3 +98,8 @@ class SpanSegmenter:
     def open_start(self) -> int:
         """Token index where the currently open span starts."""
         return self._start
+
+    @property
+    def closed(self) -> bool:
+        """Whether no further span can complete (the thinking block has ended, with ``think_only``)."""
+        return self._closed
