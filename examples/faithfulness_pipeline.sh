@@ -17,5 +17,5 @@ t $A evaluate --test data/test --estimator models/estimator-ridge --methods esti
     --json out/faithfulness_ridge.json
 t $A trajectories --data data/validation --estimator models/estimator --json out/trajectories.json \
     --plots out/trajectories --save-flagger models/flagger.json
-cp models/estimator.safetensors models/estimator.json models/flagger.json attrib/bundled/shapes-qwen25vl/
+cp models/estimator.safetensors models/estimator.json models/flagger.json attrib/shapes/bundled/shapes-qwen25vl/
 echo PIPELINE DONE

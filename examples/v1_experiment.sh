@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 A=".venv/bin/attrib"
-M="attrib/bundled/shapes-qwen25vl-v1"
+M="attrib/shapes/bundled/shapes-qwen25vl-v1"
 t() { local s=$(date +%s); "$@"; echo "WALL $(( $(date +%s) - s )) s: $*"; }
 mkdir -p data out runs/v1
 if [ ! -f "$M/pointcopy.json" ]; then
@@ -41,12 +41,15 @@ t $A fit --train $TRAIN --out models/v1-estimator
 t $A evaluate --test data/v1-test --estimator models/v1-estimator --train $TRAIN --sizes "" \
     --methods estimator,raw_attention,best_layer,contextcite,leave_one_out \
     --json out/faithfulness_v1.json --figures out/figures/v1 --record-validation
-# analyses: held-out test (with the per-layer copy attention), then the larger validation split
+# analyses: held-out test (with the per-layer copy attention), then the larger validation split; each
+# with the direct-only control (--v1-train: the estimator refit on total and on direct-only features)
 t $A v1 --base-test data/test --v1-test data/v1-test --base-estimator models/estimator \
-    --v1-estimator models/v1-estimator --v1-model shapes-qwen25vl-v1 --json out/v1_analysis.json \
-    --figures out/figures/v1
+    --v1-estimator models/v1-estimator --v1-model shapes-qwen25vl-v1 --v1-train $TRAIN \
+    --json out/v1_analysis.json --figures out/figures/v1
 t $A v1 --base-test data/validation --v1-test data/v1-validation --base-estimator models/estimator \
-    --v1-estimator models/v1-estimator --json out/v1_analysis_validation.json --figures out/figures/v1-validation
+    --v1-estimator models/v1-estimator --v1-train $TRAIN --json out/v1_analysis_validation.json \
+    --figures out/figures/v1-validation
+.venv/bin/python examples/v1_tables.py out/v1_analysis.json out/v1_analysis_validation.json
 cp models/v1-estimator.safetensors "$M/estimator.safetensors"
 cp models/v1-estimator.json "$M/estimator.json"
 echo V1 DONE

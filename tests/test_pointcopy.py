@@ -288,6 +288,12 @@ def test_v1_training_smoke_eval_and_cli(tmp_path: Path) -> None:
         n_spans = np.asarray(ex["features"]).shape[0]
         assert len(ex["span_copy_share"]) == n_spans
         assert all(0.0 <= s <= 1.0 for s in ex["span_copy_share"])
+        # the via-copy part is stored beside the features, and its share is the recorded one
+        f, via = np.asarray(ex["features"], dtype=np.float64), np.asarray(ex["parts"]["via_copy"], dtype=np.float64)
+        assert via.shape == f.shape and (via >= 0).all() and (f - via >= -1e-6).all()
+        tot = f.sum(axis=(1, 2, 3))
+        share = np.divide(via.sum(axis=(1, 2, 3)), tot, out=np.zeros_like(tot), where=tot > 0)
+        np.testing.assert_allclose(share, ex["span_copy_share"], atol=1e-5)
     est = tmp_path / "est"
     assert main(["fit", "--train", str(col), "--all-examples", "--out", str(est)]) == 0
     ev = tmp_path / "faith.json"
@@ -302,9 +308,17 @@ def test_v1_training_smoke_eval_and_cli(tmp_path: Path) -> None:
     res_path, figs = tmp_path / "v1.json", tmp_path / "figs"
     v1_args = ["v1", "--base-test", str(col), "--v1-test", str(col), "--base-estimator", str(est)]
     v1_args += ["--v1-estimator", str(est), "--v1-model", str(tmp_path / "v1"), "--n-copy", "1"]
+    v1_args += ["--v1-train", str(col), "--refit-all-examples", "--refit-loss", "ridge"]
     assert main([*v1_args, "--json", str(res_path), "--figures", str(figs)]) == 0
     res = json.loads(res_path.read_text())
-    assert {"decay", "late_chain", "late_chain_attention", "copy_attention"} <= set(res)
+    assert {"decay", "late_chain", "late_chain_attention", "copy_attention", "late_chain_refit"} <= set(res)
+    # the direct-only control beside the totals
+    assert {"late_chain", "late_chain_attention", "late_chain_refit"} <= set(res["direct_only"])
+    fm = res["faithfulness"]["v1"]["methods"]
+    assert set(fm) == {"raw_attention", "estimator", "estimator_refit"}
+    assert all({"total", "direct_only", "direct_minus_total"} <= set(m) for m in fm.values())
+    assert all("lds" in m["direct_only"] and "r2" in m["direct_only"] for m in fm.values())
+    assert res["faithfulness"]["refit"]["n_train_examples"] == 2
     assert (figs / "decay.png").stat().st_size > 0
     ca = res["copy_attention"]
     assert len(ca["copy_mass"]) == len(ca["source_mass"]) == (ca["n_tokens"] > 0) * 2  # tiny model: 2 layers

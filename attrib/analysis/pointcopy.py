@@ -20,6 +20,12 @@ correct
    of the positive attribution on ground-truth regions; the groups are compared
    with a two-sided Mann–Whitney U test, Cliff's delta and the difference of
    means with a bootstrap interval.
+4. The direct-only control ([`direct_features`][attrib.analysis.pointcopy.direct_features],
+   [`total_and_direct`][attrib.analysis.pointcopy.total_and_direct]): attention to a copy
+   token counts for its source cell's regions, and copies land on the ground truth, so
+   pointing, LDS and the late-chain figures are also computed on the direct part alone
+   (``features`` minus the stored via-copy part: attention that reaches a region's own
+   image tokens, not through a copy).
 
 Every function takes collections (see [`attrib.collect`][attrib.collect]), captures or arrays
 and returns JSON-ready dicts; nothing prints. Captures come through the model's
@@ -30,24 +36,38 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from scipy.stats import mannwhitneyu
+from scipy.stats import mannwhitneyu, spearmanr
 
-from metrics.stats import bootstrap_ci, two_sample_bootstrap_ci
+from metrics.faithfulness import lds, pointing_accuracy, r2
+from metrics.stats import bootstrap_ci, paired_bootstrap_ci, paired_bootstrap_difference, two_sample_bootstrap_ci
+
+if TYPE_CHECKING:
+    from estimators.linear import LinearHeadEstimator
 
 __all__ = [
+    "Scorer",
     "attention_by_position",
     "cliffs_delta",
+    "clustered_difference",
     "compare_decay",
     "copy_attention",
     "copy_share_by_position",
     "copy_vs_source_by_layer",
+    "direct_features",
+    "faithfulness",
     "gt_share",
     "late_chain_attribution",
     "run_analysis",
+    "total_and_direct",
+    "with_direct_features",
 ]
+
+#: Features ``(n_spans, K, L, H)`` -> region scores ``(n_spans, K)``.
+Scorer = Callable[[np.ndarray], np.ndarray]
 
 logger = logging.getLogger(__name__)
 
@@ -225,9 +245,13 @@ def late_chain_attribution(
     Returns:
         Per bucket: per model the late-span ground-truth shares' mean and n, and the
         comparison (other vs reference): difference of means with a percentile-bootstrap 95 % CI
-        (the two models' spans resampled independently, see
-        [`metrics.stats.two_sample_bootstrap_ci`][metrics.stats.two_sample_bootstrap_ci]),
-        Cliff's delta, Mann–Whitney U and its two-sided p-value.
+        (``ci_low``, ``ci_high``: the two models' spans resampled independently, see
+        [`metrics.stats.two_sample_bootstrap_ci`][metrics.stats.two_sample_bootstrap_ci]) and one
+        that resamples examples (``examples_ci_low``, ``examples_ci_high``, ``n_examples``: both
+        models' late spans of each drawn example together, see
+        [`clustered_difference`][attrib.analysis.pointcopy.clustered_difference]; an example is
+        its ``uid``, or its index in the list without one), Cliff's delta, Mann–Whitney U and
+        its two-sided p-value (both of which treat spans as independent).
 
     Raises:
         ValueError: Unless exactly two models are given.
@@ -237,9 +261,10 @@ def late_chain_attribution(
     names = list(groups)
     ref = reference or names[0]
     other = names[1] if ref == names[0] else names[0]
-    shares: dict[str, list[tuple[int, float]]] = {n: [] for n in names}
+    shares: dict[str, list[tuple[int, float, str]]] = {n: [] for n in names}
     for name, exs in groups.items():
-        for ex in exs:
+        for j, ex in enumerate(exs):
+            uid = str(ex.get("uid", f"#{j}"))
             s = np.asarray(score(ex), dtype=np.float64)
             n = s.shape[0]
             gts = ex.get("span_gt_regions") or [None] * n
@@ -252,11 +277,13 @@ def late_chain_attribution(
                 if g:
                     v = gt_share(s[i], g)
                     if np.isfinite(v):
-                        shares[name].append((n, v))
+                        shares[name].append((n, v, uid))
     rows = []
     for lo, hi in buckets:
-        a = np.array([v for n, v in shares[ref] if lo <= n <= hi])
-        b = np.array([v for n, v in shares[other] if lo <= n <= hi])
+        a = np.array([v for n, v, _ in shares[ref] if lo <= n <= hi])
+        b = np.array([v for n, v, _ in shares[other] if lo <= n <= hi])
+        ua = [u for n, _, u in shares[ref] if lo <= n <= hi]
+        ub = [u for n, _, u in shares[other] if lo <= n <= hi]
         row: dict[str, Any] = {
             "chain_len": [lo, hi],
             ref: {"n": int(a.size), "mean": float(a.mean()) if a.size else float("nan")},
@@ -265,10 +292,14 @@ def late_chain_attribution(
         if a.size >= 2 and b.size >= 2:
             res = mannwhitneyu(b, a, alternative="two-sided")
             lo_ci, hi_ci = two_sample_bootstrap_ci(a, b, _mean_difference, n_boot=1000, seed=0)
+            cl = clustered_difference(a, ua, b, ub)
             row["comparison"] = {
                 "difference": float(b.mean() - a.mean()),
                 "ci_low": lo_ci,
                 "ci_high": hi_ci,
+                "examples_ci_low": cl["ci_low"],
+                "examples_ci_high": cl["ci_high"],
+                "n_examples": cl["n_examples"],
                 "cliffs_delta": cliffs_delta(b, a),
                 "u_statistic": float(res.statistic),
                 "p_value": float(res.pvalue),
@@ -281,6 +312,67 @@ def late_chain_attribution(
         "skip_own_copies": skip_own_copies,
         "buckets": rows,
     }
+
+
+def clustered_difference(
+    a: Sequence[float] | np.ndarray,
+    groups_a: Sequence[Any],
+    b: Sequence[float] | np.ndarray,
+    groups_b: Sequence[Any],
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, float | int]:
+    """``mean(b) - mean(a)`` with a bootstrap interval that resamples examples, not spans.
+
+    The two samples come from two models run on the same examples (each writes its own
+    chain, so their spans differ in number). Each resample draws examples (the labels in
+    ``groups_a`` and ``groups_b``) with replacement and pools both models' values of the
+    drawn examples ([`metrics.stats.paired_bootstrap_ci`][metrics.stats.paired_bootstrap_ci]
+    with ``groups=``), so spans of one example move together.
+
+    Args:
+        a: Values of the reference model.
+        groups_a: The example of each value of ``a``.
+        b: Values of the other model.
+        groups_b: The example of each value of ``b``.
+        n_boot: Bootstrap resamples.
+        seed: Resampling seed.
+
+    Returns:
+        ``difference``, ``ci_low``, ``ci_high`` (NaN where a resample leaves a model without
+        values, or either sample is empty), ``n_a``, ``n_b`` and ``n_examples``.
+    """
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if len(groups_a) != x.size or len(groups_b) != y.size:
+        raise ValueError("clustered_difference needs one example label per value")
+    labels = [str(g) for g in groups_a] + [str(g) for g in groups_b]
+    nan = float("nan")
+    out: dict[str, float | int] = {
+        "difference": float(y.mean() - x.mean()) if x.size and y.size else nan,
+        "ci_low": nan,
+        "ci_high": nan,
+        "n_a": int(x.size),
+        "n_b": int(y.size),
+        "n_examples": len(set(labels)),
+    }
+    if not x.size or not y.size:
+        return out
+    values = np.concatenate([x, y])
+    is_b = np.concatenate([np.zeros(x.size), np.ones(y.size)])
+
+    def diff(v: np.ndarray, m: np.ndarray) -> float:
+        sel = m > 0.5
+        if sel.all() or not sel.any():
+            return nan
+        return float(v[sel].mean() - v[~sel].mean())
+
+    try:
+        lo, hi = paired_bootstrap_ci((values, is_b), diff, groups=np.asarray(labels), n_boot=n_boot, seed=seed)
+    except ValueError:  # some resample drew examples of one model only
+        return out
+    out.update({"ci_low": lo, "ci_high": hi})
+    return out
 
 
 def _mean_difference(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -311,6 +403,268 @@ def copy_share_by_position(examples: Iterable[dict[str, Any]], *, max_position: 
     }
 
 
+def direct_features(ex: Mapping[str, Any], *, part: str = "via_copy") -> np.ndarray:
+    """The direct part of an example's features: ``features`` minus its via-copy part.
+
+    Attention to a copy token counts for the regions of the image token it copies
+    (see [`attrib.variants.pointcopy.attribution`][attrib.variants.pointcopy.attribution]);
+    collections of a point-and-copy model store that part (``parts["via_copy"]``). What is
+    left is the attention that reaches a region's own image tokens.
+
+    Args:
+        ex: A collection example.
+        part: The alias key part to take away.
+
+    Returns:
+        ``(n_spans, K, L, H)`` float64. An example without copy tokens (a plain model's), or one
+        already made direct by [`with_direct_features`][attrib.analysis.pointcopy.with_direct_features],
+        keeps its features.
+
+    Raises:
+        ValueError: If the part's shape differs from the features', or the example holds copy
+            tokens but its collection stored no such part (collected before key parts were
+            stored: collect it again).
+    """
+    f = np.asarray(ex["features"], dtype=np.float64)
+    if ex.get("direct_only"):
+        return f
+    parts = ex.get("parts") or {}
+    if part in parts:
+        p = np.asarray(parts[part], dtype=np.float64)
+        if p.shape != f.shape:
+            raise ValueError(f"example {ex.get('uid', '?')}: part {part!r} has shape {p.shape}, features {f.shape}")
+        return f - p
+    src = ex.get("copy_sources")
+    if src is not None and any(int(v) >= 0 for v in src):
+        raise ValueError(
+            f"example {ex.get('uid', '?')} holds copy tokens but its collection stored no {part!r} part "
+            "(collected before key parts were stored); collect it again"
+        )
+    return f
+
+
+def with_direct_features(examples: Iterable[dict[str, Any]], *, part: str = "via_copy") -> list[dict[str, Any]]:
+    """The examples with ``features`` replaced by their direct part (marked ``direct_only``, ``parts`` emptied).
+
+    Raises:
+        ValueError: As [`direct_features`][attrib.analysis.pointcopy.direct_features].
+    """
+    return [dict(ex, features=direct_features(ex, part=part), parts={}, direct_only=True) for ex in examples]
+
+
+@dataclass
+class _Units:
+    """Per-unit values of one scoring of one collection (what the metrics and their differences average)."""
+
+    scores: np.ndarray  # (n_spans, K)
+    gt: list[Any]  # per span, its ground-truth regions (or None)
+    span_groups: np.ndarray  # per span, its example
+    act: np.ndarray | None  # (n_spans, M_eval) measured drops of the held-out removal sets
+    pred: np.ndarray | None  # (n_spans, M_eval) predicted drops
+    loo: np.ndarray | None  # (n_spans, K) leave-one-out drops
+
+    @property
+    def pointed(self) -> np.ndarray:
+        """The spans with ground truth."""
+        return np.array([bool(g) for g in self.gt], dtype=bool)
+
+    @property
+    def hits(self) -> np.ndarray:
+        """Per span with ground truth: 1 if its top region is a ground-truth region."""
+        sel = np.flatnonzero(self.pointed)
+        return np.array([float(int(np.argmax(self.scores[i])) in set(self.gt[i])) for i in sel])
+
+    @property
+    def rhos(self) -> np.ndarray:
+        """Per span: Spearman ρ of measured vs predicted drops (NaN where either side is constant)."""
+        if self.act is None or self.pred is None:
+            return np.full(self.scores.shape[0], np.nan)
+        out = np.full(self.act.shape[0], np.nan)
+        for i, (ra, rp) in enumerate(zip(self.act, self.pred, strict=True)):
+            if np.ptp(ra) > 0 and np.ptp(rp) > 0:
+                out[i] = float(spearmanr(ra, rp).statistic)
+        return out
+
+
+def _units(examples: Sequence[dict[str, Any]], scorer: Scorer, *, direct: bool, part: str) -> _Units:
+    """Score every example (on its total or its direct features) and gather the metrics' units."""
+    scores, gts, groups, acts, preds, loos = [], [], [], [], [], []
+    ldsable = bool(examples) and all(
+        np.asarray(e["subsets"]).shape[0] - np.asarray(e["subsets"]).shape[0] // 2 >= 3 for e in examples
+    )
+    has_loo = bool(examples) and all("loo_deltas" in e for e in examples)
+    for j, ex in enumerate(examples):
+        f = direct_features(ex, part=part) if direct else np.asarray(ex["features"], dtype=np.float64)
+        s = np.asarray(scorer(f), dtype=np.float64)
+        n = s.shape[0]
+        scores.append(s)
+        g = ex.get("span_gt_regions") or [None] * n
+        gts.extend(list(g)[:n] + [None] * (n - len(g)))
+        groups.extend([str(ex.get("uid", f"#{j}"))] * n)
+        if ldsable:
+            sub = np.asarray(ex["subsets"], dtype=np.float64)
+            half = sub.shape[0] // 2  # as attrib.evaluation: the second half of the removal sets is held out
+            acts.append(np.asarray(ex["subset_deltas"], dtype=np.float64)[:, half:])
+            preds.append(s @ sub[half:].T)
+        if has_loo:
+            loos.append(np.asarray(ex["loo_deltas"], dtype=np.float64))
+    k = scores[0].shape[1] if scores else 0
+    return _Units(
+        np.concatenate(scores) if scores else np.zeros((0, k)),
+        gts,
+        np.asarray(groups),
+        np.concatenate(acts) if ldsable else None,
+        np.concatenate(preds) if ldsable else None,
+        np.concatenate(loos) if has_loo else None,
+    )
+
+
+def _metrics(u: _Units, n_boot: int) -> dict[str, Any]:
+    """Pointing, LDS and R² (where the collection allows each) with intervals that resample examples."""
+    out: dict[str, Any] = {}
+    if u.pointed.any():
+        out["pointing"] = pointing_accuracy(u.scores, u.gt, groups=u.span_groups, n_boot=n_boot).to_dict()
+    if u.act is not None and u.pred is not None:
+        if np.isfinite(u.rhos).any():
+            out["lds"] = lds(u.act, u.pred, groups=u.span_groups, n_boot=n_boot).to_dict()
+        else:  # every span's drops or predictions are constant: Spearman is undefined everywhere
+            nan = float("nan")
+            out["lds"] = {"value": nan, "ci_low": nan, "ci_high": nan, "n": 0, "n_skipped": int(u.act.shape[0])}
+    if u.loo is not None:
+        out["r2"] = r2(u.scores, u.loo, groups=u.span_groups, n_boot=n_boot).to_dict()
+    return out
+
+
+def faithfulness(
+    examples: Sequence[dict[str, Any]],
+    scorers: Mapping[str, Scorer],
+    *,
+    direct: bool = False,
+    part: str = "via_copy",
+    n_boot: int = 1000,
+) -> dict[str, Any]:
+    """Pointing, LDS and R² of each scorer on a collection, with intervals that resample examples.
+
+    LDS is computed as in [`attrib.evaluation.evaluate_methods`][attrib.evaluation.evaluate_methods]
+    (the second half of each example's removal sets is held out; needs at least 6 sets), R²
+    against leave-one-out where the collection has it, pointing where spans have ground truth.
+
+    Args:
+        examples: Collection examples.
+        scorers: ``{method: features -> region scores}``.
+        direct: Score the direct features ([`direct_features`][attrib.analysis.pointcopy.direct_features]).
+        part: The alias key part that ``direct`` takes away.
+        n_boot: Bootstrap resamples (of examples).
+
+    Returns:
+        ``n_examples``, ``n_spans`` and per method its ``pointing``, ``lds`` and ``r2``
+        (``value``, ``ci_low``, ``ci_high``, ``n``, ``n_skipped``), each where available.
+    """
+    exs = list(examples)
+    methods = {name: _metrics(_units(exs, sc, direct=direct, part=part), n_boot) for name, sc in scorers.items()}
+    return {
+        "n_examples": len(exs),
+        "n_spans": int(sum(np.asarray(e["features"]).shape[0] for e in exs)),
+        "methods": methods,
+    }
+
+
+def _paired(a: np.ndarray, b: np.ndarray, groups: np.ndarray, n_boot: int) -> dict[str, float | int]:
+    """``mean(b) - mean(a)`` over the units where both are defined, resampling whole examples."""
+    ok = np.isfinite(a) & np.isfinite(b)
+    if ok.sum() < 1:
+        nan = float("nan")
+        return {"difference": nan, "ci_low": nan, "ci_high": nan, "n": 0, "n_groups": 0}
+    return paired_bootstrap_difference(a[ok], b[ok], groups=groups[ok], n_boot=n_boot)
+
+
+def _total_and_direct_units(
+    examples: Sequence[dict[str, Any]], methods: Mapping[str, tuple[Scorer, Scorer]], part: str, n_boot: int
+) -> tuple[dict[str, Any], dict[str, dict[str, _Units]]]:
+    exs = list(examples)
+    res: dict[str, Any] = {}
+    units: dict[str, dict[str, _Units]] = {}
+    for name, (on_total, on_direct) in methods.items():
+        ut = _units(exs, on_total, direct=False, part=part)
+        ud = _units(exs, on_direct, direct=True, part=part)
+        units[name] = {"total": ut, "direct_only": ud}
+        diff: dict[str, Any] = {}
+        if ut.pointed.any():
+            diff["pointing"] = _paired(ut.hits, ud.hits, ut.span_groups[ut.pointed], n_boot)
+        if ut.act is not None:
+            diff["lds"] = _paired(ut.rhos, ud.rhos, ut.span_groups, n_boot)
+        res[name] = {"total": _metrics(ut, n_boot), "direct_only": _metrics(ud, n_boot), "direct_minus_total": diff}
+    via = sum(float(np.sum(e["features"]) - np.sum(direct_features(e, part=part))) for e in exs)
+    tot = sum(float(np.sum(e["features"])) for e in exs)
+    out = {
+        "part": part,
+        "n_examples": len(exs),
+        "n_spans": int(sum(np.asarray(e["features"]).shape[0] for e in exs)),
+        "via_share": via / tot if tot > 0 else float("nan"),
+        "methods": res,
+    }
+    return out, units
+
+
+def total_and_direct(
+    examples: Sequence[dict[str, Any]],
+    methods: Mapping[str, tuple[Scorer, Scorer]],
+    *,
+    part: str = "via_copy",
+    n_boot: int = 1000,
+) -> dict[str, Any]:
+    """Each method scored on the total features and on their direct part, side by side, on the same spans.
+
+    Args:
+        examples: Collection examples of a point-and-copy model (with their stored via-copy part).
+        methods: ``{method: (scorer on total features, scorer on direct features)}``: the same
+            function twice (raw attention, an estimator with fixed weights), or two (an
+            estimator refit on direct features).
+        part: The alias key part taken away.
+        n_boot: Bootstrap resamples (of examples).
+
+    Returns:
+        ``part``, ``n_examples``, ``n_spans``, ``via_share`` (the part's share of all region
+        attention mass) and per method ``total`` and ``direct_only`` (as
+        [`faithfulness`][attrib.analysis.pointcopy.faithfulness]) and ``direct_minus_total``:
+        the paired difference (same spans; examples resampled; ``metrics.stats.paired_bootstrap_difference``)
+        of pointing hits and of per-span LDS, where available.
+    """
+    return _total_and_direct_units(examples, methods, part, n_boot)[0]
+
+
+def _versus(ref: _Units, other: _Units, n_boot: int) -> dict[str, Any]:
+    """``other - ref`` for two models' scorings of the same examples (different spans): examples resampled."""
+    out: dict[str, Any] = {}
+    if ref.pointed.any() and other.pointed.any():
+        out["pointing"] = clustered_difference(
+            ref.hits, ref.span_groups[ref.pointed], other.hits, other.span_groups[other.pointed], n_boot=n_boot
+        )
+    if ref.act is not None and other.act is not None:
+        ra, rb = ref.rhos, other.rhos
+        oka, okb = np.isfinite(ra), np.isfinite(rb)
+        out["lds"] = clustered_difference(ra[oka], ref.span_groups[oka], rb[okb], other.span_groups[okb], n_boot=n_boot)
+    return out
+
+
+def _late_chain(
+    base: list[dict[str, Any]],
+    v1: list[dict[str, Any]],
+    base_scorer: Scorer,
+    v1_scorer: Scorer,
+    **kw: Any,
+) -> dict[str, Any]:
+    """[`late_chain_attribution`][attrib.analysis.pointcopy.late_chain_attribution] with one scorer per model."""
+    scorers = {"base": base_scorer, "v1": v1_scorer}
+    tagged = {"base": [dict(e, _m="base") for e in base], "v1": [dict(e, _m="v1") for e in v1]}
+    return late_chain_attribution(tagged, lambda ex: scorers[ex["_m"]](np.asarray(ex["features"])), **kw)
+
+
+def _attention(features: np.ndarray) -> np.ndarray:
+    """Raw attention: mean over layers and heads of each region's mass."""
+    return np.asarray(features, dtype=np.float64).mean(axis=(2, 3))
+
+
 def run_analysis(
     *,
     base_test: str,
@@ -321,24 +675,42 @@ def run_analysis(
     n_copy: int = 30,
     figures: str | None = None,
     dataset: str = "shapes:test",
+    v1_refit: Mapping[str, LinearHeadEstimator] | None = None,
+    refit_info: Mapping[str, Any] | None = None,
+    n_boot: int = 1000,
 ) -> dict[str, Any]:
-    """All three analyses from collections (and the v1 model for the per-layer copy attention).
+    """All the analyses from collections (and the v1 model for the per-layer copy attention).
 
     Args:
         base_test: Collection of the base model (held-out split, ground truth per span).
-        v1_test: Collection of the v1 model on the same examples.
+        v1_test: Collection of the v1 model on the same examples (with its via-copy part
+            for the direct-only control).
         base_estimator: Estimator of the base model (late-chain attribution; raw
             attention mass is used without one).
-        v1_estimator: Estimator of the v1 model.
+        v1_estimator: Estimator of the v1 model (fit on total features; applied with the
+            same weights to the direct features too).
         v1_model: The v1 model (bundled name or directory) for the per-layer copy attention.
         n_copy: Examples to capture for the per-layer copy attention.
         figures: Directory for ``decay.png`` and ``copy_attention.png``.
         dataset: Where those examples come from.
+        v1_refit: Estimators of the v1 model refit on one train collection, on its total
+            features (``"total"``) and on its direct features (``"direct_only"``).
+        refit_info: Recorded beside them (e.g. the train collections and the examples used).
+        n_boot: Bootstrap resamples of the faithfulness figures.
 
     Returns:
         ``decay``; ``late_chain_attention`` and ``late_chain`` (raw attention, estimator
-        scores) with their ``*_no_own_copies`` variants; ``copy_share`` (the v1 spans'
-        via-copy share by position); ``copy_attention`` with a model.
+        scores) with their ``*_no_own_copies`` variants, and ``late_chain_refit`` with
+        ``v1_refit``; ``copy_share`` (the v1 spans' via-copy share by position);
+        ``copy_attention`` with a model; ``direct_only``: the same late-chain analyses on the
+        v1 model's direct features (the base model has no copies: its features are all
+        direct); ``faithfulness``: pointing, LDS and R² of the base model (``base``), of the
+        v1 model on total and direct features (``v1``, see
+        [`total_and_direct`][attrib.analysis.pointcopy.total_and_direct]) and the v1 − base
+        differences (``v1_minus_base``, examples resampled).
+
+    Raises:
+        ValueError: If the v1 collection holds copy tokens but no via-copy part.
     """
     from pathlib import Path
 
@@ -346,28 +718,44 @@ def run_analysis(
 
     base = list(Collection.open(base_test).examples())
     v1 = list(Collection.open(v1_test).examples())
+    v1_direct = with_direct_features(v1)
     out: dict[str, Any] = {"decay": compare_decay({"base": base, "v1": v1})}
 
-    def attention(ex: dict[str, Any]) -> np.ndarray:
-        return np.asarray(ex["features"], dtype=np.float64).mean(axis=(2, 3))
-
-    out["late_chain_attention"] = late_chain_attribution({"base": base, "v1": v1}, attention)
-    out["late_chain_attention_no_own_copies"] = late_chain_attribution(
-        {"base": base, "v1": v1}, attention, skip_own_copies=True
-    )
+    out["late_chain_attention"] = _late_chain(base, v1, _attention, _attention)
+    out["late_chain_attention_no_own_copies"] = _late_chain(base, v1, _attention, _attention, skip_own_copies=True)
     out["copy_share"] = copy_share_by_position(v1)
+    direct: dict[str, Any] = {
+        "part": "via_copy",
+        "late_chain_attention": _late_chain(base, v1_direct, _attention, _attention),
+        "late_chain_attention_no_own_copies": _late_chain(
+            base, v1_direct, _attention, _attention, skip_own_copies=True
+        ),
+    }
+    base_scorers: dict[str, Scorer] = {"raw_attention": _attention}
+    v1_methods: dict[str, tuple[Scorer, Scorer]] = {"raw_attention": (_attention, _attention)}
     if base_estimator and v1_estimator:
         from estimators.linear import LinearHeadEstimator
 
         eb, ev = LinearHeadEstimator.load(base_estimator), LinearHeadEstimator.load(v1_estimator)
-        by_name = {"base": eb, "v1": ev}
-        tagged = {"base": [dict(e, _m="base") for e in base], "v1": [dict(e, _m="v1") for e in v1]}
-
-        def estimated(ex: dict[str, Any]) -> np.ndarray:
-            return np.asarray(by_name[ex["_m"]].region_scores(np.asarray(ex["features"])))
-
-        out["late_chain"] = late_chain_attribution(tagged, estimated)
-        out["late_chain_no_own_copies"] = late_chain_attribution(tagged, estimated, skip_own_copies=True)
+        out["late_chain"] = _late_chain(base, v1, eb.region_scores, ev.region_scores)
+        out["late_chain_no_own_copies"] = _late_chain(
+            base, v1, eb.region_scores, ev.region_scores, skip_own_copies=True
+        )
+        direct["late_chain"] = _late_chain(base, v1_direct, eb.region_scores, ev.region_scores)
+        direct["late_chain_no_own_copies"] = _late_chain(
+            base, v1_direct, eb.region_scores, ev.region_scores, skip_own_copies=True
+        )
+        base_scorers["estimator"] = eb.region_scores
+        v1_methods["estimator"] = (ev.region_scores, ev.region_scores)
+        if v1_refit:
+            rt, rd = v1_refit["total"], v1_refit["direct_only"]
+            out["late_chain_refit"] = _late_chain(base, v1, eb.region_scores, rt.region_scores)
+            direct["late_chain_refit"] = _late_chain(base, v1_direct, eb.region_scores, rd.region_scores)
+            v1_methods["estimator_refit"] = (rt.region_scores, rd.region_scores)
+    out["direct_only"] = direct
+    out["faithfulness"] = _faithfulness_comparison(base, v1, base_scorers, v1_methods, n_boot)
+    if v1_refit and refit_info:
+        out["faithfulness"]["refit"] = dict(refit_info)
     if v1_model:
         out["copy_attention"] = copy_attention(v1_model, dataset=dataset, n=n_copy)
     if figures:
@@ -379,6 +767,33 @@ def run_analysis(
         if "copy_attention" in out and out["copy_attention"]["n_tokens"]:
             copy_attention_plot(out["copy_attention"], d / "copy_attention.png")
     return out
+
+
+def _faithfulness_comparison(
+    base: list[dict[str, Any]],
+    v1: list[dict[str, Any]],
+    base_scorers: Mapping[str, Scorer],
+    v1_methods: Mapping[str, tuple[Scorer, Scorer]],
+    n_boot: int,
+) -> dict[str, Any]:
+    """Base figures, v1 total and direct-only figures, and v1 − base for each (a refit v1 estimator
+    against the base's estimator)."""
+    base_units = {name: _units(base, sc, direct=False, part="via_copy") for name, sc in base_scorers.items()}
+    base_res = {
+        "n_examples": len(base),
+        "n_spans": int(sum(np.asarray(e["features"]).shape[0] for e in base)),
+        "direct_equals_total": not any(e.get("parts") for e in base),  # a plain model has no copy tokens
+        "methods": {name: _metrics(u, n_boot) for name, u in base_units.items()},
+    }
+    v1_res, v1_units = _total_and_direct_units(v1, v1_methods, "via_copy", n_boot)
+    versus: dict[str, Any] = {}
+    for name, kinds in v1_units.items():
+        ref = base_units.get(name) or base_units.get("estimator")
+        if ref is None:
+            continue
+        versus[name] = {kind: _versus(ref, u, n_boot) for kind, u in kinds.items()}
+        versus[name]["base_method"] = name if name in base_units else "estimator"
+    return {"base": base_res, "v1": v1_res, "v1_minus_base": versus}
 
 
 def copy_attention(model: str, *, dataset: str = "shapes:test", n: int = 30) -> dict[str, Any]:

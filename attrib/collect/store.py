@@ -9,7 +9,9 @@ Storage (one directory per collection):
   ``features`` ``(n_spans, K, L, H)`` float32, ``span_offsets`` ``(n_examples + 1,)``,
   ``subsets`` ``(n_examples, M, K)`` uint8 (1 = removed), ``subset_deltas``
   ``(n_spans, M)``, ``loo_deltas`` ``(n_spans, K)`` (when leave-one-out ran),
-  ``regions_{i}`` per example ``(H, W)`` int16 label maps.
+  ``regions_{i}`` per example ``(H, W)`` int16 label maps, and for a variant with alias key
+  parts ``part.{name}`` ``(n_spans, K, L, H)`` (v1: ``part.via_copy``, the part of ``features``
+  that reached the regions through copy tokens; the direct part is ``features`` minus it).
 - ``shard-00000.json``: per example: uid, question, answer, output, correctness,
   spans (text and token range), the ground-truth regions each span names (where
   the dataset knows them) and what the model's variant records (v1: copy sources).
@@ -86,9 +88,14 @@ class Collection:
         return out
 
     def examples(self) -> Iterator[dict[str, Any]]:
-        """Per example: its record plus ``features``, ``subsets``, ``subset_deltas``, ``loo_deltas``, ``regions``."""
+        """Per example: its record plus ``features``, ``subsets``, ``subset_deltas``, ``loo_deltas``, ``regions``.
+
+        Collections of a variant with alias key parts (v1: ``via_copy``) also give ``parts``:
+        per part, the ``(n_spans, K, L, H)`` share of ``features`` that reached the regions through it.
+        """
         for arrays, recs in self.shards():
             off = arrays["span_offsets"]
+            parts = {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith("part.")}
             for i, rec in enumerate(recs["examples"]):
                 a, b = int(off[i]), int(off[i + 1])
                 ex = dict(rec)
@@ -98,6 +105,8 @@ class Collection:
                 if "loo_deltas" in arrays:
                     ex["loo_deltas"] = arrays["loo_deltas"][a:b]
                 ex["regions"] = arrays[f"regions_{i}"]
+                if parts:
+                    ex["parts"] = {n: p[a:b] for n, p in parts.items()}
                 yield ex
 
     @property
