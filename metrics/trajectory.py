@@ -741,6 +741,8 @@ class TortuosityFlagger:
     Attributes:
         threshold_: The calibrated threshold.
         n_reference_: Reference chains long enough to calibrate on.
+        heldout_: The calibration's held-out figures (``fpr``, ``recall``, ``n_reference``, ``n_failure``),
+            set by whoever measured them (``attrib trajectories``); ``None`` when unknown.
         flagged_at: Index (0-based) of the span whose arrival raised the flag, or ``None``.
         n_seen: Spans seen since the last reset.
     """
@@ -757,6 +759,7 @@ class TortuosityFlagger:
         self.top = top
         self.normalize = normalize
         self.eps = eps
+        self.heldout_: dict[str, float] | None = None
         self.reset()
 
     # -------------------------------------------------------------- calibration
@@ -855,7 +858,7 @@ class TortuosityFlagger:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready calibrated state (settings and threshold; not the current chain)."""
         self._check()
-        return {
+        d: dict[str, Any] = {
             "fpr": self.fpr,
             "min_spans": self.min_spans,
             "top": self.top,
@@ -864,6 +867,25 @@ class TortuosityFlagger:
             "threshold": self.threshold_,
             "n_reference": self.n_reference_,
         }
+        heldout = self.heldout_
+        if heldout:
+            d["heldout"] = dict(heldout)
+        return d
+
+    def heldout_figures(self) -> dict[str, float] | None:
+        """The calibration's held-out figures, when recorded: ``fpr`` (successful chains flagged, by
+        cross-fitting), ``recall`` (failed chains flagged; failures never enter calibration) and the counts."""
+        h = self.heldout_
+        return dict(h) if h else None
+
+    def works(self, ratio: float = 2.0) -> bool:
+        """Whether the flag is worth showing by default: held-out recall at least ``ratio`` times the
+        false-positive rate (the larger of the target and the held-out one). ``False`` without figures."""
+        h = self.heldout_figures()
+        if not h or h.get("recall") is None or h.get("fpr") is None:
+            return False
+        recall, fpr = float(h["recall"]), max(float(h["fpr"]), self.fpr)
+        return bool(np.isfinite(recall) and recall >= ratio * fpr)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TortuosityFlagger:
@@ -877,4 +899,6 @@ class TortuosityFlagger:
         )
         f.threshold_ = float(d["threshold"])
         f.n_reference_ = int(d["n_reference"])
+        if isinstance(d.get("heldout"), Mapping):
+            f.heldout_ = {str(k): float(v) for k, v in d["heldout"].items()}
         return f

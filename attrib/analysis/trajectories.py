@@ -229,6 +229,12 @@ def _flagger_block(
         return float(np.mean([flagged[i] is not None for i in idx])), len(idx)
 
     progress = [(f + 1) / c.n_spans for f, c in zip(flagged, chains, strict=True) if c.failed and f is not None]
+    fl.heldout_ = {
+        "fpr": float(np.mean(held)),
+        "recall": rate(FAILURES)[0],
+        "n_reference": float(len(succ)),
+        "n_failure": float(rate(FAILURES)[1]),
+    }
     out.update(
         {
             "threshold": fl.threshold_,

@@ -6,12 +6,14 @@ import argparse
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 __all__ = [
     "add_generation_options",
     "add_model_options",
     "console",
+    "flag_label",
     "generate_kwargs",
     "load_flagger",
     "out",
@@ -108,7 +110,12 @@ def generate_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def load_flagger(path: str | None, loaded: Any) -> Any:
-    """The failure flagger to stream with: ``none``, a JSON file, or (default) the one that ships with the model."""
+    """The failure flagger to stream with: ``none``, a JSON file (always used), or (default) the one that
+    ships with the model, used only when its held-out recall is at least twice its false-positive rate.
+
+    Raises:
+        ValueError: For a file that is not a flagger.
+    """
     import json
     from pathlib import Path
 
@@ -116,9 +123,34 @@ def load_flagger(path: str | None, loaded: Any) -> Any:
 
     if path == "none":
         return None
+    explicit = path is not None
     if path is None:
         p = loaded.default_flagger()
         if p is None:
             return None
         path = str(p)
-    return TortuosityFlagger.from_dict(json.loads(Path(path).read_text()))
+    try:
+        fl = TortuosityFlagger.from_dict(json.loads(Path(path).read_text()))
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"--flagger {path} is not a flagger saved by `attrib trajectories --save-flagger`: {e}") from e
+    if not explicit and not fl.works():
+        h = fl.heldout_figures()
+        why = (
+            f"its held-out recall {h['recall']:.3f} at FPR {max(h['fpr'], fl.fpr):.2f} is under twice the FPR"
+            if h
+            else "it records no held-out figures"
+        )
+        console.print(
+            f"[dim]failure flag off: the model's flagger does not earn a default place ({why}); "
+            f"pass --flagger {escape(path)} to use it anyway[/dim]"
+        )
+        return None
+    return fl
+
+
+def flag_label(flagger: Any) -> str:
+    """``FLAG`` with the flagger's held-out recall and false-positive rate, when recorded."""
+    h = flagger.heldout_figures() if flagger is not None and hasattr(flagger, "heldout_figures") else None
+    if not h:
+        return "FLAG (held-out recall unknown)"
+    return f"FLAG (catches {h['recall']:.0%} of failures, {max(h['fpr'], flagger.fpr):.0%} false alarms, held out)"

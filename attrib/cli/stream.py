@@ -11,7 +11,15 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
-from attrib.cli.console import add_generation_options, add_model_options, console, generate_kwargs, load_flagger, out
+from attrib.cli.console import (
+    add_generation_options,
+    add_model_options,
+    console,
+    flag_label,
+    generate_kwargs,
+    load_flagger,
+    out,
+)
 
 __all__ = ["register"]
 
@@ -40,7 +48,7 @@ def _stream_options(q: argparse.ArgumentParser) -> None:
     )
 
 
-def _print_event(console_out: Console, ev: Any) -> None:
+def _print_event(console_out: Console, ev: Any, flag: str = "FLAG") -> None:
     from attrib.streaming.stream import SpanEvent
 
     if isinstance(ev, SpanEvent):
@@ -49,10 +57,10 @@ def _print_event(console_out: Console, ev: Any) -> None:
             f"r{r}:{v:+.3f}" + (f" (copy {float(via[r]):+.3f})" if via is not None else "") for r, v in ev.top_regions
         )
         shares = "".join(f"  [magenta]{k} share {v:.3f}[/magenta]" for k, v in ev.shares.items())
-        flag = " [red bold]FLAG[/red bold]" if ev.flagged else ""
+        mark = f" [red bold]{escape(flag)}[/red bold]" if ev.flagged else ""
         console_out.print(
             f"  [dim]{ev.index:>2} @{ev.span_end_s:5.2f}s +{ev.latency_ms:4.1f}ms[/dim] {escape(ev.text)}"
-            f"  [cyan]-> {tops}[/cyan]{shares}{flag}"
+            f"  [cyan]-> {tops}[/cyan]{shares}{mark}"
         )
 
 
@@ -91,7 +99,7 @@ def run_stream(
                     )
                 console_out.print(f"  answer: [bold]{escape(str(res.answer))}[/bold]{verdict}")
             else:
-                _print_event(console_out, ev)
+                _print_event(console_out, ev, flag_label(flagger))
     if res is None:
         raise RuntimeError("the stream ended without a final event")
     if not getattr(args, "no_verify", False):

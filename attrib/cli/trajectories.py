@@ -93,6 +93,14 @@ def run(args: argparse.Namespace) -> int:
         if state is None:
             raise ValueError(f"the flagger could not be calibrated: {res['flagger'].get('error')}")
         atomic_write_json(args.save_flagger, state)
+        h = state.get("heldout") or {}
+        from metrics.trajectory import TortuosityFlagger
+
+        shown = "shown by default" if TortuosityFlagger.from_dict(state).works() else "opt-in only (--flagger FILE)"
+        console.print(
+            f"wrote {args.save_flagger}: held-out recall {_fmt(h.get('recall'))} at FPR {_fmt(h.get('fpr'))} "
+            f"({int(h.get('n_failure', 0))} failed, {int(h.get('n_reference', 0))} successful chains); {shown}"
+        )
     t = Table(
         title=f"trajectories: {res['n_success']} success, {res['n_failure']} failure "
         f"({res['n_hallucination']} hallucination, {res['n_reasoning_error']} reasoning error)"
