@@ -1,0 +1,122 @@
+"""Write the generated tables of docs/benchmarks.md from the benchmarks' JSON outputs.
+
+Usage:
+    python examples/bench_docs.py [--out out] [--write docs/benchmarks.md] [--check]
+
+Each generated block sits between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->`` in the Markdown
+file, and is rebuilt from ``OUT/<json>`` by the renderer registered for NAME below. A block whose JSON
+is missing is left as it is (and named on stderr), so a partial run never erases figures. Without
+``--write`` the blocks are printed. ``--check`` exits 1 when a block in the file differs from what its
+JSON gives (the figures were edited by hand, or the JSON is newer than the page).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+Renderer = Callable[[dict[str, Any]], list[str]]
+
+
+def _s(x: float) -> str:
+    """Seconds, to three significant figures."""
+    return f"{x:.3g}" if x < 100 else f"{x:,.0f}"
+
+
+def user_model(d: dict[str, Any]) -> list[str]:
+    """The cost of one collected example on language models of growing size (bench_user_model.py)."""
+    lines = [
+        f"Measured: {d['machine']}, {d['torch_threads']} torch threads, {d['dtype']}; per example "
+        f"{d['generated_tokens']} generated tokens, {d['prompt_tokens']} prompt tokens of which "
+        f"{d['image_tokens']} image tokens, K = {d['k']} regions, {d['n_subsets']} removal sets in batches of "
+        f"{d['batch_size']}; medians of {d['runs'][0]['repeats']} repeats.",
+        "",
+        "| language model | LM parameters | generation + capture (s) | s / removal set | s / example | "
+        "s / example with leave-one-out |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in d["runs"]:
+        lines.append(
+            f"| {r['name']} | {r['params_lm'] / 1e6:,.0f} M | {_s(r['seconds_generation'])} | "
+            f"{_s(r['seconds_per_subset'])} | {_s(r['seconds_per_example'])} | "
+            f"{_s(r['seconds_per_example_with_loo'])} |"
+        )
+    p = d.get("projection")
+    if p:
+        lines += [
+            "",
+            f"Projection to the {p['target']} ({p['params_lm'] / 1e9:.2f} B parameters; {p['fit']}): "
+            f"{_s(p['seconds_per_example'])} s per example, {p['hours_per_1000_examples']:,.0f} hours per 1,000 "
+            "examples on this CPU. A projection, not a measurement.",
+        ]
+    return lines
+
+
+#: block name -> (JSON file under --out, renderer)
+BLOCKS: dict[str, tuple[str, Renderer]] = {
+    "user-model": ("bench_user_model.json", user_model),
+}
+
+
+def render(out: Path) -> dict[str, str]:
+    """The blocks whose JSON exists, rendered."""
+    done: dict[str, str] = {}
+    for name, (fname, fn) in BLOCKS.items():
+        path = out / fname
+        if not path.is_file():
+            print(f"bench_docs: {path} missing; block {name!r} left as it is", file=sys.stderr)
+            continue
+        done[name] = "\n".join(fn(json.loads(path.read_text()))) + "\n"
+    return done
+
+
+def replace_blocks(text: str, blocks: dict[str, str]) -> str:
+    """``text`` with each named block's content replaced.
+
+    Raises:
+        ValueError: If a block's markers are missing from ``text``.
+    """
+    for name, body in blocks.items():
+        pat = re.compile(rf"(<!-- {re.escape(name)}:start -->\n)(.*?)(<!-- {re.escape(name)}:end -->)", re.S)
+        if not pat.search(text):
+            raise ValueError(f"no '<!-- {name}:start -->' ... '<!-- {name}:end -->' block in the page")
+        text = pat.sub(lambda m, body=body: m.group(1) + body + m.group(3), text)
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=Path("out"), help="folder of the benchmarks' JSON files")
+    ap.add_argument("--write", type=Path, default=None, help="Markdown file whose blocks are replaced")
+    ap.add_argument("--check", action="store_true", help="exit 1 if the file's blocks differ from the JSONs")
+    a = ap.parse_args(argv)
+    blocks = render(a.out)
+    if a.write is None:
+        for name, body in blocks.items():
+            print(f"<!-- {name} -->\n{body}")
+        return 0
+    old = a.write.read_text()
+    try:
+        new = replace_blocks(old, blocks)
+    except ValueError as e:
+        print(f"error: {a.write}: {e}", file=sys.stderr)
+        return 2
+    if a.check:
+        if new != old:
+            print(f"{a.write}: generated blocks differ from {a.out}/*.json", file=sys.stderr)
+            return 1
+        return 0
+    if new != old:
+        tmp = a.write.with_suffix(a.write.suffix + ".tmp")
+        tmp.write_text(new)
+        tmp.replace(a.write)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
