@@ -1,18 +1,24 @@
 """Write the generated tables of docs/benchmarks.md from the benchmarks' JSON outputs.
 
 Usage:
-    python examples/bench_docs.py [--out out] [--write docs/benchmarks.md] [--check]
+    python examples/bench_docs.py [--results docs/results] [--write docs/benchmarks.md] [--check]
 
 Each generated block sits between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->`` in the Markdown
-file, and is rebuilt from ``OUT/<json>`` by the renderer registered for NAME below. A block whose JSON
-is missing is left as it is (and named on stderr), so a partial run never erases figures. Without
-``--write`` the blocks are printed. ``--check`` exits 1 when a block in the file differs from what its
-JSON gives (the figures were edited by hand, or the JSON is newer than the page).
+file, and is rebuilt from ``RESULTS/<json>`` by the renderer registered for NAME: in ``BLOCKS`` below
+and in the ``BLOCKS`` of every ``examples/tables_*.py``. The published result JSONs live in
+``docs/results/`` (tracked: a benchmark writes to ``out/``, and a run worth publishing is copied
+there), so a clean clone can check that the page says what its JSONs say:
+``python examples/bench_docs.py --write docs/benchmarks.md --check`` (a test does).
+
+A block whose JSON is missing is left as it is (and named on stderr), so a partial run never erases
+figures. Without ``--write`` the blocks are printed. ``--check`` exits 1 when a block in the file
+differs from what its JSON gives (figures edited by hand, or a JSON newer than the page).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import re
 import sys
@@ -63,10 +69,32 @@ BLOCKS: dict[str, tuple[str, Renderer]] = {
 }
 
 
+RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
+
+
+def registry() -> dict[str, tuple[str, Renderer]]:
+    """Every block: this module's and those of ``examples/tables_*.py``.
+
+    Raises:
+        ValueError: If two modules register the same block name.
+    """
+    blocks = dict(BLOCKS)
+    for f in sorted(Path(__file__).resolve().parent.glob("tables_*.py")):
+        spec = importlib.util.spec_from_file_location(f.stem, f)
+        assert spec is not None and spec.loader is not None
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        for name, entry in getattr(mod, "BLOCKS", {}).items():
+            if name in blocks:
+                raise ValueError(f"block {name!r} registered twice ({f.name})")
+            blocks[name] = entry
+    return blocks
+
+
 def render(out: Path) -> dict[str, str]:
     """The blocks whose JSON exists, rendered."""
     done: dict[str, str] = {}
-    for name, (fname, fn) in BLOCKS.items():
+    for name, (fname, fn) in registry().items():
         path = out / fname
         if not path.is_file():
             print(f"bench_docs: {path} missing; block {name!r} left as it is", file=sys.stderr)
@@ -91,11 +119,11 @@ def replace_blocks(text: str, blocks: dict[str, str]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=Path("out"), help="folder of the benchmarks' JSON files")
+    ap.add_argument("--results", type=Path, default=RESULTS, help="folder of the published result JSONs")
     ap.add_argument("--write", type=Path, default=None, help="Markdown file whose blocks are replaced")
     ap.add_argument("--check", action="store_true", help="exit 1 if the file's blocks differ from the JSONs")
     a = ap.parse_args(argv)
-    blocks = render(a.out)
+    blocks = render(a.results)
     if a.write is None:
         for name, body in blocks.items():
             print(f"<!-- {name} -->\n{body}")
@@ -108,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if a.check:
         if new != old:
-            print(f"{a.write}: generated blocks differ from {a.out}/*.json", file=sys.stderr)
+            print(f"{a.write}: generated blocks differ from {a.results}/*.json", file=sys.stderr)
             return 1
         return 0
     if new != old:

@@ -1,0 +1,95 @@
+"""docs/benchmarks.md says what its result JSONs say (examples/bench_docs.py)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _bench_docs() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_docs", ROOT / "examples" / "bench_docs.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_the_published_page_matches_its_jsons() -> None:
+    """Every generated block of docs/benchmarks.md equals what docs/results/*.json give."""
+    bd = _bench_docs()
+    page = ROOT / "docs" / "benchmarks.md"
+    text = page.read_text()
+    blocks = bd.render(ROOT / "docs" / "results")
+    assert blocks, "no result JSON found in docs/results"
+    assert bd.replace_blocks(text, blocks) == text
+    for name in bd.registry():
+        assert f"<!-- {name}:start -->" in text, f"block {name} has no place in docs/benchmarks.md"
+
+
+def test_check_fails_on_a_hand_edited_figure(tmp_path: Path) -> None:
+    bd = _bench_docs()
+    page = tmp_path / "b.md"
+    shutil.copy(ROOT / "docs" / "benchmarks.md", page)
+    args = ["--results", str(ROOT / "docs" / "results"), "--write", str(page), "--check"]
+    assert bd.main(args) == 0
+    text = page.read_text()
+    start = text.index("<!-- user-model:start -->")
+    row = text.index("| hidden 256, 4 layers |", start)
+    end = text.index("\n", row)
+    page.write_text(text[:row] + "| hidden 256, 4 layers | 82 M | 1.00 | 0.100 | 9.99 | 10.0 |" + text[end:])
+    assert bd.main(args) == 1
+    # Writing restores the figures; the check then passes.
+    assert bd.main(args[:-1]) == 0 and bd.main(args) == 0
+    assert page.read_text() == text
+
+
+def test_user_model_block_by_hand(tmp_path: Path) -> None:
+    bd = _bench_docs()
+    d = {
+        "machine": "x86_64",
+        "torch_threads": 2,
+        "dtype": "float32",
+        "generated_tokens": 10,
+        "image_tokens": 4,
+        "prompt_tokens": 9,
+        "n_subsets": 3,
+        "k": 2,
+        "batch_size": 3,
+        "runs": [
+            {
+                "name": "m",
+                "params_lm": 2_500_000,
+                "seconds_generation": 1.23456,
+                "seconds_per_subset": 0.5,
+                "seconds_per_example": 123.4,
+                "seconds_per_example_with_loo": 1234.5,
+                "repeats": 3,
+            }
+        ],
+    }
+    lines = bd.user_model(d)
+    assert "| m | 2 M | 1.23 | 0.5 | 123 | 1,234 |" in lines  # 3 significant figures, then whole seconds
+    assert "medians of 3 repeats" in lines[0] and "K = 2 regions" in lines[0]
+    (tmp_path / "bench_user_model.json").write_text(json.dumps(d))
+    page = tmp_path / "p.md"
+    page.write_text("a\n<!-- user-model:start -->\nold\n<!-- user-model:end -->\nb\n")
+    assert bd.main(["--results", str(tmp_path), "--write", str(page)]) == 0
+    text = page.read_text()
+    assert "old" not in text and "| m | 2 M |" in text and text.startswith("a\n") and text.endswith("b\n")
+
+
+def test_a_missing_json_leaves_its_block_and_a_missing_block_is_an_error(tmp_path: Path) -> None:
+    bd = _bench_docs()
+    page = tmp_path / "p.md"
+    page.write_text("<!-- user-model:start -->\nkept\n<!-- user-model:end -->\n")
+    assert bd.main(["--results", str(tmp_path), "--write", str(page)]) == 0
+    assert "kept" in page.read_text()
+    with pytest.raises(ValueError, match="user-model"):
+        bd.replace_blocks("no markers", {"user-model": "x\n"})
