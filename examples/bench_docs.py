@@ -10,6 +10,9 @@ and in the ``BLOCKS`` of every ``examples/tables_*.py``. The published result JS
 there), so a clean clone can check that the page says what its JSONs say:
 ``python examples/bench_docs.py --write docs/benchmarks.md --check`` (a test does).
 
+A block drawn from several JSONs registers a tuple of file names; its renderer then gets
+``{file name: that file's contents}``.
+
 A block whose JSON is missing is left as it is (and named on stderr), so a partial run never erases
 figures. Without ``--write`` the blocks are printed. ``--check`` exits 1 when a block in the file
 differs from what its JSON gives (figures edited by hand, or a JSON newer than the page).
@@ -63,8 +66,8 @@ def user_model(d: dict[str, Any]) -> list[str]:
     return lines
 
 
-#: block name -> (JSON file under --out, renderer)
-BLOCKS: dict[str, tuple[str, Renderer]] = {
+#: block name -> (JSON file under --results, or a tuple of them, renderer)
+BLOCKS: dict[str, tuple[str | tuple[str, ...], Renderer]] = {
     "user-model": ("bench_user_model.json", user_model),
 }
 
@@ -72,7 +75,7 @@ BLOCKS: dict[str, tuple[str, Renderer]] = {
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
 
 
-def registry() -> dict[str, tuple[str, Renderer]]:
+def registry() -> dict[str, tuple[str | tuple[str, ...], Renderer]]:
     """Every block: this module's and those of ``examples/tables_*.py``.
 
     Raises:
@@ -95,11 +98,13 @@ def render(out: Path) -> dict[str, str]:
     """The blocks whose JSON exists, rendered."""
     done: dict[str, str] = {}
     for name, (fname, fn) in registry().items():
-        path = out / fname
-        if not path.is_file():
-            print(f"bench_docs: {path} missing; block {name!r} left as it is", file=sys.stderr)
+        names = (fname,) if isinstance(fname, str) else fname
+        missing = [out / f for f in names if not (out / f).is_file()]
+        if missing:
+            print(f"bench_docs: {', '.join(map(str, missing))} missing; block {name!r} left as it is", file=sys.stderr)
             continue
-        done[name] = "\n".join(fn(json.loads(path.read_text()))) + "\n"
+        data = {f: json.loads((out / f).read_text()) for f in names}
+        done[name] = "\n".join(fn(data[fname] if isinstance(fname, str) else data)) + "\n"
     return done
 
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Fit and evaluate on the collections written by examples/collect_faithfulness.sh (the figures in
-# docs/benchmarks.md), then bundle the estimator and the failure flagger with the model.
+# Fit and evaluate on the collections written by examples/rebuild_faithfulness.sh (which runs this
+# script last; the figures in docs/benchmarks.md), then bundle the estimator and the failure flagger
+# with the model.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 A=".venv/bin/attrib"

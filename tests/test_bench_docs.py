@@ -93,3 +93,26 @@ def test_a_missing_json_leaves_its_block_and_a_missing_block_is_an_error(tmp_pat
     assert "kept" in page.read_text()
     with pytest.raises(ValueError, match="user-model"):
         bd.replace_blocks("no markers", {"user-model": "x\n"})
+
+
+def test_a_block_from_several_jsons(tmp_path: Path) -> None:
+    """A block registered with a tuple of files gets them all, by name; one missing leaves the block."""
+    bd = _bench_docs()
+    (tmp_path / "a.json").write_text(json.dumps({"x": 1}))
+    page = tmp_path / "p.md"
+    page.write_text("<!-- two:start -->\nold\n<!-- two:end -->\n")
+    seen: list[dict[str, object]] = []
+
+    def both(d: dict[str, object]) -> list[str]:
+        seen.append(d)
+        return [f"{d['a.json']['x']} {d['b.json']['y']}"]  # type: ignore[index]
+
+    bd.BLOCKS["two"] = (("a.json", "b.json"), both)
+    try:
+        assert bd.main(["--results", str(tmp_path), "--write", str(page)]) == 0
+        assert "old" in page.read_text() and not seen  # b.json missing: left as it is
+        (tmp_path / "b.json").write_text(json.dumps({"y": 2}))
+        assert bd.main(["--results", str(tmp_path), "--write", str(page)]) == 0
+        assert page.read_text() == "<!-- two:start -->\n1 2\n<!-- two:end -->\n"
+    finally:
+        del bd.BLOCKS["two"]
