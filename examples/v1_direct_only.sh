@@ -8,7 +8,8 @@
 #   v1    the same two splits (data/v1-test, data/v1-validation) and shapes:train 0-1,349 for the refit
 #         (data/v1-train-a, data/v1-train-b), the sizes of examples/v1_experiment.sh
 # then runs `attrib v1` on both splits with --v1-train (the estimator refit on total and on direct-only
-# features) and writes the table of docs/benchmarks.md with examples/v1_tables.py.
+# features), publishes both JSONs to docs/results/ (v1_analysis.json, v1_analysis_validation.json) and
+# rebuilds docs/benchmarks.md's blocks from them (examples/publish_results.py; renderer: examples/v1_tables.py).
 # The estimators with fixed weights are the bundled ones (attrib/shapes/bundled/<name>/estimator.*).
 #
 # Every step runs in sequence with $THREADS threads (default 2); set ATTRIB_LOCK to a lock file to run
@@ -41,8 +42,9 @@ echo COLLECT DONE
 [ "${1:-}" = collect ] && exit 0  # `bash examples/v1_direct_only.sh collect`: the collections only
 TRAIN="data/v1-train-a data/v1-train-b"
 t $A v1 --base-test data/test --v1-test data/v1-test --base-estimator $BASE/estimator \
-    --v1-estimator $V1/estimator --v1-train $TRAIN --json out/v1_direct_only.json
+    --v1-estimator $V1/estimator --v1-model $V1 --v1-train $TRAIN --json out/v1_direct_only.json
 t $A v1 --base-test data/validation --v1-test data/v1-validation --base-estimator $BASE/estimator \
     --v1-estimator $V1/estimator --v1-train $TRAIN --json out/v1_direct_only_validation.json
-$PY examples/v1_tables.py out/v1_direct_only.json out/v1_direct_only_validation.json --write docs/benchmarks.md
+$PY examples/publish_results.py out/v1_direct_only.json out/v1_direct_only_validation.json \
+    --as v1_analysis.json v1_analysis_validation.json
 echo V1 DIRECT-ONLY DONE

@@ -49,7 +49,9 @@ t $A v1 --base-test data/test --v1-test data/v1-test --base-estimator models/est
 t $A v1 --base-test data/validation --v1-test data/v1-validation --base-estimator models/estimator \
     --v1-estimator models/v1-estimator --v1-train $TRAIN --json out/v1_analysis_validation.json \
     --figures out/figures/v1-validation
-.venv/bin/python examples/v1_tables.py out/v1_analysis.json out/v1_analysis_validation.json
+.venv/bin/python examples/publish_results.py out/eval_base.json out/eval_v1.json out/v1_paired.json \
+    out/eval_v1_copy_mean.json out/eval_v1_copy_token.json out/v1_paired_copy_mean.json out/v1_paired_copy_token.json \
+    out/faithfulness_v1.json out/v1_analysis.json out/v1_analysis_validation.json
 cp models/v1-estimator.safetensors "$M/estimator.safetensors"
 cp models/v1-estimator.json "$M/estimator.json"
 echo V1 DONE

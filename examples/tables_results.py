@@ -1,0 +1,581 @@
+"""Renderers of docs/benchmarks.md's measured tables, from the result JSONs in docs/results/.
+
+Registered with ``examples/bench_docs.py`` through ``BLOCKS`` (block name -> (JSON file or files,
+renderer)); ``python examples/bench_docs.py --write docs/benchmarks.md`` rebuilds every block. Each
+JSON is the ``--json`` output of the command the page shows beside the block (the per-example
+``outcomes`` of ``attrib shapes eval`` are left out of the published copy; ``paired_accuracy.py``
+reads them before that).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+from typing import Any
+
+# --- formatting -------------------------------------------------------------------------------------
+
+
+def _f(x: float | None, digits: int = 3, sign: bool = False) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "—"
+    return (f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}").replace("-", "−")
+
+
+def _ci(m: dict[str, Any] | None, digits: int = 3, ci_digits: int = 2, key: str = "value", sign: bool = False) -> str:
+    """``value [low, high]`` of a metric dict (``value``/``ci_low``/``ci_high``)."""
+    if not m:
+        return "—"
+    return f"{_f(m[key], digits, sign)} [{_f(m['ci_low'], ci_digits, sign)}, {_f(m['ci_high'], ci_digits, sign)}]"
+
+
+def _p(p: float) -> str:
+    """A p-value: one significant figure below 0.001, three decimals above."""
+    if p < 1e-3:
+        m, e = f"{p:.0e}".split("e")
+        return f"{m}e{int(e)}"
+    return f"{p:.3f}" if p < 0.995 else "1"
+
+
+def _n(x: int) -> str:
+    return f"{x:,}"
+
+
+def _ms(s: float) -> str:
+    return f"{s * 1e3:.0f} ms" if s < 1 else f"{s:.2f} s"
+
+
+# --- the bundled model's accuracy (attrib shapes eval --json) ----------------------------------------
+
+
+def bundled_eval(d: dict[str, Any]) -> list[str]:
+    """Accuracy, blank-image control, failures and per-family accuracy of one evaluation."""
+    lo, hi = d["accuracy_ci"]
+    blo, bhi = d["blank_image_accuracy_ci"]
+    kinds = d.get("failure_kinds", {})
+    fk = ", ".join(f"{v} {k.replace('_', ' ')}s" for k, v in sorted(kinds.items()))
+    lines = [
+        f"`{d['model'].rstrip('/').split('/')[-1]}`, `shapes:{d['split']}` {d['start']}–{d['start'] + d['n'] - 1} "
+        f"(n = {_n(d['n'])}): accuracy **{_f(d['accuracy'])}** (95 % CI {_f(lo)}–{_f(hi)}), blank-image "
+        f"accuracy **{_f(d['blank_image_accuracy'])}** (CI {_f(blo)}–{_f(bhi)}), a gap of "
+        f"**{_f(d['accuracy'] - d['blank_image_accuracy'])}**; failures **{d['n_failures']}**"
+        + (f" ({fk})" if fk else "")
+        + f"; parse rate **{_f(d['parse_rate'])}**; {_ms(d['seconds_per_example'])} per example (greedy).",
+        "",
+        "| family | n | accuracy | blank image |",
+        "|---|---|---|---|",
+    ]
+    for fam, r in sorted(d["per_family"].items()):
+        lines.append(f"| {fam} | {r['n']} | {_f(r['accuracy'])} | {_f(r['blank_image_accuracy'])} |")
+    return lines
+
+
+# --- faithfulness (attrib evaluate --json) ----------------------------------------------------------
+
+#: What the estimator is asked to reach (the project's targets).
+TARGETS = {"lds": 0.80, "r2": 0.65, "top5_drop_normalized": 0.95, "pointing": 0.90}
+SPEEDUP_TARGET = 100.0
+
+
+def _label(name: str, d: dict[str, Any]) -> str:
+    return {
+        "estimator": "**estimator (L×H)**",
+        "raw_attention": "raw attention",
+        "best_layer": f"best single layer (layer {d.get('best_layer', '?')})",
+        "input_x_gradient": "input × gradient",
+        "integrated_gradients": "integrated gradients",
+        "contextcite": "ContextCite (Lasso)",
+        "leave_one_out": "leave-one-out",
+    }.get(name, name)
+
+
+def _plain(name: str, d: dict[str, Any]) -> str:
+    return _label(name, d).replace("**", "")
+
+
+def _interval_note(d: dict[str, Any]) -> str:
+    unit = d.get("interval_unit", "span")
+    return f"95 % bootstrap intervals in brackets, resampling {unit}s" + (
+        " (each with all its spans)" if unit == "example" else ""
+    )
+
+
+def faithfulness(d: dict[str, Any]) -> list[str]:
+    """Every method's LDS, R², top-5 drop, pointing and cost, and the estimator against the targets."""
+    ms = d["methods"]
+    lines = [
+        f"Held out: {d['n_examples']} examples, {_n(d['n_spans'])} spans; {_interval_note(d)}.",
+        "",
+        "| method | LDS | R² vs LOO | top-5 drop | top-5 drop / LOO | pointing | s / token |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, m in ms.items():
+        lines.append(
+            f"| {_label(name, d)} | {_ci(m['lds'])} | {_ci(m['r2'])} | {_f(m['top5_drop']['value'], 2)} | "
+            f"{_ci(m['top5_drop_normalized'])} | {_f(m['pointing']['value'])} | {m['seconds_per_token']:.1e} |"
+        )
+    est = ms.get("estimator")
+    if not est:
+        return lines
+    names = {"lds": "LDS", "r2": "R²", "top5_drop_normalized": "top-5 drop / LOO", "pointing": "pointing"}
+    met = [f"{names[k]} {_f(est[k]['value'])} ≥ {t:.2f}" for k, t in TARGETS.items() if est[k]["value"] >= t]
+    missed = [f"{names[k]} {_f(est[k]['value'])} < {t:.2f}" for k, t in TARGETS.items() if est[k]["value"] < t]
+    lines += [
+        "",
+        "Against the targets: " + "; ".join([*(f"{x} (met)" for x in met), *(f"{x} (not met)" for x in missed)]),
+    ]
+    others = [n for n in ms if n != "estimator"]
+    for k in TARGETS:
+        if est[k]["value"] >= TARGETS[k]:
+            also = [f"{_plain(n, d)} {_f(ms[n][k]['value'])}" for n in others if ms[n][k]["value"] >= TARGETS[k]]
+            if also:
+                lines[-1] += f". The {names[k]} target is met by other methods too: {', '.join(also)}"
+    loo = ms.get("leave_one_out")
+    if loo:
+        ratio = loo["seconds_per_token"] / est["seconds_per_token"]
+        lines[-1] += (
+            f". Per token the estimator costs {est['seconds_per_token']:.1e} s against leave-one-out's "
+            f"{loo['seconds_per_token']:.1e} s: {ratio:,.0f}× cheaper (target ≥ {SPEEDUP_TARGET:.0f}×: "
+            f"{'met' if ratio >= SPEEDUP_TARGET else 'not met'})"
+        )
+    order = sorted(ms, key=lambda n: -ms[n]["lds"]["value"])
+    above = [f"{_plain(n, d)} {_f(ms[n]['lds']['value'])}" for n in order[: order.index("estimator")]]
+    below = [f"{_plain(n, d)} {_f(ms[n]['lds']['value'])}" for n in order[order.index("estimator") + 1 :]]
+    lines[-1] += (
+        f". On LDS the estimator ({_f(est['lds']['value'])}) ranks below {', '.join(above) or 'no method'}"
+        f" and above {', '.join(below) or 'no method'}."
+    )
+    return lines
+
+
+def ridge(data: dict[str, Any]) -> list[str]:
+    """The closed-form ridge estimator beside the Pearson-loss one."""
+    r = data["faithfulness_ridge.json"]["methods"]["estimator"]
+    p = data["faithfulness.json"]["methods"]["estimator"]
+    return [
+        f"Ridge: LDS {_ci(r['lds'])}, R² {_ci(r['r2'])}, top-5 drop / LOO {_ci(r['top5_drop_normalized'])}, "
+        f"pointing {_f(r['pointing']['value'])}; Pearson loss (the bundled estimator): LDS {_ci(p['lds'])}, "
+        f"R² {_ci(p['r2'])}, top-5 drop / LOO {_ci(p['top5_drop_normalized'])}, pointing {_f(p['pointing']['value'])}."
+    ]
+
+
+def data_efficiency(d: dict[str, Any]) -> list[str]:
+    """The estimator refit on the first n correct training examples, per n."""
+    lines = ["| training examples | LDS | R² | top-5 drop / LOO | pointing |", "|---|---|---|---|---|"]
+    for r in d.get("data_efficiency", []):
+        if "skipped" in r:
+            lines.append(f"| {_n(r['n_train'])} | {r['skipped']} | | | |")
+            continue
+        lines.append(
+            f"| {_n(r['n_train'])} | {_ci(r['lds'])} | {_ci(r['r2'])} | {_ci(r['top5_drop_normalized'])} | "
+            f"{_f(r['pointing']['value'])} |"
+        )
+    return lines
+
+
+REGION_NAMES = {"color": "colour (semantic)", "voronoi": "Voronoi", "blocks": "random blocks", "grid": "grid"}
+
+
+def regions_faithfulness(d: dict[str, Any]) -> list[str]:
+    """One estimator per region method and K (``attrib evaluate --compare-train/--compare-test``)."""
+    rows = d["region_comparison"]
+    order = list(REGION_NAMES)
+    rows = sorted(rows, key=lambda r: (order.index(r["region_method"]) if r["region_method"] in order else 99, r["k"]))
+    lines = [
+        f"Training examples per configuration: {', '.join(sorted({_n(r['n_train']) for r in rows}))}; "
+        f"{_interval_note(d)}.",
+        "",
+        "| regions | K | LDS | R² | top-5 drop / LOO | pointing |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {REGION_NAMES.get(r['region_method'], r['region_method'])} | {r['k']} | {_ci(r['lds'])} | "
+            f"{_f(r['r2']['value'])} | {_f(r['top5_drop_normalized']['value'])} | {_f(r['pointing']['value'], 2)} |"
+        )
+    return lines
+
+
+# --- v1 point-and-copy -------------------------------------------------------------------------------
+
+
+def v1_accuracy(data: dict[str, Any]) -> list[str]:
+    """Base and v1 answer accuracy on the same examples, with their paired difference."""
+    a, b, p = data["eval_base.json"], data["eval_v1.json"], data["v1_paired.json"]
+    al = p["all"]
+    lines = [
+        "| | base `shapes-qwen25vl` | v1 `shapes-qwen25vl-v1` |",
+        "|---|---|---|",
+        f"| answer accuracy | {_f(a['accuracy'])} [{_f(a['accuracy_ci'][0])}, {_f(a['accuracy_ci'][1])}] | "
+        f"**{_f(b['accuracy'])}** [{_f(b['accuracy_ci'][0])}, {_f(b['accuracy_ci'][1])}] |",
+        f"| blank-image accuracy | {_f(a['blank_image_accuracy'])} | {_f(b['blank_image_accuracy'])} |",
+        f"| parse rate | {_f(a['parse_rate'])} | {_f(b['parse_rate'])} |",
+        f"| failures | {a['n_failures']} | {b['n_failures']} |",
+        f"| **pointing accuracy** | — | **{_f(b.get('pointing_accuracy'))}** "
+        f"({_n(b.get('pointing_copies', 0))} copies in region blocks) |",
+        f"| s / example (eval) | {a['seconds_per_example']:.3f} | {b['seconds_per_example']:.3f} |",
+        "",
+        f"`shapes:{a['split']}` {a['start']}–{a['start'] + a['n'] - 1}, n = {_n(al['n'])} paired examples. "
+        f"Difference v1 − base **{_f(al['difference'], sign=True)} [{_f(al['ci_low'], sign=True)}, "
+        f"{_f(al['ci_high'], sign=True)}]** (paired bootstrap over examples); {al['only_b_right']} examples only "
+        f"v1 answers right, {al['only_a_right']} only the base (McNemar p = {_p(al['mcnemar_p'])}).",
+        "",
+        "| family | base | v1 | v1 − base | McNemar p | v1 pointing |",
+        "|---|---|---|---|---|---|",
+    ]
+    for fam, r in p["per_family"].items():
+        pt = p.get("pointing_per_family", {}).get(fam)
+        lines.append(
+            f"| {fam} | {_f(r['accuracy_a'])} | {_f(r['accuracy_b'])} | {_f(r['difference'], sign=True)} "
+            f"[{_f(r['ci_low'], sign=True)}, {_f(r['ci_high'], sign=True)}] | {_p(r['mcnemar_p'])} | "
+            f"{_f(pt['accuracy']) if pt else '—'} |"
+        )
+    return lines
+
+
+def v1_copy_feed(data: dict[str, Any]) -> list[str]:
+    """v1 with what a copy feeds back replaced, paired against the unchanged v1."""
+    v1 = data["eval_v1.json"]
+    lines = [
+        "| copy feeds back | accuracy | v1 − intervention | only unchanged right / only intervention right | "
+        "McNemar p | pointing | copies |",
+        "|---|---|---|---|---|---|---|",
+        f"| the copied patch (unchanged) | {_f(v1['accuracy'])} | — | — | — | {_f(v1.get('pointing_accuracy'))} | "
+        f"{_n(v1.get('pointing_copies', 0))} |",
+    ]
+    labels = {"mean": "the image's mean embedding", "token": "the `<|copy|>` token embedding alone"}
+    for f, label in labels.items():
+        e, pr = data[f"eval_v1_copy_{f}.json"], data[f"v1_paired_copy_{f}.json"]["all"]
+        lines.append(
+            f"| {label} | {_f(e['accuracy'])} [{_f(e['accuracy_ci'][0])}, {_f(e['accuracy_ci'][1])}] | "
+            f"{_f(-pr['difference'], sign=True)} [{_f(-pr['ci_high'], sign=True)}, {_f(-pr['ci_low'], sign=True)}] | "
+            f"{pr['only_a_right']} / {pr['only_b_right']} | {_p(pr['mcnemar_p'])} | {_f(e.get('pointing_accuracy'))} | "
+            f"{_n(e.get('pointing_copies', 0))} |"
+        )
+    fams = sorted(v1["per_family"])
+    per = "; ".join(
+        f"{fam} {_f(v1['per_family'][fam]['accuracy'])} → "
+        + " / ".join(_f(data[f"eval_v1_copy_{f}.json"]["per_family"][fam]["accuracy"]) for f in labels)
+        for fam in fams
+    )
+    lines += ["", f"Per family, unchanged → mean / token: {per}."]
+    return lines
+
+
+def v1_faithfulness(data: dict[str, Any]) -> list[str]:
+    """The estimator and baselines on the v1 model, beside the base model's figures."""
+    v, b = data["faithfulness_v1.json"], data["faithfulness.json"]
+    lines = [
+        f"v1 held out: {v['n_examples']} examples, {_n(v['n_spans'])} spans; base: {b['n_examples']} examples, "
+        f"{_n(b['n_spans'])} spans; {_interval_note(v)}.",
+        "",
+        "| method | v1 LDS | v1 R² vs LOO | v1 top-5 / LOO | v1 pointing | v1 s / token | base LDS | base R² | "
+        "base top-5 / LOO | base pointing |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, m in v["methods"].items():
+        bm = b["methods"].get(name)
+        base = (
+            f"{_ci(bm['lds'])} | {_f(bm['r2']['value'])} | {_f(bm['top5_drop_normalized']['value'])} | "
+            f"{_f(bm['pointing']['value'])}"
+            if bm
+            else "— | — | — | —"
+        )
+        lines.append(
+            f"| {_label(name, v)} | {_ci(m['lds'])} | {_f(m['r2']['value'])} | {_ci(m['top5_drop_normalized'])} | "
+            f"{_f(m['pointing']['value'])} | {m['seconds_per_token']:.1e} | {base} |"
+        )
+    return lines
+
+
+def _v1_tables() -> Any:
+    f = Path(__file__).resolve().parent / "v1_tables.py"
+    spec = importlib.util.spec_from_file_location("v1_tables", f)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def v1_direct_only(data: dict[str, Any]) -> list[str]:
+    """The direct-only control (examples/v1_tables.py), test and validation."""
+    text: str = _v1_tables().tables(data["v1_analysis.json"], data["v1_analysis_validation.json"])
+    return text.rstrip("\n").split("\n")
+
+
+def _length(row: dict[str, Any]) -> str:
+    lo, hi = row["chain_len"]
+    return f"≥ {lo}" if hi >= 100 else f"{lo}–{hi}"
+
+
+def v1_decay(data: dict[str, Any]) -> list[str]:
+    """Attention decay along the chain (v1 Fig. 3), copy share by position, copy vs source attention (Fig. 5)."""
+    lines = [
+        "| split | model | spans | slope of image mass | slope of ground-truth mass | "
+        "ground-truth mass, positions 2–8 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for split, f in (("test", "v1_analysis.json"), ("validation", "v1_analysis_validation.json")):
+        for name in ("base", "v1"):
+            dd = data[f]["decay"][name]
+            gt = [r for r in dd["by_position"] if r["position"] >= 2 and "gt_mass" in r]
+            lines.append(
+                f"| {split} | {name} | {_n(dd['n_spans'])} | {_f(dd['image_mass_slope']['slope'])} | "
+                f"{_f(dd['gt_mass_slope']['slope'])} | {' '.join(_f(r['gt_mass']) for r in gt)} |"
+            )
+    t = data["v1_analysis.json"]
+    cs = t["copy_share"]
+    lines += [
+        "",
+        "Copies' share of each v1 span's image attention (`span_copy_share`, mean over spans) by span position "
+        f"0–{len(cs['by_position']) - 1} (last: that and later), test: "
+        + ", ".join(_f(r["mean"], 2) for r in cs["by_position"])
+        + f"; {_f(cs['overall'])} over all {_n(cs['n_spans'])} spans (validation: "
+        f"{_f(data['v1_analysis_validation.json']['copy_share']['overall'])} over "
+        f"{_n(data['v1_analysis_validation.json']['copy_share']['n_spans'])}).",
+    ]
+    ca = t.get("copy_attention")
+    if ca:
+        lines += ["", *_copy_attention(ca)]
+    return lines
+
+
+def _copy_attention(ca: dict[str, Any]) -> list[str]:
+    rows = ca["by_layer"]
+    out = [
+        f"Copy vs source attention (Fig. 5), {_n(ca['n_tokens'])} tokens generated after at least one copy "
+        f"(`shapes:test` 0–{ca['n_examples'] - 1}):",
+        "",
+        "| layer | to copy tokens | to their source image tokens | ratio |",
+        "|---|---|---|---|",
+    ]
+    for r in rows:
+        ratio = r["copy"] / r["source"] if r["source"] else float("nan")
+        out.append(f"| {r['layer']} | {_f(r['copy'])} | {_f(r['source'])} | {_f(ratio, 2)} |")
+    return out
+
+
+def v1_late_chain_checks(data: dict[str, Any]) -> list[str]:
+    """The late-chain comparison's multiple-testing count and its copy-token check, total features."""
+    splits = (("validation", "v1_analysis_validation.json"), ("test", "v1_analysis.json"))
+    tests = [
+        (split, label, row)
+        for split, f in splits
+        for key, label in (("late_chain", "estimator"), ("late_chain_attention", "attention"))
+        for row in data[f][key]["buckets"]
+        if row.get("comparison")
+    ]
+    m = len(tests)
+    lost = [
+        f"{split}, {_length(row)} spans, {label}: p = {_p(row['comparison']['p_value'])}, corrected "
+        f"{_p(min(1.0, row['comparison']['p_value'] * m))}"
+        for split, label, row in tests
+        if row["comparison"]["p_value"] * m >= 0.05
+    ]
+    lines = [
+        f"- {m - len(lost)} of the {m} v1 − base comparisons on total features (both splits, both scores, three "
+        f"chain lengths) survive a Bonferroni correction for {m} tests"
+        + (f" (not: {'; '.join(lost)})" if lost else "")
+        + "."
+    ]
+    for split, f in splits:
+        d, parts, rows = data[f], [], []
+        for key, label in (
+            ("late_chain_no_own_copies", "estimator"),
+            ("late_chain_attention_no_own_copies", "attention"),
+        ):
+            rows = [r for r in d.get(key, {}).get("buckets", []) if r.get("comparison")]
+            if rows:
+                c = rows[-1]["comparison"]
+                parts.append(
+                    f"{label} {_f(c['difference'], sign=True)} [{_f(c['examples_ci_low'], sign=True)}, "
+                    f"{_f(c['examples_ci_high'], sign=True)}], δ {c['cliffs_delta']:.2f}"
+                )
+        if parts:
+            lines.append(
+                f"- Leaving out late spans that hold copy tokens themselves ({split}, chains of {_length(rows[-1])} "
+                f"spans, v1 − base, examples resampled): {', '.join(parts)}."
+            )
+    return lines
+
+
+# --- regions, Ray, norms --------------------------------------------------------------------------------
+
+
+def regions_bench(d: dict[str, Any]) -> list[str]:
+    """Purity, object recall and clustering time of the region methods (examples/bench_regions.py)."""
+    ks = list(d["purity"])
+    base = sorted({m for k in ks for m in d["baselines"][k]})
+    lines = [
+        f"`shapes:{d['split']}` images: {d['n_images']}; method `{d['method']}` against the geometric baselines; "
+        f"{d['machine']}, {d['torch_threads']} torch threads.",
+        "",
+        "| K | purity (color) | object recall (color) | " + " | ".join(f"{m} purity / recall" for m in base) + " |",
+        "|---|---|---|" + "---|" * len(base),
+    ]
+    for k in ks:
+        row = f"| {k} | {_f(d['purity'][k])} | {_f(d['object_recall'][k])} | "
+        row += " | ".join(
+            f"{_f(d['baselines'][k][m]['purity'])} / {_f(d['baselines'][k][m]['object_recall'])}" for m in base
+        )
+        lines.append(row + " |")
+    cs = d["cluster_seconds"]
+    kk = list(next(iter(cs.values())))
+    lines += [
+        "",
+        "Ward clustering of D = 384 feature maps, median seconds:",
+        "",
+        "| patches | " + " | ".join(f"K={k}" for k in kk) + " |",
+        "|---|" + "---|" * len(kk),
+    ]
+    for n, row in cs.items():
+        lines.append(f"| {n} | " + " | ".join(f"{row[k] * 1e3:.1f} ms" for k in kk) + " |")
+    rs = d["region_share"]
+    lines += [
+        "",
+        f"Regions (colour features + Ward, K = 32, plus token assignment) {rs['region_seconds_median'] * 1e3:.1f} ms "
+        f"per image against {rs['generation_seconds_median'] * 1e3:.0f} ms to generate the trace with the "
+        f"{rs['model']} model (medians, n = {rs['n']}): {100 * rs['share']:.0f} % of the pair.",
+    ]
+    return lines
+
+
+def ray(d: dict[str, Any]) -> list[str]:
+    """Local backend against a two-node Ray cluster on loopback (examples/bench_ray.py)."""
+    lines = [
+        f"{d['model']}, {d['n_examples']} `{d['dataset']}` examples, K = {d['k']}, {d['n_subsets']} removal sets, "
+        f"shards of {d['shard_size']}; {d['nodes']} Ray nodes of {d['cpus_per_node']} CPU, "
+        f"{d['torch_threads_per_replica']} torch thread per replica, on a {d['machine_cpus']}-CPU machine"
+        + (" (quick run)" if d.get("quick") else "")
+        + ".",
+        "",
+        "| run | wall time | examples per hour | once workers are up | largest difference from local |",
+        "|---|---|---|---|---|",
+        f"| local backend, 1 thread | {d['local_seconds']:.1f} s | {d['local_examples_per_hour']:,.0f} | | |",
+    ]
+    for r in d["ray"]:
+        lines.append(
+            f"| Ray, {r['workers']} worker{'s' if r['workers'] > 1 else ''} | {r['seconds']:.1f} s | "
+            f"{r['examples_per_hour']:,.0f} | {r['examples_per_hour_steady']:,.0f} | {r['max_abs_diff_vs_local']} |"
+        )
+    lines += [
+        "",
+        f"Scaling efficiency (throughput with 2 workers / twice that with 1): {d['scaling_efficiency']:.2f} end to "
+        f"end, {d['scaling_efficiency_steady']:.2f} once the workers are up.",
+    ]
+    return lines
+
+
+def norms(d: dict[str, Any]) -> list[str]:
+    """Input and last-layer hidden norms by token type (attrib norms --json)."""
+    ts = d["types"]
+    parts = [
+        f"{t}: input norm {v['mean_norm'][0]:.3g}, last-layer hidden norm {v['mean_norm'][-1]:.3g}, "
+        f"ratio {d['ratios'][t]:.3g} ({_n(v['n_tokens'])} tokens)"
+        for t, v in ts.items()
+    ]
+    return [
+        f"`attrib norms` on {d['model']} ({d['n_inputs']} inputs, {d['n_layers']} layers): " + "; ".join(parts) + "."
+    ]
+
+
+# --- trajectories (attrib trajectories --json) ----------------------------------------------------------
+
+
+def trajectories(d: dict[str, Any]) -> list[str]:
+    """Chain counts, success-vs-failure statistics, failure prediction, the flagger and the three outcomes."""
+    spans = sorted(c["n_spans"] for c in d.get("chains", []))
+    med = spans[len(spans) // 2] if spans else None
+    lines = [
+        f"{d['n_success']} successful and {d['n_failure']} failed chains ({d['n_hallucination']} hallucinations, "
+        f"{d['n_reasoning_error']} reasoning errors)"
+        + (f"; chains of {spans[0]}–{spans[-1]} spans, median {med}" if spans else "")
+        + f"; scores: {d.get('scores', '?')}.",
+        "",
+        "| statistic | success median | failure median | p (Mann–Whitney) | p (Bonferroni, 3 tests) |",
+        "|---|---|---|---|---|",
+    ]
+    names = {
+        "path_length": "path length",
+        "tortuosity": "tortuosity",
+        "concentration": "mean concentration (1 − normalised entropy)",
+    }
+    for key, label in names.items():
+        c = d[key]["comparison"] if key == "concentration" else d[key]
+        lines.append(
+            f"| {label} | {c['success_median']:.3g} | {c['failure_median']:.3g} | {_p(c['p_value'])} | "
+            f"{_p(c['p_value_bonferroni'])} |"
+        )
+    auc = d["auc_by_progress"]
+    parts = [
+        f"{_f(auc[k]['auc'], 2)} [{_f(auc[k]['ci_low'], 2)}, {_f(auc[k]['ci_high'], 2)}] at {float(k):.0%}"
+        for k in sorted(auc, key=float)
+        if k in ("0.3", "1.0") or float(k) in (0.3, 1.0)
+    ]
+    lines += [
+        "",
+        "Failure prediction from prefix tortuosity (ROC AUC, 95 % interval resampling chains): "
+        + ", ".join(parts)
+        + ".",
+    ]
+    fl = d.get("flagger", {})
+    if "threshold" in fl:
+        lines[-1] += (
+            f" The flagger calibrated at a {fl['fpr_target']:.0%} false-positive rate "
+            f"(threshold {fl['threshold']:.3g}; "
+            f"held-out false-positive rate {fl['fpr_heldout']:.3f}) flags {100 * fl['flagged_rate_failure']:.1f} % of "
+            f"failed chains ({100 * fl['flagged_rate_reasoning_error']:.1f} % of reasoning errors, "
+            f"{100 * fl['flagged_rate_hallucination']:.1f} % of hallucinations)."
+        )
+    t3 = d["three_outcome"]
+    by, tests = t3["by_outcome"], t3["tests"]
+    m = sum(len(v) for v in tests.values())
+    lines += [
+        "",
+        f"Three outcomes (medians; Mann–Whitney, Bonferroni over {m} tests):",
+        "",
+        "| statistic | success | reasoning error | hallucination | hallucination vs reasoning error | "
+        "reasoning error vs success | hallucination vs success |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for key, label in (
+        ("tortuosity", "tortuosity"),
+        ("path_length", "path length"),
+        ("concentration", "concentration"),
+        ("persistence", "top-region persistence"),
+        ("step_size", "step size"),
+    ):
+        row = f"| {label} | " + " | ".join(
+            f"{by[o][key]['median']:.3g}" for o in ("success", "reasoning_error", "hallucination")
+        )
+        for pair in ("hallucination_vs_reasoning_error", "reasoning_error_vs_success", "hallucination_vs_success"):
+            row += f" | {_p(tests[pair][key]['p_value_bonferroni'])}"
+        lines.append(row + " |")
+    return lines
+
+
+BLOCKS = {
+    "bundled-eval": ("eval_base.json", bundled_eval),
+    "faithfulness": ("faithfulness.json", faithfulness),
+    "regions-faithfulness": ("faithfulness_regions.json", regions_faithfulness),
+    "v1-accuracy": (("eval_base.json", "eval_v1.json", "v1_paired.json"), v1_accuracy),
+    "v1-copy-feed": (
+        (
+            "eval_v1.json",
+            "eval_v1_copy_mean.json",
+            "eval_v1_copy_token.json",
+            "v1_paired_copy_mean.json",
+            "v1_paired_copy_token.json",
+        ),
+        v1_copy_feed,
+    ),
+    "v1-faithfulness": (("faithfulness_v1.json", "faithfulness.json"), v1_faithfulness),
+    "v1-direct-only": (("v1_analysis.json", "v1_analysis_validation.json"), v1_direct_only),
+    "v1-decay": (("v1_analysis.json", "v1_analysis_validation.json"), v1_decay),
+    "v1-late-chain-checks": (("v1_analysis.json", "v1_analysis_validation.json"), v1_late_chain_checks),
+    "regions-bench": ("bench_regions.json", regions_bench),
+    "ray": ("bench_ray.json", ray),
+    "norms": ("norms_bundled.json", norms),
+    "trajectories": ("trajectories.json", trajectories),
+}
