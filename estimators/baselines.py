@@ -14,8 +14,9 @@ differentiable forward through the context.
   span's summed log-prob to the image embeddings (vision output after the merger),
   summed over the embedding dimension and over each region's tokens.
 - ``leave_one_out``: the exhaustive causal reference, Δ(S, {k}) itself.
-- ``contextcite``: a per-example ContextCite-style surrogate: a Lasso, per span,
-  from that example's own random removal sets to their drops.
+- ``contextcite`` / ``contextcite_64``: a per-example ContextCite-style surrogate: a Lasso, per span,
+  from 32 (64) of that example's own random removal sets to their drops (the collection's fit sets,
+  topped up with fresh ablations through ``ctx.extra_fit_sets`` when it holds fewer).
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ __all__ = [
     "MethodContext",
     "best_layer_index",
     "best_layer_scores",
+    "contextcite_fit",
+    "contextcite_pool",
     "contextcite_scores",
     "estimator_scores",
     "gradient_scores",
@@ -55,6 +58,10 @@ class MethodContext:
         layer: The layer of ``best_layer``.
         fit_subsets: The removal sets ``contextcite`` fits on (the scored ones stay out).
         alpha: ``contextcite``'s Lasso penalty, relative to the drops' scale.
+        alphas: Per ablation budget (32, 64), a penalty that overrides ``alpha`` (chosen on validation data).
+        extra_fit_sets: ``extra_fit_sets(n) -> (sets (n, K), drops (n_spans, n))``: ``n`` fresh random
+            ablations of the example, none of them a scored set, for a budget beyond the fit sets the
+            collection holds (``None``: the collection's fit sets are all there is).
         embedding_forward: Builds ``(forward, image_embeddings)`` for gradient methods
             (called only by the methods that need it).
         assignment: ``(K, N)`` region -> image-token matrix (gradient methods).
@@ -64,6 +71,8 @@ class MethodContext:
     layer: int = 0
     fit_subsets: slice = field(default_factory=lambda: slice(None))
     alpha: float = 0.01
+    alphas: dict[int, float] = field(default_factory=dict)
+    extra_fit_sets: Callable[[int], tuple[np.ndarray, np.ndarray]] | None = None
     embedding_forward: Callable[[], tuple[Forward, Any]] | None = None
     assignment: np.ndarray | None = None
 
@@ -164,8 +173,26 @@ def loo_scores(ex: dict[str, Any], ctx: MethodContext | None = None) -> np.ndarr
     return np.asarray(ex["loo_deltas"], dtype=np.float64)
 
 
-def _cc_forwards(ex: dict[str, Any], ctx: MethodContext) -> int:
-    return int(np.asarray(ex["subsets"])[ctx.fit_subsets].shape[0])
+def contextcite_fit(sets: np.ndarray, drops: np.ndarray, *, alpha: float = 0.01) -> np.ndarray:
+    """Per span, a Lasso from removal sets to their drops; its coefficients are the region scores.
+
+    Args:
+        sets: ``(M, K)`` removal sets (1 = removed).
+        drops: ``(n_spans, M)`` their measured drops.
+        alpha: Lasso penalty, relative to each span's drop scale (standard deviation).
+
+    Returns:
+        ``(n_spans, K)`` scores.
+    """
+    from sklearn.linear_model import Lasso
+
+    x = np.asarray(sets, dtype=np.float64)
+    d = np.asarray(drops, dtype=np.float64)
+    out = np.zeros((d.shape[0], x.shape[1]))
+    for j, y in enumerate(d):
+        scale = float(np.std(y)) or 1.0
+        out[j] = Lasso(alpha=alpha * scale, max_iter=5000).fit(x, y).coef_
+    return out
 
 
 def contextcite_scores(ex: dict[str, Any], *, fit_subsets: slice = slice(None), alpha: float = 0.01) -> np.ndarray:
@@ -176,19 +203,52 @@ def contextcite_scores(ex: dict[str, Any], *, fit_subsets: slice = slice(None), 
         fit_subsets: Which removal sets to fit on (keep the evaluation sets out).
         alpha: Lasso penalty, relative to the drops' scale.
     """
-    from sklearn.linear_model import Lasso
-
-    x = ex["subsets"][fit_subsets].astype(np.float64)
-    out = np.zeros((ex["subset_deltas"].shape[0], x.shape[1]))
-    for j, y in enumerate(np.asarray(ex["subset_deltas"], dtype=np.float64)[:, fit_subsets]):
-        scale = float(np.std(y)) or 1.0
-        out[j] = Lasso(alpha=alpha * scale, max_iter=5000).fit(x, y).coef_
-    return out
+    return contextcite_fit(ex["subsets"][fit_subsets], np.asarray(ex["subset_deltas"])[:, fit_subsets], alpha=alpha)
 
 
-@register_baseline("contextcite", ablations=_cc_forwards)
-def _contextcite(ex: dict[str, Any], ctx: MethodContext) -> np.ndarray:
-    return contextcite_scores(ex, fit_subsets=ctx.fit_subsets, alpha=ctx.alpha)
+def contextcite_pool(ex: dict[str, Any], ctx: MethodContext, budget: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``budget`` ablations a ContextCite surrogate fits on: the collection's fit sets first, then
+    fresh ones from ``ctx.extra_fit_sets`` (a small collection without them gives what it holds).
+
+    Raises:
+        ValueError: If ``budget`` exceeds the fit sets the collection holds and no fresh ablations can be made
+            (for the 64-ablation surrogate; the 32-ablation one uses what there is, as it always has).
+    """
+    sets = np.asarray(ex["subsets"])[ctx.fit_subsets][:budget]
+    drops = np.asarray(ex["subset_deltas"])[:, ctx.fit_subsets][:, :budget]
+    missing = budget - sets.shape[0]
+    if missing > 0 and ctx.extra_fit_sets is not None:
+        extra_sets, extra_drops = ctx.extra_fit_sets(missing)
+        sets = np.concatenate([sets, np.asarray(extra_sets, dtype=bool)])
+        drops = np.concatenate([drops, np.asarray(extra_drops)], axis=1)
+    elif missing > 0 and budget > 32:
+        raise ValueError(
+            f"contextcite with {budget} ablations: the collection holds {sets.shape[0]} fit sets per example and "
+            "no model was given to ablate the rest"
+        )
+    return sets, drops
+
+
+def _cc(budget: int) -> ScoreFn:
+    def fn(ex: dict[str, Any], ctx: MethodContext) -> np.ndarray:
+        sets, drops = contextcite_pool(ex, ctx, budget)
+        return contextcite_fit(sets, drops, alpha=ctx.alphas.get(budget, ctx.alpha))
+
+    fn.__name__ = f"contextcite_{budget}_scores"
+    fn.__doc__ = f"ContextCite-style Lasso on {budget} of the example's own ablations (none of them scored)."
+    return fn
+
+
+def _cc_forwards(budget: int) -> Callable[[dict[str, Any], MethodContext], int]:
+    def n(ex: dict[str, Any], ctx: MethodContext) -> int:
+        held = int(np.asarray(ex["subsets"])[ctx.fit_subsets].shape[0])
+        return budget if ctx.extra_fit_sets is not None else min(budget, held)
+
+    return n
+
+
+register_baseline("contextcite", ablations=_cc_forwards(32))(_cc(32))
+register_baseline("contextcite_64", ablations=_cc_forwards(64))(_cc(64))
 
 
 def gradient_scores(

@@ -1,6 +1,18 @@
 """Faithfulness, accuracy, region and trajectory metrics as pure functions over arrays."""
 
-from metrics.faithfulness import MetricResult, lds, pointing_accuracy, r2, topk_drop, topk_sets
+from metrics.faithfulness import (
+    MetricResult,
+    curve_auc,
+    lds,
+    lds_rows,
+    mean_metric,
+    paired_metric_difference,
+    pointing_accuracy,
+    r2,
+    r2_value,
+    topk_drop,
+    topk_sets,
+)
 from metrics.regions import object_recall, region_purity
 from metrics.stats import (
     bootstrap_ci,
@@ -39,21 +51,26 @@ __all__ = [
     "bootstrap_ci",
     "compare_outcomes",
     "concentration",
+    "curve_auc",
     "effect_vectors",
     "holm",
     "lds",
+    "lds_rows",
     "mean_ci",
+    "mean_metric",
     "net_displacement",
     "object_recall",
     "paired_bootstrap_ci",
     "paired_bootstrap_difference",
     "paired_difference",
+    "paired_metric_difference",
     "path_length",
     "persistence",
     "pointing_accuracy",
     "prefix",
     "progress_curve",
     "r2",
+    "r2_value",
     "region_purity",
     "roc_auc",
     "step_lengths",

@@ -10,9 +10,9 @@ being correlated.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from scipy.stats import spearmanr
@@ -21,7 +21,19 @@ from metrics.stats import bootstrap_ci, paired_bootstrap_ci
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MetricResult", "lds", "pointing_accuracy", "r2", "topk_drop", "topk_sets"]
+__all__ = [
+    "MetricResult",
+    "curve_auc",
+    "lds",
+    "lds_rows",
+    "mean_metric",
+    "paired_metric_difference",
+    "pointing_accuracy",
+    "r2",
+    "r2_value",
+    "topk_drop",
+    "topk_sets",
+]
 
 
 @dataclass(frozen=True)
@@ -34,6 +46,8 @@ class MetricResult:
         ci_high: Upper end.
         n: Number of units averaged.
         n_skipped: Units left out (e.g. constant rows for Spearman).
+        n_constant: Units a method was scored 0 on because its prediction was constant there (LDS with
+            ``constant_prediction="zero"``; counted in ``n``).
     """
 
     value: float
@@ -41,16 +55,20 @@ class MetricResult:
     ci_high: float
     n: int
     n_skipped: int = 0
+    n_constant: int = 0
 
     def to_dict(self) -> dict[str, float | int]:
-        """JSON-ready dict."""
-        return {
+        """JSON-ready dict (``n_constant`` only where some unit was scored 0 for a constant prediction)."""
+        d: dict[str, float | int] = {
             "value": self.value,
             "ci_low": self.ci_low,
             "ci_high": self.ci_high,
             "n": self.n,
             "n_skipped": self.n_skipped,
         }
+        if self.n_constant:
+            d["n_constant"] = self.n_constant
+        return d
 
 
 def _boot(
@@ -62,6 +80,31 @@ def _boot(
         raise ValueError("no units to average (all rows were empty or skipped)")
     lo, hi = bootstrap_ci(x, np.mean, groups=groups, n_boot=n_boot, level=0.95, seed=seed)
     return MetricResult(float(x.mean()), lo, hi, x.size, skipped)
+
+
+def mean_metric(
+    values: np.ndarray | Sequence[float],
+    *,
+    groups: Sequence[Any] | np.ndarray | None = None,
+    n_skipped: int = 0,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> MetricResult:
+    """The mean of per-unit values (e.g. per-span ρ, hits or curve areas) with its bootstrap 95 % interval.
+
+    Args:
+        values: One value per unit.
+        groups: Optional label per unit (e.g. the example); the bootstrap then resamples whole groups.
+        n_skipped: Units left out before (reported).
+        n_boot: Bootstrap resamples.
+        seed: Bootstrap seed.
+
+    Raises:
+        ValueError: On no values, or NaNs.
+    """
+    x = np.asarray(values, dtype=np.float64)
+    g = _groups(groups, x.shape[0], "mean_metric") if x.ndim == 1 else None
+    return _boot(x, n_boot=n_boot, seed=seed, skipped=n_skipped, groups=g)
 
 
 def _groups(groups: Sequence[Any] | np.ndarray | None, n: int, name: str) -> np.ndarray | None:
@@ -89,6 +132,37 @@ def _check(actual: np.ndarray, predicted: np.ndarray, name: str) -> tuple[np.nda
     return a, p
 
 
+def lds_rows(
+    actual: np.ndarray, predicted: np.ndarray, *, constant_prediction: Literal["skip", "zero"] = "skip"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row Spearman ρ of [`lds`][metrics.faithfulness.lds], and which rows are scored.
+
+    A row whose measured drops are constant has no ranking to predict: it is never scored (ρ NaN,
+    ``scored`` False), whatever the method. A row whose *prediction* is constant is skipped too with
+    ``constant_prediction="skip"``; with ``"zero"`` it scores ρ = 0 (a method that ranks nothing is
+    credited nothing), so every method is scored on the same rows.
+
+    Returns:
+        ``(rho, scored)``: ``(n_rows,)`` floats (NaN where not scored) and booleans.
+    """
+    a, p = _check(actual, predicted, "lds")
+    if a.ndim != 2 or a.shape[1] < 3:
+        raise ValueError(f"lds needs (n_rows, M>=3) arrays, got {a.shape}")
+    if constant_prediction not in ("skip", "zero"):
+        raise ValueError(f"constant_prediction must be 'skip' or 'zero', got {constant_prediction!r}")
+    rho = np.full(a.shape[0], np.nan)
+    scored = np.zeros(a.shape[0], dtype=bool)
+    for i, (ra, rp) in enumerate(zip(a, p, strict=True)):
+        if np.ptp(ra) == 0:
+            continue
+        if np.ptp(rp) == 0:
+            if constant_prediction == "zero":
+                rho[i], scored[i] = 0.0, True
+            continue
+        rho[i], scored[i] = float(spearmanr(ra, rp).statistic), True
+    return rho, scored
+
+
 def lds(
     actual: np.ndarray,
     predicted: np.ndarray,
@@ -96,12 +170,15 @@ def lds(
     groups: Sequence[Any] | np.ndarray | None = None,
     n_boot: int = 1000,
     seed: int = 0,
+    constant_prediction: Literal["skip", "zero"] = "skip",
 ) -> MetricResult:
     """Linear datamodeling score: mean over rows of Spearman ρ(actual, predicted).
 
     One row is one (example, span); its columns are held-out removal sets V_j:
     ``actual[i, j] = Δ(S_i, V_j)`` and ``predicted[i, j] = Σ_{k∈V_j} score(S_i, k)``.
-    Rows where either side is constant (ρ undefined) are skipped and counted.
+    Rows where the measured drops are constant (ρ undefined) are skipped and counted. Rows where the
+    prediction is constant are skipped too, or, with ``constant_prediction="zero"``, scored ρ = 0 and
+    counted in ``n_constant`` (so that methods compared on one collection are scored on the same rows).
 
     Args:
         actual: ``(n_rows, M)`` measured drops.
@@ -109,23 +186,19 @@ def lds(
         groups: Optional label per row (e.g. the example); the bootstrap then resamples whole groups.
         n_boot: Bootstrap resamples (over rows, or over groups).
         seed: Bootstrap seed.
+        constant_prediction: ``"skip"`` or ``"zero"`` (see above).
 
     Raises:
         ValueError: On shape mismatch, NaN (naming the rows) or empty input.
     """
-    a, p = _check(actual, predicted, "lds")
-    if a.ndim != 2 or a.shape[1] < 3:
-        raise ValueError(f"lds needs (n_rows, M>=3) arrays, got {a.shape}")
-    g = _groups(groups, a.shape[0], "lds")
-    rhos = []
-    kept = []
-    for i, (ra, rp) in enumerate(zip(a, p, strict=True)):
-        if np.ptp(ra) == 0 or np.ptp(rp) == 0:
-            continue
-        rhos.append(float(spearmanr(ra, rp).statistic))
-        kept.append(i)
-    gk = None if g is None else g[kept]
-    return _boot(np.asarray(rhos), n_boot=n_boot, seed=seed, skipped=a.shape[0] - len(kept), groups=gk)
+    rho, scored = lds_rows(actual, predicted, constant_prediction=constant_prediction)
+    g = _groups(groups, rho.shape[0], "lds")
+    gk = None if g is None else g[scored]
+    res = _boot(rho[scored], n_boot=n_boot, seed=seed, skipped=int((~scored).sum()), groups=gk)
+    if constant_prediction == "zero":
+        const = int(np.sum(np.ptp(np.asarray(predicted, dtype=np.float64)[scored], axis=1) == 0))
+        res = MetricResult(res.value, res.ci_low, res.ci_high, res.n, res.n_skipped, const)
+    return res
 
 
 def topk_sets(scores: np.ndarray, k: int = 5) -> np.ndarray:
@@ -208,16 +281,17 @@ def r2(
     """
     s, y = _check(scores, loo, "r2")
     g = _groups(groups, s.shape[0], "r2")
+    lo, hi = paired_bootstrap_ci((s, y), r2_value, groups=g, n_boot=n_boot, level=0.95, seed=seed)
+    return MetricResult(r2_value(s, y), lo, hi, s.shape[0])
 
-    def stat(ss: np.ndarray, yy: np.ndarray) -> float:
-        a, b = ss.ravel(), yy.ravel()
-        if np.ptp(a) == 0 or np.ptp(b) == 0:
-            return 0.0
-        r = float(np.corrcoef(a, b)[0, 1])
-        return r * r if r > 0 else 0.0
 
-    lo, hi = paired_bootstrap_ci((s, y), stat, groups=g, n_boot=n_boot, level=0.95, seed=seed)
-    return MetricResult(stat(s, y), lo, hi, s.shape[0])
+def r2_value(scores: np.ndarray, loo: np.ndarray) -> float:
+    """The point value of [`r2`][metrics.faithfulness.r2]: squared Pearson r of the pooled pairs when r > 0, else 0."""
+    a, b = np.asarray(scores, dtype=np.float64).ravel(), np.asarray(loo, dtype=np.float64).ravel()
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        return 0.0
+    r = float(np.corrcoef(a, b)[0, 1])
+    return r * r if r > 0 else 0.0
 
 
 def pointing_accuracy(
@@ -253,3 +327,69 @@ def pointing_accuracy(
         kept.append(i)
     gk = None if g is None else g[kept]
     return _boot(np.asarray(hits), n_boot=n_boot, seed=seed, skipped=s.shape[0] - len(kept), groups=gk)
+
+
+def curve_auc(curves: np.ndarray, fractions: np.ndarray | Sequence[float]) -> np.ndarray:
+    """Area under each row's curve over ``fractions`` (trapezoid rule), one value per row.
+
+    For the insertion and deletion curves of image attribution: ``curves[i, j]`` is span i's
+    log-probability change (nats, relative to the full image) when the top ``fractions[j]`` share of
+    regions by a method's score is removed (deletion) or kept alone (insertion).
+
+    Args:
+        curves: ``(n_spans, n_points)``.
+        fractions: ``(n_points,)`` increasing, from 0 to 1.
+
+    Raises:
+        ValueError: On shapes that disagree, fewer than two points, or fractions that do not increase.
+    """
+    c = np.asarray(curves, dtype=np.float64)
+    x = np.asarray(fractions, dtype=np.float64)
+    if c.ndim != 2 or x.ndim != 1 or c.shape[1] != x.shape[0] or x.shape[0] < 2:
+        raise ValueError(f"curve_auc needs (n, P) curves and (P,) fractions with P >= 2, got {c.shape} and {x.shape}")
+    if np.any(np.diff(x) <= 0):
+        raise ValueError("curve_auc: fractions must increase")
+    return np.asarray(np.sum((c[:, 1:] + c[:, :-1]) * np.diff(x) / 2.0, axis=1))
+
+
+def paired_metric_difference(
+    statistic: Callable[..., float],
+    mine: Sequence[np.ndarray],
+    other: Sequence[np.ndarray],
+    *,
+    groups: Sequence[Any] | np.ndarray | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> MetricResult:
+    """``statistic(*mine) - statistic(*other)`` on the same units, with a paired (clustered) bootstrap interval.
+
+    Both methods' per-unit arrays are resampled together (the same units, or with ``groups`` the same
+    whole groups, in every resample), so what the two have in common cancels out of the interval.
+
+    Args:
+        statistic: Maps one method's arrays (sharing their first axis, the units) to a number, e.g.
+            ``np.mean`` of per-row ρ, or [`r2_value`][metrics.faithfulness.r2_value] of ``(scores, loo)``.
+        mine: The first method's arrays.
+        other: The other method's arrays on the same units, in the same order.
+        groups: Optional label per unit (e.g. the example); whole groups are resampled.
+        n_boot: Bootstrap resamples.
+        seed: Bootstrap seed.
+
+    Raises:
+        ValueError: If the arrays disagree in their number of units, or as
+            [`paired_bootstrap_ci`][metrics.stats.paired_bootstrap_ci].
+    """
+    xs = [np.asarray(v, dtype=np.float64) for v in (*mine, *other)]
+    n = xs[0].shape[0]
+    if any(x.shape[0] != n for x in xs):
+        raise ValueError(f"paired_metric_difference: unit counts differ: {[x.shape[0] for x in xs]}")
+    if n == 0:
+        raise ValueError("paired_metric_difference: no units")
+    na = len(mine)
+    g = _groups(groups, n, "paired_metric_difference")
+
+    def diff(*arrs: np.ndarray) -> float:
+        return float(statistic(*arrs[:na])) - float(statistic(*arrs[na:]))
+
+    lo, hi = paired_bootstrap_ci(tuple(xs), diff, groups=g, n_boot=n_boot, level=0.95, seed=seed)
+    return MetricResult(diff(*xs), lo, hi, n)

@@ -13,6 +13,21 @@ from attrib.cli.console import add_model_options, console, out, progress
 
 __all__ = ["register"]
 
+# attrib.evaluation's defaults, spelled out so that building the parser imports no model code (a test checks
+# that they agree)
+DEFAULT_METHODS = (
+    "estimator",
+    "raw_attention",
+    "best_layer",
+    "input_x_gradient",
+    "integrated_gradients",
+    "contextcite",
+    "contextcite_64",
+    "leave_one_out",
+)
+IMAGE_DEPENDENT_RULES = ("fit_std", "fit_max", "all_regions")
+IMAGE_DEPENDENT_MIN = 0.1
+
 
 def _cmd_fit(args: argparse.Namespace) -> int:
     from attrib.collect.store import Collection
@@ -39,7 +54,14 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from attrib.collect.store import Collection
-    from attrib.evaluation import data_efficiency, evaluate_methods, region_comparison
+    from attrib.evaluation import (
+        choose_contextcite_alpha,
+        data_efficiency,
+        estimator_seeds,
+        evaluate_methods,
+        region_comparison,
+        span_metadata,
+    )
     from attrib.io import atomic_write_json
     from attrib.models.loading import load
     from estimators.baselines import BASELINES, best_layer_index
@@ -65,7 +87,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     # The collection's dtype unless asked otherwise: its targets were computed at that precision.
     loaded = load(cfg["model"], device=args.device, dtype=args.dtype or cfg.get("dtype", "float32"))
     layer = best_layer_index([ex for t in trains for ex in t.examples()][:200]) if trains else 0
+    alpha: float | dict[int, float] | None = args.contextcite_alpha
+    chosen = None
+    if args.contextcite_validation:
+        chosen = choose_contextcite_alpha(Collection.open(args.contextcite_validation), limit=args.limit)
+        chosen["collection"] = str(args.contextcite_validation)
+        alpha = chosen["alphas"]
     with progress() as prog:
+        task = prog.add_task("span populations", total=None)
+        meta, meta_notes = span_metadata(test, loaded=loaded, limit=args.limit)
         task = prog.add_task("evaluate", total=None)
         res = evaluate_methods(
             test,
@@ -75,8 +105,24 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             best_layer=layer,
             limit=args.limit,
             on_progress=lambda d, t: prog.update(task, completed=d, total=t),
+            image_dependent=args.image_dependent,
+            image_dependent_min=args.image_dependent_min,
+            auc_steps=args.auc_steps,
+            contextcite_alpha=alpha,
+            span_meta=meta,
+            n_boot=args.n_boot,
         )
         res["best_layer"] = layer
+        res["protocol"]["notes"] = sorted({*res["protocol"]["notes"], *meta_notes})
+        if chosen is not None:
+            res["protocol"]["contextcite_alpha_choice"] = chosen
+        elif args.contextcite_alpha is None:
+            res["protocol"]["notes"].append("contextcite alpha: the default (no --contextcite-validation given)")
+        if trains and args.seeds > 0:
+            task = prog.add_task("estimator seeds", total=None)
+            res["estimator_seeds"] = estimator_seeds(
+                trains, test, est, args.seeds, limit=args.limit, span_meta=meta, n_boot=args.n_boot
+            )
         sizes = [int(v) for v in args.sizes.split(",") if v.strip()]
         if trains and sizes:
             task = prog.add_task("data efficiency", total=len(sizes))
@@ -88,6 +134,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                 loss=est.loss,
                 limit=args.limit,
                 on_progress=lambda d, t: prog.update(task, completed=d, total=t),
+                resamples=args.resamples,
+                span_meta=meta,
+                n_boot=args.n_boot,
             )
         if args.compare_train and args.compare_test:
             pairs, names = [], []
@@ -148,7 +197,7 @@ def _print_faithfulness(test: str, res: dict[str, Any]) -> None:
         return "-" if d is None else f"{d['value']:.3f} [{d['ci_low']:.2f}, {d['ci_high']:.2f}]"
 
     t = Table(title=f"faithfulness on {test} (n_examples={res['n_examples']}, n_spans={res['n_spans']})")
-    for col in ("method", "LDS", "R2", "top5", "top5 / LOO", "pointing", "s/token"):
+    for col in ("method", "LDS", "R2", "top5", "top5 / LOO", "pointing", "deletion", "insertion", "s/token"):
         t.add_column(col, justify="right")
     for name, r in res["methods"].items():
         t.add_row(
@@ -158,15 +207,48 @@ def _print_faithfulness(test: str, res: dict[str, Any]) -> None:
             f(r.get("top5_drop")),
             f(r.get("top5_drop_normalized")),
             f(r.get("pointing")),
+            f(r.get("deletion_auc")),
+            f(r.get("insertion_auc")),
             f"{r['seconds_per_token']:.2e}",
         )
     out.print(t)
+    pops = res.get("populations", {})
+    if pops:
+        t = Table(title="LDS by span population (intervals resample examples)")
+        t.add_column("method", justify="right")
+        for pop, body in pops.items():
+            t.add_column(f"{pop} (n={body['n_spans']})", justify="right")
+        for name in res["methods"]:
+            t.add_row(name, *(f(body["methods"].get(name, {}).get("lds")) for body in pops.values()))
+        out.print(t)
+    paired = res.get("paired", {})
+    if paired:
+        t = Table(title="estimator minus method: LDS, paired on the same spans")
+        t.add_column("method", justify="right")
+        for pop in paired:
+            t.add_column(pop, justify="right")
+        others = [n for n in res["methods"] if n != "estimator"]
+        for name in others:
+            t.add_row(
+                name, *(f(paired[pop].get(name) if "value" in paired[pop].get(name, {}) else None) for pop in paired)
+            )
+        out.print(t)
+    for note in res.get("protocol", {}).get("notes", []):
+        console.print(f"[dim]note: {note}[/dim]")
     if res.get("data_efficiency"):
-        t = Table(title="data efficiency (estimator)")
-        for col in ("n_train", "LDS", "top5 / LOO"):
+        t = Table(title="data efficiency (estimator; mean over resampled training sets)")
+        for col in ("n_train", "draws", "LDS", "LDS sd", "LDS image-dep.", "top5 / LOO"):
             t.add_column(col, justify="right")
         for r in res["data_efficiency"]:
-            t.add_row(str(r["n_train"]), r.get("skipped") or f(r.get("lds")), f(r.get("top5_drop_normalized")))
+            sd = r.get("lds", {}).get("sd_resamples")
+            t.add_row(
+                str(r["n_train"]),
+                str(r.get("n_resamples", "-")),
+                r.get("skipped") or f(r.get("lds")),
+                "-" if sd is None else f"{sd:.3f}",
+                f(r.get("lds_image_dependent")),
+                f(r.get("top5_drop_normalized")),
+            )
         out.print(t)
     if res.get("region_comparison"):
         t = Table(title="region methods (estimator)")
@@ -220,9 +302,43 @@ def register(sub: Any) -> None:
     )
     ev.add_argument(
         "--methods",
-        default="estimator,raw_attention,best_layer,input_x_gradient,integrated_gradients,contextcite,leave_one_out",
+        default=",".join(DEFAULT_METHODS),
         help=f"comma-separated methods to score; registered: {', '.join(sorted(BASELINES))}",
     )
+    ev.add_argument(
+        "--image-dependent",
+        default="fit_std",
+        choices=list(IMAGE_DEPENDENT_RULES),
+        help="rule of the image_dependent span population: the standard deviation (fit_std) or the largest "
+        "(fit_max) of the span's drops over the fit removal sets, or its drop when every region is removed "
+        "(all_regions); none reads a scored set",
+    )
+    ev.add_argument(
+        "--image-dependent-min",
+        type=float,
+        default=IMAGE_DEPENDENT_MIN,
+        help=f"threshold of that rule, in nats (default {IMAGE_DEPENDENT_MIN:g})",
+    )
+    ev.add_argument(
+        "--auc-steps",
+        type=int,
+        default=8,
+        help="points of the insertion and deletion curves (0 skips them; they cost ablation forwards)",
+    )
+    ev.add_argument(
+        "--contextcite-validation",
+        default=None,
+        help="validation collection (>= 35 removal sets per example) on which ContextCite's Lasso penalty is chosen",
+    )
+    ev.add_argument("--contextcite-alpha", type=float, default=None, help="ContextCite's Lasso penalty (default 0.01)")
+    ev.add_argument(
+        "--seeds",
+        type=int,
+        default=3,
+        help="with --train: refit the estimator with this many seeds and report the spread (0 skips)",
+    )
+    ev.add_argument("--resamples", type=int, default=3, help="training sets drawn per data-efficiency size (default 3)")
+    ev.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples of every interval")
     ev.add_argument("--limit", type=int, default=None, help="evaluate at most this many held-out examples")
     ev.add_argument("--json", default=None, help="write the results here")
     ev.add_argument("--heatmap", default=None, help="write the estimator's L x H weight heatmap (PNG)")

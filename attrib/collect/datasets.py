@@ -24,7 +24,9 @@ A dataset kind knows how to list its examples ([`CollectItem`][attrib.collect.da
 judge an output (parse the final answer, compare it with the reference), where
 an example's image comes from when a record holds no path, and, when it can
 tell, what kind of failure a wrong answer is (``hallucination`` or
-``reasoning_error``) for the trajectory analysis.
+``reasoning_error``) for the trajectory analysis, and what a generated span is
+([`SpanInfo`][attrib.collect.datasets.SpanInfo]: its kind, and the one object it names by its
+description) for the span populations and the pointing game of ``attrib evaluate``.
 """
 
 from __future__ import annotations
@@ -49,10 +51,30 @@ __all__ = [
     "Dataset",
     "DatasetKind",
     "JsonlDataset",
+    "SpanInfo",
     "generic_judge",
     "open_dataset",
     "register_dataset",
 ]
+
+
+@dataclass(frozen=True)
+class SpanInfo:
+    """What a dataset knows of one generated span.
+
+    Attributes:
+        kind: The span's kind (the benchmark: ``planning``, ``object``, ``summary``), ``None`` when unknown.
+        object_mask: ``(H, W)`` boolean pixel mask of the *one* object the span names, matched by the
+            object's description in the span's text; ``None`` when it names none, several, or a
+            description that fits no object or several objects of the image.
+    """
+
+    kind: str | None = None
+    object_mask: np.ndarray | None = None
+
+
+#: ``span_info(span_text) -> SpanInfo`` for one example.
+SpanDescriber = Callable[[str], SpanInfo]
 
 
 @dataclass
@@ -74,6 +96,9 @@ class CollectItem:
             ``--regions given``.
         error: Why the row cannot be used (its image is then never loaded; collections record the
             reason as a failure).
+        span_info: ``span_info(span_text) -> SpanInfo``: the span's kind and the one object it names
+            (collections record them as ``span_kinds`` and ``span_object_regions``); ``None`` when the
+            dataset cannot tell.
     """
 
     uid: str
@@ -86,6 +111,7 @@ class CollectItem:
     meta: dict[str, Any] = field(default_factory=dict)
     regions: dict[str, Any] | None = None
     error: str | None = None
+    span_info: SpanDescriber | None = None
 
     def load_image(self) -> Image.Image:
         """The example's image (loaded from ``image_path`` when not in memory).
@@ -132,6 +158,9 @@ class DatasetKind:
         description: One line for messages.
         check: ``check(rest)`` refuses a bad spec before any work (raises ``ValueError`` or
             ``FileNotFoundError``).
+        span_info: ``span_info(record) -> SpanDescriber | None`` for a collected record (rebuilds what
+            [`CollectItem.span_info`][attrib.collect.datasets.CollectItem] gives, for collections made
+            before records stored it).
     """
 
     prefix: str
@@ -142,6 +171,7 @@ class DatasetKind:
     failure_kind: Callable[[Mapping[str, Any]], str | None] | None = None
     description: str = ""
     check: Callable[[str], None] | None = None
+    span_info: Callable[[Mapping[str, Any]], SpanDescriber | None] | None = None
 
 
 DATASETS: dict[str, DatasetKind] = {}
@@ -198,6 +228,12 @@ class Dataset:
         if self.kind is None or self.kind.failure_kind is None:
             return None
         return self.kind.failure_kind(record)
+
+    def span_info(self, record: Mapping[str, Any]) -> SpanDescriber | None:
+        """``span_info(span_text) -> SpanInfo`` for a collected record (``None``: the dataset cannot tell)."""
+        if self.kind is None or self.kind.span_info is None:
+            return None
+        return self.kind.span_info(record)
 
 
 def open_dataset(spec: str) -> Dataset:

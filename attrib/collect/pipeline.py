@@ -41,6 +41,7 @@ __all__ = [
     "gt_regions",
     "iter_items",
     "make_segmenters",
+    "mask_regions",
     "model_fingerprint",
     "preflight",
     "shard_arrays",
@@ -370,6 +371,9 @@ def shard_arrays(
         if results
         else np.zeros((0, cfg.n_subsets), np.float32),
     }
+    arrays["all_deltas"] = (
+        np.concatenate([r["all_deltas"] for r in results]).astype(np.float32) if results else np.zeros(0, np.float32)
+    )
     if cfg.loo:
         arrays["loo_deltas"] = (
             np.concatenate([r["loo_deltas"] for r in results]).astype(np.float32)
@@ -459,6 +463,9 @@ def example_results(
                 "features": np.ascontiguousarray(feats),
                 "subsets": subsets,
                 "subset_deltas": runner.deltas(subsets, spans).T,
+                # every region at once: the all-regions drop, which picks the image-dependent spans of
+                # ``attrib evaluate`` without touching any scored removal set (one more forward)
+                "all_deltas": runner.deltas(np.ones((1, cfg.k), dtype=bool), spans)[0],
                 "regions": part.labels,
             }
             alias = {n: p for n, p in res.parts.items() if p.ndim == 4}  # (n_spans, K, L, H) alias parts
@@ -483,6 +490,12 @@ def example_results(
         }
         if item.truth is not None:
             rec["span_gt_regions"] = gt_regions(res.spans, item.truth, part.labels, cfg.k)
+        if item.span_info is not None:
+            infos = [item.span_info(s.text) for s in res.spans]
+            rec["span_kinds"] = [i.kind for i in infos]
+            rec["span_object_regions"] = [
+                None if i.object_mask is None else mask_regions(i.object_mask, part.labels, cfg.k) for i in infos
+            ]
         r["record"] = rec
         out.append(r)
     return out
@@ -505,15 +518,17 @@ def gt_regions(
         k: Number of regions.
     """
     out: list[list[int] | None] = []
-    area = np.bincount(labels.ravel(), minlength=k)
     for s in spans:
         mask = truth(s.text)
-        if mask is None:
-            out.append(None)
-            continue
-        inside = np.bincount(labels[mask].ravel(), minlength=k)
-        out.append([int(r) for r in np.nonzero(inside > 0.5 * np.maximum(area, 1))[0]])
+        out.append(None if mask is None else mask_regions(mask, labels, k))
     return out
+
+
+def mask_regions(mask: np.ndarray, labels: np.ndarray, k: int) -> list[int]:
+    """The regions of ``labels`` mostly (over half their pixels) inside the boolean pixel ``mask``."""
+    area = np.bincount(labels.ravel(), minlength=k)
+    inside = np.bincount(labels[np.asarray(mask, dtype=bool)].ravel(), minlength=k)
+    return [int(r) for r in np.nonzero(inside > 0.5 * np.maximum(area, 1))[0]]
 
 
 def check_ablation_mode(cfg: CollectConfig, loaded: LoadedModel) -> None:

@@ -8,13 +8,16 @@ Storage (one directory per collection):
 - ``shard-00000.safetensors``: arrays, memory-mappable with ``safetensors.safe_open``:
   ``features`` ``(n_spans, K, L, H)`` float32, ``span_offsets`` ``(n_examples + 1,)``,
   ``subsets`` ``(n_examples, M, K)`` uint8 (1 = removed), ``subset_deltas``
-  ``(n_spans, M)``, ``loo_deltas`` ``(n_spans, K)`` (when leave-one-out ran),
+  ``(n_spans, M)``, ``loo_deltas`` ``(n_spans, K)`` (when leave-one-out ran), ``all_deltas``
+  ``(n_spans,)`` (the drop when every region is removed; collections made before it lack it),
   ``regions_{i}`` per example ``(H, W)`` int16 label maps, and for a variant with alias key
   parts ``part.{name}`` ``(n_spans, K, L, H)`` (v1: ``part.via_copy``, the part of ``features``
   that reached the regions through copy tokens; the direct part is ``features`` minus it).
 - ``shard-00000.json``: per example: uid, question, answer, output, correctness,
   spans (text and token range), the ground-truth regions each span names (where
-  the dataset knows them) and what the model's variant records (v1: copy sources).
+  the dataset knows them), each span's kind and the regions of the one object it names by its
+  description (``span_kinds``, ``span_object_regions``, where the dataset tells) and what the
+  model's variant records (v1: copy sources).
 
 Why safetensors + JSON: no pickle anywhere, zero-copy memory mapping, one
 self-describing file per shard, and nothing beyond the libraries the package
@@ -88,7 +91,8 @@ class Collection:
         return out
 
     def examples(self) -> Iterator[dict[str, Any]]:
-        """Per example: its record plus ``features``, ``subsets``, ``subset_deltas``, ``loo_deltas``, ``regions``.
+        """Per example: its record plus ``features``, ``subsets``, ``subset_deltas``, ``loo_deltas``,
+        ``all_deltas`` (where stored), ``regions``.
 
         Collections of a variant with alias key parts (v1: ``via_copy``) also give ``parts``:
         per part, the ``(n_spans, K, L, H)`` share of ``features`` that reached the regions through it.
@@ -104,6 +108,8 @@ class Collection:
                 ex["subset_deltas"] = arrays["subset_deltas"][a:b]
                 if "loo_deltas" in arrays:
                     ex["loo_deltas"] = arrays["loo_deltas"][a:b]
+                if "all_deltas" in arrays:
+                    ex["all_deltas"] = arrays["all_deltas"][a:b]
                 ex["regions"] = arrays[f"regions_{i}"]
                 if parts:
                     ex["parts"] = {n: p[a:b] for n, p in parts.items()}

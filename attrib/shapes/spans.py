@@ -1,0 +1,90 @@
+"""What a generated span of a benchmark trace is: its kind, and the one object it names.
+
+Used by ``attrib evaluate`` (through the dataset registry) for the span populations and the pointing
+game:
+
+- **kind**, from the span's own text (the benchmark's trace grammar): ``planning`` for a sentence
+  that restates the task (``I need to ...``, copied from the question), ``object`` for one that
+  introduces an object (``There is a <size> <colour> <shape> at the <place>.``), ``summary`` for the
+  rest (counts, comparisons, conclusions: derivable from earlier text);
+- **the one object it names**: the span is read for object descriptions (``<size> <colour> <shape>``,
+  the scene's own vocabulary); when it holds exactly one, and exactly one object of the scene fits
+  it, that object's pixel mask. A span that names no object, several, or a description that fits no
+  object or several (a hallucinated or ambiguous one) gets none, and the pointing game skips it.
+
+Matching descriptions rather than whole sentences keeps the spans where the model's sentence departs
+from the reference trace (another position word, say) but still names an object of the image.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from attrib.collect.datasets import SpanInfo
+from attrib.shapes.scene import COLOURS, SHAPES, SIZES, Scene
+
+__all__ = ["KINDS", "describe_span", "record_span_info", "span_describer", "span_kind"]
+
+#: The span kinds of the benchmark, in the order they are reported.
+KINDS: tuple[str, ...] = ("planning", "object", "summary")
+
+_DESC = re.compile(rf"\b({'|'.join(SIZES)}) ({'|'.join(COLOURS)}) ({'|'.join(SHAPES)})\b")
+_INTRO = re.compile(r"^There is an? [a-z]+ [a-z]+ [a-z]+ at the [a-z ]+\.$")
+
+
+def _clean(text: str) -> str:
+    from attrib.shapes.pointing import strip_pointing
+
+    return " ".join(strip_pointing(text).split())
+
+
+def span_kind(text: str) -> str:
+    """``planning``, ``object`` or ``summary`` (see the module docstring)."""
+    t = _clean(text)
+    if t.startswith("I need to"):
+        return "planning"
+    if _INTRO.match(t):
+        return "object"
+    return "summary"
+
+
+def describe_span(text: str, scene: Scene) -> SpanInfo:
+    """The span's kind and the mask of the one object it names by its description (see the module docstring)."""
+    t = _clean(text)
+    descs = {" ".join(m.groups()) for m in _DESC.finditer(t)}
+    mask = None
+    if len(descs) == 1:
+        (d,) = descs
+        fits = [i for i, o in enumerate(scene.objects) if o.describe() == d]
+        if len(fits) == 1:
+            mask = scene.mask(fits[0])
+    return SpanInfo(kind=span_kind(t), object_mask=mask)
+
+
+def span_describer(scene: Scene) -> Callable[[str], SpanInfo]:
+    """``span_info(text)`` for one example's scene."""
+
+    def info(text: str) -> SpanInfo:
+        return describe_span(text, scene)
+
+    return info
+
+
+def record_span_info(record: Mapping[str, Any]) -> Callable[[str], SpanInfo] | None:
+    """``span_info(text)`` for a collected ``shapes:<split>`` record (its scene rebuilt from its uid).
+
+    ``None`` when the uid names no benchmark example, or the record's question is not the rebuilt one's
+    (the collection was made from another benchmark version).
+    """
+    from attrib.shapes.dataset import make_example
+
+    try:
+        split, idx = str(record.get("uid", "")).rsplit("-", 1)
+        ex = make_example(split, int(idx))
+    except ValueError:
+        return None
+    if record.get("question") is not None and ex.question.text != record["question"]:
+        return None
+    return span_describer(ex.scene)
