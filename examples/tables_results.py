@@ -56,7 +56,8 @@ def bundled_eval(d: dict[str, Any]) -> list[str]:
     kinds = d.get("failure_kinds", {})
     fk = ", ".join(f"{v} {k.replace('_', ' ')}s" for k, v in sorted(kinds.items()))
     lines = [
-        f"`{d['model'].rstrip('/').split('/')[-1]}`, `shapes:{d['split']}` {d['start']}–{d['start'] + d['n'] - 1} "
+        (f"`{d['model'].rstrip('/').split('/')[-1]}`, " if d.get("model") else "")
+        + f"`shapes:{d['split']}` {d['start']}–{d['start'] + d['n'] - 1} "
         f"(n = {_n(d['n'])}): accuracy **{_f(d['accuracy'])}** (95 % CI {_f(lo)}–{_f(hi)}), blank-image "
         f"accuracy **{_f(d['blank_image_accuracy'])}** (CI {_f(blo)}–{_f(bhi)}), a gap of "
         f"**{_f(d['accuracy'] - d['blank_image_accuracy'])}**; failures **{d['n_failures']}**"
