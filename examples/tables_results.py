@@ -150,31 +150,6 @@ def faithfulness(d: dict[str, Any]) -> list[str]:
     return lines
 
 
-def ridge(data: dict[str, Any]) -> list[str]:
-    """The closed-form ridge estimator beside the Pearson-loss one."""
-    r = data["faithfulness_ridge.json"]["methods"]["estimator"]
-    p = data["faithfulness.json"]["methods"]["estimator"]
-    return [
-        f"Ridge: LDS {_ci(r['lds'])}, R² {_ci(r['r2'])}, top-5 drop / LOO {_ci(r['top5_drop_normalized'])}, "
-        f"pointing {_f(r['pointing']['value'])}; Pearson loss (the bundled estimator): LDS {_ci(p['lds'])}, "
-        f"R² {_ci(p['r2'])}, top-5 drop / LOO {_ci(p['top5_drop_normalized'])}, pointing {_f(p['pointing']['value'])}."
-    ]
-
-
-def data_efficiency(d: dict[str, Any]) -> list[str]:
-    """The estimator refit on the first n correct training examples, per n."""
-    lines = ["| training examples | LDS | R² | top-5 drop / LOO | pointing |", "|---|---|---|---|---|"]
-    for r in d.get("data_efficiency", []):
-        if "skipped" in r:
-            lines.append(f"| {_n(r['n_train'])} | {r['skipped']} | | | |")
-            continue
-        lines.append(
-            f"| {_n(r['n_train'])} | {_ci(r['lds'])} | {_ci(r['r2'])} | {_ci(r['top5_drop_normalized'])} | "
-            f"{_f(r['pointing']['value'])} |"
-        )
-    return lines
-
-
 REGION_NAMES = {"color": "colour (semantic)", "voronoi": "Voronoi", "blocks": "random blocks", "grid": "grid"}
 
 
