@@ -12,11 +12,14 @@ costs a user: setting it up, every forward pass under it, its span segmentation,
 and ``result()``; the region assignment is an input, built once beforehand.
 
 Memory: fresh subprocesses of one kind (this script, same model, same length, same
-inputs; only the mode differs), one per mode and repeat, generate ``--mem-tokens``
-tokens (default 4,000) and report their peak RSS (and peak GPU memory on CUDA). The
-capture's own memory is ``peak_rss_capture_mb - peak_rss_plain_mb``; the features it
-keeps are ``features_mb`` (spans x K x L x H float32), and
-``capture_growth_mb_per_1000_tokens`` is what remains beyond them, per 1,000 tokens.
+inputs, same 16-token warm-up; only the mode differs), one per mode and repeat, alternating,
+generate ``--mem-tokens`` tokens (default 4,000). Just before that generation each resets its
+peak RSS to its current RSS (Linux ``/proc/self/clear_refs``), so ``peak_rss_*_mb`` is the peak
+while generating (loading the model peaks higher, and would hide the capture: that whole-process
+peak is ``peak_rss_process_*_mb``) and ``growth_*_mb`` the rise above the RSS before it (and peak
+GPU memory on CUDA). The capture's own memory is ``capture_extra_mb = growth_capture_mb -
+growth_plain_mb`` (medians); the features it keeps are ``features_mb`` (spans x K x L x H
+float32), and ``capture_growth_mb_per_1000_tokens`` is what remains beyond them, per 1,000 tokens.
 
 Writes ``{"runs": [{"model", "generated_tokens", "overhead_ratio",
 "ms_per_token_plain", "ms_per_token_capture", "peak_rss_plain_mb",
@@ -33,6 +36,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -143,16 +147,36 @@ def run_once(
     return (time.perf_counter() - t0) / n, res
 
 
+def _status_mb(field: str) -> float:
+    """A ``/proc/self/status`` memory field (``VmRSS``, ``VmHWM``) in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise KeyError(field)
+
+
+def reset_peak_rss() -> float:
+    """Reset the process's peak RSS to its current RSS (Linux ``clear_refs``); returns the current RSS in MB."""
+    Path("/proc/self/clear_refs").write_text("5")
+    return _status_mb("VmRSS")
+
+
 def child(args: argparse.Namespace) -> None:
     model, x, decode = build_model(args.model, args.device)
+    assign = assignment()
+    run_once(model, x, decode, 16, args.mode == "capture", args.device, assign)  # the same warm-up in both modes
     if args.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    _, res = run_once(model, x, decode, args.tokens, args.mode == "capture", args.device, assignment())
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    before = reset_peak_rss()
+    _, res = run_once(model, x, decode, args.tokens, args.mode == "capture", args.device, assign)
+    peak = _status_mb("VmHWM")
+    process_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     gpu = torch.cuda.max_memory_allocated() / 2**20 if args.device == "cuda" else None
     feats = 0.0 if res is None else res.features.nbytes / 2**20
     n_spans = 0 if res is None else len(res.spans)
-    print(json.dumps({"peak_rss_mb": rss, "peak_gpu_mb": gpu, "features_mb": feats, "n_spans": n_spans}))
+    doc = {"peak_rss_mb": peak, "rss_before_mb": before, "growth_mb": peak - before}
+    doc |= {"peak_rss_process_mb": process_peak, "peak_gpu_mb": gpu, "features_mb": feats, "n_spans": n_spans}
+    print(json.dumps(doc))
 
 
 def memory(name: str, device: str, tokens: int, reps: int) -> dict[str, Any]:
@@ -165,8 +189,9 @@ def memory(name: str, device: str, tokens: int, reps: int) -> dict[str, Any]:
             res = subprocess.run(cmd, check=True, capture_output=True, text=True)
             got[mode].append(json.loads(res.stdout.strip().splitlines()[-1]))
     med = {m: statistics.median(r["peak_rss_mb"] for r in rs) for m, rs in got.items()}
+    grow = {m: statistics.median(r["growth_mb"] for r in rs) for m, rs in got.items()}
     feats = statistics.median(r["features_mb"] for r in got["capture"])
-    extra = med["capture"] - med["plain"]
+    extra = grow["capture"] - grow["plain"]
     out: dict[str, Any] = {
         "model": name,
         "generated_tokens": tokens,
@@ -175,6 +200,12 @@ def memory(name: str, device: str, tokens: int, reps: int) -> dict[str, Any]:
         "peak_rss_capture_mb": med["capture"],
         "peak_rss_plain_mb_each": [r["peak_rss_mb"] for r in got["plain"]],
         "peak_rss_capture_mb_each": [r["peak_rss_mb"] for r in got["capture"]],
+        "growth_plain_mb": grow["plain"],
+        "growth_capture_mb": grow["capture"],
+        "growth_plain_mb_each": [r["growth_mb"] for r in got["plain"]],
+        "growth_capture_mb_each": [r["growth_mb"] for r in got["capture"]],
+        "peak_rss_process_plain_mb": statistics.median(r["peak_rss_process_mb"] for r in got["plain"]),
+        "peak_rss_process_capture_mb": statistics.median(r["peak_rss_process_mb"] for r in got["capture"]),
         "capture_extra_mb": extra,
         "features_mb": feats,
         "n_spans": statistics.median(r["n_spans"] for r in got["capture"]),

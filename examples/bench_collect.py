@@ -5,10 +5,16 @@ Usage:
 
 Writes ``{"forwards_per_second", "batched_speedup", "examples_per_hour",
 "projected_hours_2000", ...}``. Batched vs unbatched: the same removal sets
-(M = 32 random subsets of K = 32 regions) scored with ``batch_size`` 16 and 1,
-alternating, medians over examples. Examples per hour is measured end to end
-with ``attrib.collect`` at the default settings (32 subsets, no leave-one-out),
-and with leave-one-out as used for evaluation splits.
+(M = 32 random subsets of K = 32 regions) scored with ``batch_size`` 16 and 1
+(``batched_speedup``), and 4, 8 and 32 beside them, alternating within each example,
+medians over examples. ``gflops_per_s_by_batch_size`` is the rate each reaches, counting
+2 FLOPs per decoder-layer parameter per token of the (compacted) sequences: a lower bound
+that leaves out attention scores and the LM head, to show how close a batch is to what
+the CPU can do. ``seconds_fixed_per_forward`` is a one-token text forward (the cost a
+batch shares), and ``batched_speedup_ceiling`` the speed-up that batching would give if it
+removed that whole fixed cost and made nothing else faster: unbatched / (unbatched - fixed).
+Examples per hour is measured end to end with ``attrib.collect`` at the default settings
+(32 subsets, no leave-one-out), and with leave-one-out as used for evaluation splits.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import statistics
 import tempfile
 import time
 
+import numpy as np
 import torch
 
 from attrib.ablation import AblationRunner, random_subsets
@@ -38,30 +45,74 @@ def main() -> None:
 
     m = attrib.load()
     model, proc = m.model, m.processor
-    per_batched, per_single = [], []
+    layers = m.adapter.attention_modules(model)
+    # Dense parameters a token passes through in the language model (decoder layers), for the FLOP rate.
+    dense = sum(p.numel() for mod in m.adapter.layers(model) for p in mod.parameters())
+    sizes = (1, 4, 8, 16, 32)
+    per_size: dict[int, list[float]] = {b: [] for b in sizes}
+    tokens_per_set: list[float] = []
     for i in range(n_ex):
         ex = make_example("test", i)
         x = proc.build(ex.image(), ex.question.text)
         assign = segment(ex.image(), 32).assign_tokens(proc.grid_spec())
         res = capture_generate(model, x, assign, decode=proc.tokenizer.decode, max_new_tokens=200)
         subsets = random_subsets(32, 32, seed=i)
-        for bs, store in ((16, per_batched), (1, per_single)):
+        for bs in sizes:  # alternating within each example
             r = AblationRunner(model, x, res.generated_ids, assign, batch_size=bs)
             t0 = time.perf_counter()
             r.logprobs(subsets)
-            store.append((time.perf_counter() - t0) / len(subsets))
+            per_size[bs].append((time.perf_counter() - t0) / len(subsets))
+        removed = (np.asarray(subsets, dtype=np.float32) @ np.asarray(assign.matrix) > 0).sum(1)
+        full = x["input_ids"].shape[1] + len(res.generated_ids)
+        tokens_per_set.append(float(np.mean(full - removed)))
+    # The fixed cost of one forward (Python, module calls, kernel launches): a one-token text forward.
+    one = torch.tensor([[int(x["input_ids"][0, 0])]])
+    fixed = []
+    with torch.inference_mode():
+        for _ in range(5):
+            model(input_ids=one)
+        for _ in range(30):
+            t0 = time.perf_counter()
+            model(input_ids=one)
+            fixed.append(time.perf_counter() - t0)
+    fixed_s = statistics.median(fixed)
+    per_batched, per_single = per_size[16], per_size[1]
+    med_size = {b: statistics.median(v) for b, v in per_size.items()}
+    tokens = statistics.median(tokens_per_set)
     fb, fs = statistics.median(per_batched), statistics.median(per_single)
     out = {
         "model": "bundled shapes-qwen25vl",
         "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "quick": args.quick,
+        "batch_size": 16,
         "n_examples_timed": n_ex,
         "seconds_per_forward_batched": fb,
         "seconds_per_forward_unbatched": fs,
         "forwards_per_second": 1 / fb,
         "forwards_per_second_unbatched": 1 / fs,
         "batched_speedup": fs / fb,
+        "seconds_fixed_per_forward": fixed_s,
+        # If batching removed the whole fixed cost of a forward and nothing else: unbatched / (unbatched - fixed).
+        "batched_speedup_ceiling": fs / max(fs - fixed_s, 1e-12),
+        "n_layers": len(layers),
+        "dense_params_lm": dense,
+        "tokens_per_removal_set": tokens,
+        "seconds_per_forward_by_batch_size": {str(b): v for b, v in med_size.items()},
+        "speedup_by_batch_size": {str(b): fs / v for b, v in med_size.items()},
+        # 2 FLOPs per dense parameter per token (attention scores and the LM head left out: a lower bound).
+        "gflops_per_s_by_batch_size": {str(b): 2 * dense * tokens / v / 1e9 for b, v in med_size.items()},
     }
     print(f"ablation forwards/s: batched {1 / fb:.1f}, unbatched {1 / fs:.1f}, speed-up x{fs / fb:.2f}")
+    print(
+        f"  fixed cost of a forward {fixed_s * 1e3:.2f} ms: batching that away alone gives at most "
+        f"x{out['batched_speedup_ceiling']:.2f}"
+    )
+    for b in sizes:
+        print(
+            f"  batch {b:2d}: {med_size[b] * 1e3:.2f} ms per removal set, x{fs / med_size[b]:.2f}, "
+            f"{out['gflops_per_s_by_batch_size'][str(b)]:.0f} GFLOP/s (dense layers, {tokens:.0f} tokens per set)"
+        )
     n_col = 8 if args.quick else 32
     for loo in (False, True):
         with tempfile.TemporaryDirectory() as d:

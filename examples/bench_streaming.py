@@ -28,12 +28,19 @@ spans. The streamed path pays the estimator's dot product (``loo_speedup`` count
 only that) and, counting everything (``loo_speedup_incl_capture``): the capture's
 cost for the span's tokens plus the worker's whole event (scores, top regions,
 event object). The capture's cost per token is the larger of two measures: the
-streamed-minus-plain time of the overhead runs, and the time spent inside the
-capture's own code, timed by wrapping it in separate instrumented streams.
+streamed-minus-plain time of the overhead runs (each repeat's streamed run minus
+its plain run, median over repeats, then the median over lengths; it counts all
+the streamed path adds to a token, not only the capture), and the time spent
+inside the capture's own code, timed by wrapping it in separate instrumented streams.
 
-Memory. Fresh subprocesses of one kind (this script, same example, same length;
-only the mode differs), alternating, generate ``--mem-tokens`` tokens (default
-4,000) plainly or streamed, and report their peak RSS.
+Memory. Fresh subprocesses of one kind (this script, same example, same length,
+same warm-up; only the mode differs), alternating, generate ``--mem-tokens`` tokens
+(default 4,000) plainly or streamed (capture, worker and events included). Each resets
+its peak RSS just before (Linux ``/proc/self/clear_refs``; a stream's set-up is done
+before), so ``peak_rss_*_mb`` is the peak while generating and ``growth_*_mb`` its rise
+above the RSS before; ``streaming_extra_mb`` is the streamed growth minus the plain one
+(medians). Loading the model peaks higher and would hide it: that whole-process peak is
+``peak_rss_process_*_mb``.
 
 Writes ``{"runs": [{"generated_tokens", "overhead_ratio", "event_latency_ms", ...}],
 "loo_speedup", "loo_speedup_incl_capture", "memory", "non_main_thread", ...}``.
@@ -51,6 +58,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -166,18 +174,39 @@ def loo_vs_estimator(attributor: Attributor, n_examples: int) -> dict[str, Any]:
     }
 
 
+def _status_mb(field: str) -> float:
+    """A ``/proc/self/status`` memory field (``VmRSS``, ``VmHWM``) in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise KeyError(field)
+
+
+def reset_peak_rss() -> float:
+    """Reset the process's peak RSS to its current RSS (Linux ``clear_refs``); returns the current RSS in MB."""
+    Path("/proc/self/clear_refs").write_text("5")
+    return _status_mb("VmRSS")
+
+
 def child(mode: str, tokens: int) -> None:
-    """One memory run: ``tokens`` tokens generated plainly or streamed; prints the peak RSS."""
+    """One memory run: ``tokens`` tokens generated plainly or streamed; prints the peak RSS while generating."""
     attributor = Attributor.load()
     ex = make_example("test", 0)
+    x = attributor.loaded.build(ex.image(), ex.question.text)
+    plain(attributor, x, 16)  # the same warm-up in both modes
+    attributor.stream(ex.image(), ex.question.text, max_new_tokens=16, min_new_tokens=16).run()
     n_spans = 0
     if mode == "plain":
-        plain(attributor, attributor.loaded.build(ex.image(), ex.question.text), tokens)
+        before = reset_peak_rss()
+        plain(attributor, x, tokens)
     else:
-        res = attributor.stream(ex.image(), ex.question.text, max_new_tokens=tokens, min_new_tokens=tokens).run()
-        n_spans = len(res.spans)
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"peak_rss_mb": rss, "n_spans": n_spans}))
+        s = attributor.stream(ex.image(), ex.question.text, max_new_tokens=tokens, min_new_tokens=tokens)
+        before = reset_peak_rss()
+        n_spans = len(s.run().spans)
+    peak = _status_mb("VmHWM")
+    process_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    doc = {"peak_rss_mb": peak, "rss_before_mb": before, "growth_mb": peak - before}
+    print(json.dumps(doc | {"peak_rss_process_mb": process_peak, "n_spans": n_spans}))
 
 
 def memory(tokens: int, reps: int) -> dict[str, Any]:
@@ -188,6 +217,7 @@ def memory(tokens: int, reps: int) -> dict[str, Any]:
             res = subprocess.run(cmd, check=True, capture_output=True, text=True)
             got[mode].append(json.loads(res.stdout.strip().splitlines()[-1]))
     med = {m: statistics.median(r["peak_rss_mb"] for r in rs) for m, rs in got.items()}
+    grow = {m: statistics.median(r["growth_mb"] for r in rs) for m, rs in got.items()}
     return {
         "generated_tokens": tokens,
         "reps": reps,
@@ -195,7 +225,13 @@ def memory(tokens: int, reps: int) -> dict[str, Any]:
         "peak_rss_streamed_mb": med["streamed"],
         "peak_rss_plain_mb_each": [r["peak_rss_mb"] for r in got["plain"]],
         "peak_rss_streamed_mb_each": [r["peak_rss_mb"] for r in got["streamed"]],
-        "streaming_extra_mb": med["streamed"] - med["plain"],
+        "growth_plain_mb": grow["plain"],
+        "growth_streamed_mb": grow["streamed"],
+        "growth_plain_mb_each": [r["growth_mb"] for r in got["plain"]],
+        "growth_streamed_mb_each": [r["growth_mb"] for r in got["streamed"]],
+        "peak_rss_process_plain_mb": statistics.median(r["peak_rss_process_mb"] for r in got["plain"]),
+        "peak_rss_process_streamed_mb": statistics.median(r["peak_rss_process_mb"] for r in got["streamed"]),
+        "streaming_extra_mb": grow["streamed"] - grow["plain"],
         "n_spans": statistics.median(r["n_spans"] for r in got["streamed"]),
     }
 
@@ -248,6 +284,8 @@ def main() -> None:
             "ms_per_token_plain_each": [v * 1e3 for v in p],
             "ms_per_token_streaming_each": [v * 1e3 for v in s],
             "added_ms_per_token": (ms - mp) * 1e3,
+            # Each repeat's streamed run minus the plain run just before it: drift between repeats cancels.
+            "added_ms_per_token_paired": statistics.median(b - a for a, b in zip(p, s, strict=True)) * 1e3,
             "overhead_ratio": ms / mp,
             "event_latency_ms": statistics.median(lat),
             "event_latency_p95_ms": float(np.percentile(lat, 95)),
@@ -286,7 +324,7 @@ def main() -> None:
     # Leave-one-out against the streamed path, per span.
     loo = loo_vs_estimator(attributor, 5 if args.quick else 20)
     direct = statistics.median(capture_seconds(attributor, ex, n0) for _ in range(3))
-    diff = statistics.median(r["added_ms_per_token"] for r in out["runs"]) / 1e3
+    diff = statistics.median(r["added_ms_per_token_paired"] for r in out["runs"]) / 1e3
     capture_s_per_token = max(direct, diff)
     event_s = event_seconds(attributor, attributor.k)
     per_span = capture_s_per_token * loo["tokens_per_span"] + max(event_s, loo["estimator_s_per_span"])
