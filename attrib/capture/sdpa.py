@@ -4,15 +4,21 @@ How it works. On entering [`AttentionCapture`][attrib.capture.sdpa.AttentionCapt
 attention implementation is switched from ``sdpa`` to ``attrib_sdpa``, a
 function registered with transformers' ``AttentionInterface``. It returns
 exactly what ``sdpa`` returns (same kernel, same output) and, beside it, keeps
-what the **newest query row** needs: a reference to that row's post-RoPE query
-and to the layer's key cache (no copy; M-RoPE, partial rotary and QK-norm are
-already applied). The rows themselves are computed later, in one batched pass
-per layer when a span closes (or every ``chunk`` tokens): each buffered query
-against the cached keys, causal per token, through SDPA itself with a value
-matrix that holds the region -> token assignment, so the kernel returns each
-row's attention mass per region directly (float32 accumulation inside the
-kernel, in the cache's dtype, GQA by grouping query heads over their KV head, no
-copy of the cache and no ``T x T`` or ``H x T`` probability matrix). Span sums
+what the **newest query row** needs: that row's post-RoPE query, copied into a
+per-layer buffer allocated once (M-RoPE, partial rotary and QK-norm are already
+applied), and a reference to the layer's key cache (no copy). It keeps no tensor
+made during a step (but the model's attention mask, when a step has one): small
+tensors kept across steps sit between the key
+cache's blocks, which transformers reallocates at every step, and keep the
+allocator from reusing them, so the process's memory grows with the length
+(measured in ``examples/probe_capture_designs.py --mem-tokens``). The rows
+themselves are computed later, in one batched pass per layer when a span closes
+(or every ``chunk`` tokens): each buffered query against the cached keys,
+causal per token, through SDPA itself with a value matrix that holds the
+region -> token assignment, so the kernel returns each row's attention mass per
+region directly (float32 accumulation inside the kernel, in the cache's dtype,
+GQA by grouping query heads over their KV head, no copy of the cache and no
+``T x T`` or ``H x T`` probability matrix). Span sums
 stay on the model's device; one ``(L, H, K)`` array per span moves to the host.
 A layer whose cache drops old keys (sliding-window layers past their window)
 computes its row at each step instead, from the keys it is given.
@@ -490,9 +496,10 @@ class AttentionCapture:
 
     def _reset_buffers(self) -> None:
         nl = self.n_layers
-        # Per layer, one entry per buffered forward: (query, key length, mask) while the layer's rows wait
-        # for the batched pass, or the computed (H, C) row of a layer that computes at each step.
+        # Per layer, one entry per buffered forward: (key length, mask) while the layer's rows wait for the
+        # batched pass (the queries are in _qbuf), or the computed (H, C) row of a layer that computes at each step.
         self._buf: list[list[Any]] = [[] for _ in range(nl)]
+        self._qbuf: list[torch.Tensor | None] = [None] * nl  # (1, H, capacity, D): the waiting forwards' queries
         self._keys: list[torch.Tensor | None] = [None] * nl  # the latest key cache of each waiting layer
         self._scale: list[float | None] = [None] * nl
         self._stepwise = [False] * nl  # the layer's cache drops keys: rows are computed at each step
@@ -550,6 +557,7 @@ class AttentionCapture:
             self._layer_of = {}
             self._drop()
             self._keys = [None] * self.n_layers
+            self._qbuf = [None] * self.n_layers
             self._values = {}
             self._span_sum = None
 
@@ -580,16 +588,33 @@ class AttentionCapture:
         if self._discard:
             return
         if t == seen and not self._stepwise[layer]:
-            # Keep references only: the row is computed in the next batched pass.
+            # Copy the newest query into the layer's buffer, keep a reference to the keys: the row is computed
+            # in the next batched pass.
             self._keys[layer] = key
             self._scale[layer] = scaling
-            self._buf[layer].append((query if query.shape[2] == 1 else query[:, :, -1:], seen, attention_mask))
+            entries = self._buf[layer]
+            i = len(entries)
+            buf = self._qbuf[layer]
+            if buf is None or i >= buf.shape[2] or buf.dtype != query.dtype or buf.device != query.device:
+                buf = self._grow_queries(layer, query, i)
+            buf[:, :, i] = query[:, :, -1]
+            entries.append((seen, attention_mask))
             return
         if not self._stepwise[layer]:  # the cache has started dropping keys: compute what waits, then step by step
             self._buf[layer] = list(self._layer_rows(layer).unbind(1)) if self._buf[layer] else []
             self._stepwise[layer] = True
             self._keys[layer] = None
         self._buf[layer].append(self._row_now(query, key, attention_mask, scaling, seen))
+
+    def _grow_queries(self, layer: int, query: torch.Tensor, used: int) -> torch.Tensor:
+        """The layer's query buffer with room past ``used`` entries (allocated once per capture, then doubled)."""
+        old = self._qbuf[layer]
+        size = max(self.chunk + 1, 2 * used, 16)
+        buf = query.new_empty(1, query.shape[1], size, query.shape[3])
+        if old is not None and used:
+            buf[:, :, :used] = old[:, :, :used].to(buf)
+        self._qbuf[layer] = buf
+        return buf
 
     def _table(self, like: torch.Tensor) -> _ValueTable:
         tab = self._values.get((like.device, like.dtype))
@@ -619,15 +644,15 @@ class AttentionCapture:
         if self._stepwise[layer]:
             return torch.stack(entries, 1)
         key = self._keys[layer]
-        assert key is not None
+        buf = self._qbuf[layer]
+        assert key is not None and buf is not None
         n = len(entries)
-        h, d = entries[0][0].shape[1], entries[0][0].shape[3]
+        h, d = buf.shape[1], buf.shape[3]
         kv, t = key.shape[1], key.shape[2]
         g = h // kv
-        q = torch.cat([e[0] for e in entries], dim=2) if n > 1 else entries[0][0]  # (1, H, n, D)
-        q = q.reshape(1, kv, g * n, d)  # row r = head-in-group * n + token
+        q = buf[:, :, :n].reshape(1, kv, g * n, d)  # row r = head-in-group * n + token
         vals = self._table(key).rows(t)
-        if any(e[2] is not None for e in entries):
+        if any(e[1] is not None for e in entries):
             mask = self._causal_mask(entries, t, kv, g, key.device)
         elif (t, g, key.device) in self._mask_cache:  # the usual case: one mask for every layer of this pass
             mask = self._mask_cache[(t, g, key.device)]
@@ -641,12 +666,12 @@ class AttentionCapture:
     def _causal_mask(self, entries: list[Any], t: int, kv: int, g: int, device: torch.device) -> torch.Tensor:
         """``(1, 1 or KV, G * n, T)`` boolean mask: token i sees keys before its own end, and its model mask."""
         n = len(entries)
-        ends = torch.tensor([e[1] for e in entries], device=device)
+        ends = torch.tensor([e[0] for e in entries], device=device)
         allowed = torch.arange(t, device=device)[None, :] < ends[:, None]  # (n, T)
-        if all(e[2] is None for e in entries):
+        if all(e[1] is None for e in entries):
             return allowed.expand(g, n, t).reshape(1, 1, g * n, t)
         full = allowed.expand(kv, g, n, t).clone()
-        for i, (_, end, m) in enumerate(entries):
+        for i, (end, m) in enumerate(entries):
             if m is None:
                 continue
             row = m[0, :, -1, :end]
@@ -672,7 +697,13 @@ class AttentionCapture:
         self._drop()
         if count:
             s = rows.sum(2)
-            self._span_sum = s if self._span_sum is None else self._span_sum + s
+            acc = self._span_sum
+            if acc is None or acc.shape != s.shape or acc.device != s.device:
+                self._span_sum = s  # kept, and reused by every later span (nothing new per flush)
+            elif self._span_n == 0:
+                acc.copy_(s)
+            else:
+                acc.add_(s)
             self._span_n += n
         if self.per_token:
             self._token_rows.append(rows.permute(2, 0, 1, 3).cpu().numpy())
@@ -743,7 +774,7 @@ class AttentionCapture:
                 self._flush(count=False)
             else:
                 self._drop()
-            self._span_sum, self._span_n = None, 0
+            self._span_n = 0
             if seg.closed and not self.per_token:
                 self._discard = True
         elif self._buffered >= self.chunk:
@@ -751,11 +782,11 @@ class AttentionCapture:
 
     def _emit(self, span: Span) -> None:
         """Close the open span: its mean features move to the host, once."""
-        if self._span_sum is None:
+        if self._span_sum is None or self._span_n == 0:
             mean = np.zeros((self.n_layers, self.n_heads, self._n_cols), dtype=np.float32)
         else:
-            mean = (self._span_sum / max(1, self._span_n)).cpu().numpy()
-        self._span_sum, self._span_n = None, 0
+            mean = (self._span_sum / self._span_n).cpu().numpy()
+        self._span_n = 0
         feats, span_parts = self._split(mean)
         for name, a in span_parts.items():
             self._part_feats[name].append(a)
