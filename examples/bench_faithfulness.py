@@ -19,9 +19,18 @@ already holds them (the identity check refuses different settings), so a rerun o
 
 Sizes (train / held-out / validation examples; data-efficiency sizes):
 
-- default: 600 / 200 / 50; ``100,300,600`` (about an hour and a half on 2 CPU cores);
-- ``--quick``: 120 / 32 / 12; ``40,120`` (sized to finish in about 15 minutes on 2 CPU cores; see the
-  docstring's measurement note in docs/evaluate.md). Its figures rest on few examples: read their intervals.
+- default: 600 / 200 / 50; ``100,300,600``;
+- ``--quick``: 120 / 32 / 12; ``40,120``. Its figures rest on few examples: read their intervals.
+- ``--sizes TRAIN,TEST,VALIDATION`` and ``--curve`` override them (``--sizes 10,3,3 --curve 4,8``: a smoke run).
+
+Time. ``--quick`` is sized to about 15 minutes on 2 CPU cores, an *estimate* from its parts, not a
+measured run (the machine was shared when it was written): collection at the measured 7,758 examples per
+hour with 32 removal sets and about 1.2 s per held-out example with ``--loo --subsets 64`` (docs/benchmarks.md),
+about 4 minutes for the three splits on a busy machine; the evaluation at the measured 2.1 s per held-out
+example for five feature- and ablation-based methods with insertion/deletion curves (``data/test``, 200
+examples, 419 s), doubled for the gradient baselines, about 2.5 minutes; 3 seeds and 6 data-efficiency fits
+of a few seconds to half a minute each, and their held-out scoring, about 5 minutes. The JSON's
+``bench.stages`` records what a run really took.
 
 The full runs behind docs/benchmarks.md stay in ``examples/rebuild_faithfulness.sh``.
 """
@@ -64,9 +73,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--methods", default=None, help="methods to score (default: every registered default method)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument(
+        "--sizes",
+        default=None,
+        help="override the split sizes, TRAIN,TEST,VALIDATION (e.g. 12,4,4 for a smoke run)",
+    )
+    ap.add_argument("--curve", default=None, help="override the data-efficiency sizes (comma-separated)")
     args = ap.parse_args(argv)
     mode = "quick" if args.quick else "full"
-    size = SIZES[mode]
+    size = dict(SIZES[mode])
+    if args.sizes:
+        size["train"], size["test"], size["validation"] = (int(v) for v in args.sizes.split(","))
+        mode += "+custom"
+    if args.curve is not None:
+        size["curve"] = args.curve
     work = Path(args.work or f"out/bench_faith{'-quick' if args.quick else ''}")
     work.mkdir(parents=True, exist_ok=True)
     if args.threads:
