@@ -48,6 +48,7 @@ __all__ = [
     "EPS",
     "OUTCOMES",
     "STRAIGHT_TOL",
+    "OnlineTrajectory",
     "TortuosityFlagger",
     "TrajectoryPCA",
     "auc_by_progress",
@@ -712,6 +713,70 @@ def three_outcome(
         tests[key][m]["p_value_bonferroni"] = pb
         tests[key][m]["p_value_holm"] = ph
     return {"by_outcome": by, "tests": tests}
+
+
+# ---------------------------------------------------------------------------- online statistics
+
+
+class OnlineTrajectory:
+    """A chain's trajectory statistics, updated one span at a time in O(K).
+
+    Each span's raw region scores become an effect vector ([`effect_vectors`][metrics.trajectory.effect_vectors]
+    with ``top`` and ``normalize``); after each span, [`update`][metrics.trajectory.OnlineTrajectory.update]
+    returns the statistics of the chain so far, equal to the whole-chain functions applied to the prefix:
+    ``path_length`` ([`path_length`][metrics.trajectory.path_length]), ``displacement``
+    ([`net_displacement`][metrics.trajectory.net_displacement]), ``tortuosity``
+    ([`tortuosity`][metrics.trajectory.tortuosity]; NaN before two spans) and this span's
+    ``concentration`` ([`concentration`][metrics.trajectory.concentration], entropy-based, of the raw scores).
+
+    Args:
+        top: See [`effect_vectors`][metrics.trajectory.effect_vectors].
+        normalize: See [`effect_vectors`][metrics.trajectory.effect_vectors].
+        eps: See [`tortuosity`][metrics.trajectory.tortuosity].
+    """
+
+    def __init__(self, *, top: int = 32, normalize: bool = True, eps: float = EPS) -> None:
+        self.top = top
+        self.normalize = normalize
+        self.eps = eps
+        self.reset()
+
+    def reset(self) -> None:
+        """Start a new chain."""
+        self.n_spans = 0
+        self._first: np.ndarray | None = None
+        self._last: np.ndarray | None = None
+        self._length = 0.0
+
+    def update(self, score_vector: np.ndarray) -> dict[str, float]:
+        """Add one span's raw region scores ``(K,)``.
+
+        Returns:
+            ``n_spans``, ``path_length``, ``displacement``, ``tortuosity`` and ``concentration``.
+
+        Raises:
+            ValueError: If ``K`` changes within a chain.
+        """
+        raw = np.asarray(score_vector, dtype=np.float64).reshape(1, -1)
+        e = effect_vectors(raw, self.top, normalize=self.normalize)[0]
+        if self._first is None:
+            self._first = e
+        else:
+            assert self._last is not None
+            if e.shape != self._last.shape:
+                raise ValueError(f"span has K = {e.shape[0]}, earlier spans of this chain had {self._last.shape[0]}")
+            self._length += float(np.linalg.norm(e - self._last))
+        self._last = e
+        self.n_spans += 1
+        disp = float(np.linalg.norm(e - self._first))
+        tort = _ratio(self._length, disp, self.eps) if self.n_spans >= 2 else float("nan")
+        return {
+            "n_spans": float(self.n_spans),
+            "path_length": self._length,
+            "displacement": disp,
+            "tortuosity": tort,
+            "concentration": float(concentration(raw)[0]),
+        }
 
 
 # ---------------------------------------------------------------------------- online flagging

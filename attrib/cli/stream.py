@@ -46,6 +46,42 @@ def _stream_options(q: argparse.ArgumentParser) -> None:
     q.add_argument(
         "--flagger", default=None, help="failure-flagger JSON ('none' disables; default: the model's own, if any)"
     )
+    _safety_options(q)
+
+
+def _safety_options(q: argparse.ArgumentParser) -> None:
+    q.add_argument(
+        "--stop-on-flag",
+        dest="stop_on_flag",
+        action="store_true",
+        help="end generation as soon as the failure flag rises (needs a flagger)",
+    )
+    q.add_argument(
+        "--events",
+        default=None,
+        metavar="FILE",
+        help="append every event (scores, trajectory statistics, flag state, timestamps) to this JSON-lines log",
+    )
+
+
+def _open_events(args: argparse.Namespace) -> Any:
+    """The ``--events`` log, opened before any work (an unwritable path fails here); ``None`` without it."""
+    if getattr(args, "events", None) is None:
+        return None
+    from attrib.streaming.events import EventLog
+
+    try:
+        return EventLog(args.events)
+    except OSError as e:
+        raise ValueError(f"--events {args.events}: cannot append to it ({e.strerror or e})") from None
+
+
+def _check_safety(args: argparse.Namespace, flagger: Any) -> None:
+    if getattr(args, "stop_on_flag", False) and flagger is None:
+        raise ValueError(
+            "--stop-on-flag needs a failure flagger: pass --flagger FILE (attrib trajectories --save-flagger); "
+            "the model ships none that earns a default place"
+        )
 
 
 def _print_event(console_out: Console, ev: Any, flag: str = "FLAG") -> None:
@@ -64,6 +100,21 @@ def _print_event(console_out: Console, ev: Any, flag: str = "FLAG") -> None:
         )
 
 
+def _show(console_out: Console, ev: Any, truth: str | None, flagger: Any) -> Any:
+    """Print one event; return the result for the final one."""
+    from attrib.streaming.stream import FinalEvent
+
+    if not isinstance(ev, FinalEvent):
+        _print_event(console_out, ev, flag_label(flagger))
+        return None
+    res = ev.result
+    verdict = ""
+    if res.correct is not None:
+        verdict = " [green]right[/green]" if res.correct else f" [red]wrong[/red] (truth {escape(truth or '')})"
+    console_out.print(f"  answer: [bold]{escape(str(res.answer))}[/bold]{verdict}")
+    return res
+
+
 def run_stream(
     console_out: Console,
     attributor: Any,
@@ -74,11 +125,12 @@ def run_stream(
     *,
     regions: Any = None,
     flagger: Any = None,
+    events: Any = None,
 ) -> Any:
     """Stream one image and prompt, print each span as it arrives, then the answer and (unless skipped) the check."""
-    from attrib.streaming.stream import FinalEvent
 
     res = None
+    stop = bool(getattr(args, "stop_on_flag", False))
     with attributor.stream(
         image,
         prompt,
@@ -87,19 +139,23 @@ def run_stream(
         flagger=flagger,
         top=args.top,
         regions=regions,
+        stop_on_flag=stop,
         **generate_kwargs(args),
     ) as stream:
-        for ev in stream:
-            if isinstance(ev, FinalEvent):
-                res = ev.result
-                verdict = ""
-                if res.correct is not None:
-                    verdict = (
-                        " [green]right[/green]" if res.correct else f" [red]wrong[/red] (truth {escape(truth or '')})"
-                    )
-                console_out.print(f"  answer: [bold]{escape(str(res.answer))}[/bold]{verdict}")
-            else:
-                _print_event(console_out, ev, flag_label(flagger))
+        sid = events.start(stream, model=attributor.name, flagger=flagger) if events is not None else None
+        try:
+            for ev in stream:
+                if events is not None:
+                    events.event(sid, ev)
+                res = _show(console_out, ev, truth, flagger) or res
+        except Exception as e:
+            if events is not None:
+                events.error(sid, f"{type(e).__name__}: {e}")
+            raise
+    if res is not None and res.stopped_on_flag:
+        console_out.print(
+            f"  [red]generation stopped at span {res.flagged_at}: the failure flag rose (--stop-on-flag)[/red]"
+        )
     if res is None:
         raise RuntimeError("the stream ended without a final event")
     if not getattr(args, "no_verify", False):
@@ -141,6 +197,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from attrib.io import atomic_write_json, atomic_write_text
     from attrib.streaming.report import render_report
 
+    if args.stop_on_flag and args.flagger == "none":
+        raise ValueError("--stop-on-flag needs a failure flagger, and --flagger none disables it")
+    events = _open_events(args)
     t0 = time.perf_counter()
     attributor = _attributor(args)
     console.print(
@@ -152,6 +211,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         raise ValueError(f"{attributor.name} has no default examples: pass --dataset (shapes:test or a JSONL file)")
     results = []
     flagger = load_flagger(args.flagger, attributor.loaded)
+    _check_safety(args, flagger)
     for item in open_dataset(spec).items(args.n, args.start):
         family = f" ({escape(str(item.meta['family']))})" if "family" in item.meta else ""
         out.print(f"\n[bold]{escape(item.uid)}[/bold]{family}: {escape(item.question)}")
@@ -161,9 +221,19 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         regions = item.regions if attributor.region_method == "given" else None
         results.append(
             run_stream(
-                out, attributor, item.load_image(), item.question, item.answer, args, regions=regions, flagger=flagger
+                out,
+                attributor,
+                item.load_image(),
+                item.question,
+                item.answer,
+                args,
+                regions=regions,
+                flagger=flagger,
+                events=events,
             )
         )
+    if events is not None:
+        events.close()
     outdir = Path(args.out)
     html_path = outdir / "report.html"
     named = attributor.loaded.named
@@ -179,7 +249,10 @@ def _cmd_stream(args: argparse.Namespace) -> int:
     from attrib.io import atomic_write_json, atomic_write_text, load_image
     from attrib.streaming.report import render_report
 
+    if args.stop_on_flag and args.flagger == "none":
+        raise ValueError("--stop-on-flag needs a failure flagger, and --flagger none disables it")
     image = load_image(args.image)
+    events = _open_events(args)
     regions: Any = None
     if args.regions_file is not None:
         regions = _regions_file(args.regions_file)
@@ -187,16 +260,15 @@ def _cmd_stream(args: argparse.Namespace) -> int:
     elif args.regions == "given":
         raise ValueError("--regions given needs --regions-file (a label-map PNG or a JSON list of boxes)")
     attributor = _attributor(args)
-    res = run_stream(
-        out,
-        attributor,
-        image,
-        args.prompt,
-        args.truth,
-        args,
-        regions=regions,
-        flagger=load_flagger(args.flagger, attributor.loaded),
-    )
+    flagger = load_flagger(args.flagger, attributor.loaded)
+    _check_safety(args, flagger)
+    try:
+        res = run_stream(
+            out, attributor, image, args.prompt, args.truth, args, regions=regions, flagger=flagger, events=events
+        )
+    finally:
+        if events is not None:
+            events.close()
     if args.html:
         atomic_write_text(args.html, render_report([res], title="attrib stream"))
         console.print(f"wrote {args.html}")
@@ -235,7 +307,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             f"--host {args.host} serves beyond this machine: pass --token SECRET (or set ATTRIB_SERVE_TOKEN), "
             "or bind to 127.0.0.1"
         )
+    if args.stop_on_flag and args.flagger == "none":
+        raise ValueError("--stop-on-flag needs a failure flagger, and --flagger none disables it")
+    events = _open_events(args)
     attributor = _attributor(args)
+    flagger = load_flagger(args.flagger, attributor.loaded)
+    _check_safety(args, flagger)
     examples = None
     if args.dataset:
         from attrib.collect.datasets import open_dataset
@@ -247,10 +324,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         port=args.port,
         token=token,
         allowed_hosts=args.allow_host or (),
-        flagger=load_flagger(args.flagger, attributor.loaded),
+        flagger=flagger,
         max_new_tokens=args.max_new_tokens,
         examples=examples,
         time_limit_s=args.time_limit,
+        events=events,
+        stop_on_flag=args.stop_on_flag,
         **generate_kwargs(args),
     )
     host, port = srv.server_address[:2]
@@ -261,7 +340,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         shown = f"[{shown}]"
     how = "" if token is None else "; enter the token in the page, or add #token=YOUR_TOKEN to the address"
     console.print(f"attrib serve: open http://{escape(shown)}:{port}/{escape(how)}  (Ctrl-C stops)")
-    run_until_interrupted(srv)
+    try:
+        run_until_interrupted(srv)
+    finally:
+        if events is not None:
+            events.close()
     return 0
 
 
@@ -329,6 +412,7 @@ def register(sub: Any) -> None:
     )
     sv.add_argument("--port", type=int, default=8765, help="TCP port (0 picks a free one)")
     sv.add_argument("--flagger", default=None, help="failure-flagger JSON ('none' disables; default: the model's own)")
+    _safety_options(sv)
     add_generation_options(sv)
     _region_options(sv)
     sv.add_argument("--dataset", default=None, help="examples offered in the page (default: the model's own)")

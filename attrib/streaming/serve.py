@@ -77,6 +77,7 @@ from PIL import Image, ImageOps
 
 from attrib.collect.datasets import CollectItem, open_dataset
 from attrib.io import to_rgb
+from attrib.streaming.events import EventLog
 from attrib.streaming.report import CSS, HEATMAP_JS, labels_payload, png_data_uri
 from attrib.streaming.stream import AttributionStream, Attributor, FinalEvent, SpanEvent
 
@@ -760,6 +761,7 @@ class _Handler(BaseHTTPRequestHandler):
                     truth=truth,
                     flagger=srv.flagger_factory(),
                     max_new_tokens=srv.max_new_tokens,
+                    stop_on_flag=srv.stop_on_flag,
                     **srv.generate_kwargs,
                 )
             except ValueError as e:
@@ -783,12 +785,20 @@ class _Handler(BaseHTTPRequestHandler):
         self._started = True
         self.close_connection = True
         events: queue.Queue[tuple[str, Any]] = queue.Queue()
+        log = srv.events
+        sid: str | None = None
+        if log is not None:
+            sid = log.start(stream, model=srv.attributor.name, flagger=stream.flagger, client=self.client_address[0])
 
         def pump() -> None:
             try:
                 for ev in stream:
+                    if log is not None and sid is not None:
+                        log.event(sid, ev)
                     events.put(("event", ev))
             except BaseException as e:  # handed to the handler, which reports it
+                if log is not None and sid is not None:
+                    log.error(sid, f"{type(e).__name__}: {e}")
                 events.put(("failed", e))
             else:
                 events.put(("end", None))
@@ -809,6 +819,8 @@ class _Handler(BaseHTTPRequestHandler):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     logger.warning("stream stopped at its time limit of %g s", limit)
+                    if log is not None and sid is not None:
+                        log.error(sid, f"generation stopped at the time limit of {limit:g} s")
                     self._event("error", {"error": f"generation stopped: it reached the time limit of {limit:g} s"})
                     return
                 try:
@@ -830,6 +842,8 @@ class _Handler(BaseHTTPRequestHandler):
                     return
         except OSError:
             logger.info("client disconnected; generation stopped")
+            if log is not None and sid is not None:
+                log.error(sid, "client disconnected; generation stopped")
             srv.count_disconnect()
         finally:
             stream.close(timeout=_CLOSE_WAIT_S)
@@ -867,6 +881,8 @@ class AttribServer(ThreadingHTTPServer):
         time_limit_s: float = TIME_LIMIT_S,
         max_uploads: int = MAX_UPLOADS,
         max_pixels: int = MAX_PIXELS,
+        events: EventLog | None = None,
+        stop_on_flag: bool = False,
     ) -> None:
         self.address_family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
         super().__init__(addr, _Handler)
@@ -874,6 +890,8 @@ class AttribServer(ThreadingHTTPServer):
         self.token = token
         self.token_in_page = token_in_page
         self.flagger_factory = flagger_factory
+        self.events = events
+        self.stop_on_flag = stop_on_flag
         self.max_new_tokens = max_new_tokens
         self.generate_kwargs = generate_kwargs
         self.examples = {ex.uid: ex for ex in examples}
@@ -965,6 +983,8 @@ def make_server(
     examples: Sequence[CollectItem] | None = None,
     time_limit_s: float = TIME_LIMIT_S,
     max_uploads: int = MAX_UPLOADS,
+    events: EventLog | None = None,
+    stop_on_flag: bool = False,
     **generate_kwargs: Any,
 ) -> AttribServer:
     """Build (but do not start) the server; ``port=0`` picks a free port (see ``server.server_address``).
@@ -984,6 +1004,9 @@ def make_server(
         examples: Examples to offer (default: [`default_examples`][attrib.streaming.serve.default_examples]).
         time_limit_s: Generation time limit per stream request; the stream then ends with an ``error`` event.
         max_uploads: Uploads kept at once (least recently used evicted).
+        events: A JSON-lines log every stream's events are appended to
+            ([`EventLog`][attrib.streaming.events.EventLog]; each stream's start line names the client).
+        stop_on_flag: End a generation as soon as its failure flag rises (needs ``flagger``).
         **generate_kwargs: Passed to ``generate`` (e.g. ``min_new_tokens``).
 
     Returns:
@@ -991,8 +1014,11 @@ def make_server(
 
     Raises:
         ValueError: For a non-loopback ``host`` without ``token``, a short token, a non-positive
-            ``time_limit_s`` or ``max_uploads``, or a malformed ``allowed_hosts`` entry (all before binding).
+            ``time_limit_s`` or ``max_uploads``, a malformed ``allowed_hosts`` entry, or ``stop_on_flag``
+            without a flagger (all before binding).
     """
+    if stop_on_flag and flagger is None:
+        raise ValueError("stop_on_flag needs a failure flagger")
     loopback = is_loopback(host)
     if token is None:
         if not loopback:
@@ -1028,6 +1054,8 @@ def make_server(
         allowed_hosts=allowed_hosts,
         time_limit_s=time_limit_s,
         max_uploads=max_uploads,
+        events=events,
+        stop_on_flag=stop_on_flag,
     )
     if not loopback:
         logger.warning(

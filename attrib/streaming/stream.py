@@ -46,7 +46,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +67,7 @@ from attrib.regions import RegionPartition
 from attrib.regions.methods import Segmenter, check_region_method
 from attrib.variants.registry import AblationRequest, CaptureRequest, Variant, check_generate_kwargs, get_variant
 from estimators.linear import LinearHeadEstimator
+from metrics.trajectory import OnlineTrajectory
 
 __all__ = [
     "AttributionStream",
@@ -105,6 +106,10 @@ class SpanEvent:
         shares: Per other key part (latent tokens: ``"latent"``), the estimator-weighted
             share of the span's attention mass on it
             ([`attrib.analysis.latent.latent_share`][attrib.analysis.latent.latent_share]).
+        trajectory: The chain's trajectory statistics up to and including this span
+            ([`OnlineTrajectory`][metrics.trajectory.OnlineTrajectory]: ``n_spans``, ``path_length``,
+            ``displacement``, ``tortuosity``, and this span's ``concentration``), with the flagger's
+            effect-vector settings when there is one.
     """
 
     index: int
@@ -118,6 +123,7 @@ class SpanEvent:
     flagged: bool = False
     parts: dict[str, np.ndarray] = field(default_factory=dict)
     shares: dict[str, float] = field(default_factory=dict)
+    trajectory: dict[str, float] = field(default_factory=dict)
 
     @property
     def latency_ms(self) -> float:
@@ -140,6 +146,7 @@ class SpanEvent:
             "flagged": self.flagged,
             "parts": {k: [float(v) for v in p] for k, p in self.parts.items()},
             "shares": {k: float(v) for k, v in self.shares.items()},
+            "trajectory": {k: (float(v) if np.isfinite(v) else None) for k, v in self.trajectory.items()},
         }
 
 
@@ -162,6 +169,7 @@ class StreamResult:
         faithfulness: Optional per-example check against ablation (see
             [`Attributor.verify`][attrib.streaming.stream.Attributor.verify]).
         flagged_at: Span index at which the flagger first fired, if it did.
+        stopped_on_flag: Whether generation was ended early because the flag rose (``stop_on_flag``).
         generated_ids: The generated token ids.
         token_sources: Per generated token, the image token it copies (v1 models; ``None`` otherwise).
         system: The system prompt, when one was given.
@@ -181,6 +189,7 @@ class StreamResult:
     estimator: dict[str, Any] = field(default_factory=dict)
     faithfulness: dict[str, Any] | None = None
     flagged_at: int | None = None
+    stopped_on_flag: bool = False
     generated_ids: list[int] = field(default_factory=list)
     token_sources: list[int] | None = None
     system: str | None = None
@@ -220,6 +229,7 @@ class StreamResult:
             "estimator": self.estimator,
             "faithfulness": self.faithfulness,
             "flagged_at": self.flagged_at,
+            "stopped_on_flag": self.stopped_on_flag,
             "spans": [s.to_dict() for s in self.spans],
         }
 
@@ -292,13 +302,27 @@ class AttributionStream:
         generate_kwargs: dict[str, Any],
         system: str | None = None,
         regions: RegionPartition | np.ndarray | dict[str, Any] | None = None,
+        on_flag: Callable[[SpanEvent], object] | None = None,
+        stop_on_flag: bool = False,
     ) -> None:
+        if stop_on_flag and flagger is None:
+            raise ValueError("stop_on_flag needs a flagger")
+        if on_flag is not None and flagger is None:
+            raise ValueError("on_flag needs a flagger")
         self._a = attributor
         self.image = to_rgb(image)
         self.prompt = prompt
         self.truth = truth
         self.top = top
         self._flagger = flagger
+        if flagger is not None and hasattr(flagger, "reset"):
+            flagger.reset()  # a flagger holds one chain's state: every stream starts a new chain
+        self._on_flag = on_flag
+        self._stop_on_flag = stop_on_flag
+        self._stopped_on_flag = False
+        self._trajectory = OnlineTrajectory(
+            top=getattr(flagger, "top", 32), normalize=getattr(flagger, "normalize", True)
+        )
         self._max_new_tokens = max_new_tokens
         self._gen_kwargs = generate_kwargs
         self.system = system
@@ -322,6 +346,11 @@ class AttributionStream:
         self._closed = False
         self._ended = threading.Event()
         self.generation_done_s: float | None = None
+
+    @property
+    def flagger(self) -> Flagger | None:
+        """The stream's failure flagger, if any."""
+        return self._flagger
 
     # -- generation (a greenlet on the iterating thread) -----------------------------------------
 
@@ -393,6 +422,10 @@ class AttributionStream:
                 if self._flagger is not None and not flagged and self._flagger.update(scores):
                     self._flagged_at = span.index
                     flagged = True
+                    if self._stop_on_flag:  # generation stops at its next token; the final event follows
+                        self._stopped_on_flag = True
+                        self._stop.set()
+                trajectory = self._trajectory.update(scores)
                 ev = SpanEvent(
                     index=span.index,
                     text=span.text,
@@ -405,6 +438,7 @@ class AttributionStream:
                     flagged=flagged,
                     parts=part_scores,
                     shares=shares,
+                    trajectory=trajectory,
                 )
                 self._events.append(ev)
                 self._events_q.put(("span", ev))
@@ -427,6 +461,7 @@ class AttributionStream:
             model=self._a.name,
             estimator=dict(getattr(self._a.estimator, "metadata_", {})),
             flagged_at=self._flagged_at,
+            stopped_on_flag=self._stopped_on_flag,
             generated_ids=list(cap.generated_ids),
             token_sources=cap.token_sources,
             system=self.system,
@@ -453,6 +488,8 @@ class AttributionStream:
                 kind, payload = self._next_item()
                 if kind == "error":
                     raise payload
+                if kind == "span" and self._on_flag is not None and payload.index == self._flagged_at:
+                    self._on_flag(payload)  # once: the event on which the flag rose
                 yield payload
                 if kind == "final":
                     return
@@ -725,6 +762,8 @@ class Attributor:
         top: int = 3,
         system: str | None = None,
         regions: RegionPartition | np.ndarray | dict[str, Any] | None = None,
+        on_flag: Callable[[SpanEvent], object] | None = None,
+        stop_on_flag: bool = False,
         **generate_kwargs: Any,
     ) -> AttributionStream:
         """Start streaming attributions for one image and prompt.
@@ -734,11 +773,17 @@ class Attributor:
             prompt: The question.
             max_new_tokens: Generation budget.
             truth: The expected answer, when known (the result then says whether it was right).
-            flagger: Optional online failure flagger (``update(scores) -> bool``).
+            flagger: Optional online failure flagger (``update(scores) -> bool``); the stream resets it
+                (``reset()``, when it has one) before the first span, so one flagger serves many streams.
             top: Top regions per event.
             system: A system prompt (default: the attributor's).
             regions: This image's own regions (a partition, a label map, or ``{"boxes": ...}``) instead of
                 the attributor's region method.
+            on_flag: Called once, with the [`SpanEvent`][attrib.streaming.stream.SpanEvent] on which the flag
+                rose, on the iterating thread just before that event is yielded (an exception it raises
+                ends the stream and reaches the caller). Needs ``flagger``.
+            stop_on_flag: End generation when the flag rises: generation stops at its next token and the
+                stream ends with its final event (``result.stopped_on_flag``). Needs ``flagger``.
             **generate_kwargs: Passed to the model's ``generate`` (e.g. ``do_sample``, ``temperature``,
                 ``top_p``, ``min_new_tokens``; greedy by default).
 
@@ -746,7 +791,8 @@ class Attributor:
             The stream; generation starts when iteration does.
 
         Raises:
-            ValueError: For a prompt that would overflow the context, or bad regions.
+            ValueError: For a prompt that would overflow the context, bad regions, or ``on_flag`` /
+                ``stop_on_flag`` without a flagger.
         """
         return AttributionStream(
             self,
@@ -759,6 +805,8 @@ class Attributor:
             generate_kwargs=generate_kwargs,
             system=self.system if system is None else system,
             regions=regions,
+            on_flag=on_flag,
+            stop_on_flag=stop_on_flag,
         )
 
     def verify(self, result: StreamResult, *, topk: int = 5) -> dict[str, Any]:
