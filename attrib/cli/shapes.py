@@ -17,7 +17,12 @@ __all__ = ["register"]
 def _difficulty(args: argparse.Namespace) -> Any:
     from attrib.shapes.scene import Difficulty
 
-    base = Difficulty.preset(args.difficulty).to_dict()
+    if getattr(args, "benchmark", "shapes") == "shapes2":
+        from attrib.shapes.v2.scene import preset
+
+        base = preset(args.difficulty).to_dict()
+    else:
+        base = Difficulty.preset(args.difficulty).to_dict()
     for k in ("min_objects", "max_objects", "size_scale", "colour_similarity"):
         v = getattr(args, k, None)
         if v is not None:
@@ -27,8 +32,33 @@ def _difficulty(args: argparse.Namespace) -> Any:
     return Difficulty.from_dict(base)
 
 
+def _add_benchmark(p: argparse.ArgumentParser, *, from_model: bool = False) -> None:
+    p.add_argument(
+        "--benchmark",
+        default=None if from_model else "shapes",
+        choices=["shapes", "shapes2"],
+        help="benchmark version: shapes (v1) or shapes2 (v2: long traces grounded in the image, canvas mix)"
+        + ("; default: the one the model was trained on (its train_log.json), else shapes" if from_model else ""),
+    )
+
+
+def _model_benchmark(path: Any) -> str:
+    """The benchmark a model directory was trained on (its ``train_log.json``), ``shapes`` when it does not say."""
+    log = Path(str(path)) / "train_log.json"
+    try:
+        bench = json.loads(log.read_text()).get("config", {}).get("benchmark", "shapes")
+    except (OSError, ValueError):
+        return "shapes"
+    return bench if bench in ("shapes", "shapes2") else "shapes"
+
+
 def _add_difficulty(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--difficulty", default="medium", choices=["easy", "medium", "hard"], help="difficulty preset")
+    p.add_argument(
+        "--difficulty",
+        default="medium",
+        choices=["easy", "medium", "hard"],
+        help="difficulty preset (of the chosen benchmark; v2 object counts are those of a 224x224 canvas)",
+    )
     p.add_argument(
         "--min-objects", dest="min_objects", type=int, help="fewest objects per scene (overrides the preset)"
     )
@@ -52,16 +82,32 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     lines = []
-    for ex in iter_split(
-        args.split,
-        args.n,
-        start=args.start,
-        benchmark_seed=args.seed,
-        difficulty=_difficulty(args),
-        width=args.width,
-        height=args.height,
-        families=args.families,
-    ):
+    if args.benchmark == "shapes2":
+        from attrib.shapes.v2.dataset import iter_split as iter_split2
+
+        if (args.width is None) != (args.height is None):
+            raise ValueError("give both --width and --height (or neither, for the v2 canvas mix)")
+        examples: Any = iter_split2(
+            args.split,
+            args.n,
+            start=args.start,
+            benchmark_seed=args.seed,
+            difficulty=_difficulty(args),
+            canvas=None if args.width is None else (args.width, args.height),
+            families=args.families,
+        )
+    else:
+        examples = iter_split(
+            args.split,
+            args.n,
+            start=args.start,
+            benchmark_seed=args.seed,
+            difficulty=_difficulty(args),
+            width=args.width or 224,
+            height=args.height or 224,
+            families=args.families,
+        )
+    for ex in examples:
         ex.image().save(out_dir / f"{ex.uid}.png")
         rec = ex.to_dict()
         rec["image"] = f"{ex.uid}.png"
@@ -75,10 +121,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from attrib.shapes.model import ModelSize
     from attrib.shapes.train import TrainConfig, train
 
-    size = ModelSize.tiny() if args.tiny else ModelSize()
-    overrides = {k: getattr(args, k) for k in ("steps", "batch_size", "lr") if getattr(args, k) is not None}
-    overrides["variant"] = args.variant
-    cfg = TrainConfig(seed=args.seed, size=size, difficulty=_difficulty(args), threads=args.threads, **overrides)
+    overrides: dict[str, Any] = {
+        k: getattr(args, k) for k in ("steps", "batch_size", "lr") if getattr(args, k) is not None
+    }
+    overrides |= {"seed": args.seed, "difficulty": _difficulty(args), "threads": args.threads}
+    if args.tiny:
+        overrides["size"] = ModelSize.tiny()
+    if args.benchmark == "shapes2":
+        if args.variant != "base":
+            raise ValueError("--benchmark shapes2 trains the plain model only (no --variant v1 yet)")
+        cfg = TrainConfig.v2(**overrides)
+    else:
+        cfg = TrainConfig(size=overrides.pop("size", ModelSize()), variant=args.variant, **overrides)
     with progress() as prog:
         task = prog.add_task("train", total=cfg.steps)
 
@@ -96,14 +150,24 @@ def _print_eval(d: dict[str, Any]) -> None:
     t.add_column("n", justify="right")
     t.add_column("accuracy", justify="right")
     t.add_column("blank image", justify="right")
+    t.add_column("objects right", justify="right")
+    t.add_column("positions right", justify="right")
+    t.add_column("median sentences", justify="right")
+
+    def cells(r: dict[str, Any]) -> list[str]:
+        return [
+            "-" if r.get(k) is None else f"{r[k]:.3f}"
+            for k in ("blank_image_accuracy", "object_accuracy", "position_accuracy")
+        ] + ["-" if r.get("chain_length_median") is None else f"{r['chain_length_median']:g}"]
+
     for f, r in d["per_family"].items():
-        b = r.get("blank_image_accuracy")
-        t.add_row(f, str(r["n"]), f"{r['accuracy']:.3f}", "-" if b is None else f"{b:.3f}")
-    b = d.get("blank_image_accuracy")
-    t.add_row("all", str(d["n"]), f"{d['accuracy']:.3f}", "-" if b is None else f"{b:.3f}", style="bold")
+        t.add_row(f, str(r["n"]), f"{r['accuracy']:.3f}", *cells(r))
+    t.add_row("all", str(d["n"]), f"{d['accuracy']:.3f}", *cells(d), style="bold")
     out.print(t)
+    kinds = d.get("failure_kinds") or {}
     out.print(
-        f"parse_rate {d['parse_rate']:.3f}  n_failures {d['n_failures']}  "
+        f"parse_rate {d['parse_rate']:.3f}  n_failures {d['n_failures']} "
+        f"(hallucination {kinds.get('hallucination', 0)}, reasoning_error {kinds.get('reasoning_error', 0)})  "
         f"seconds_per_example {d['seconds_per_example']:.3f}"
         + (f"  pointing_accuracy {d['pointing_accuracy']:.3f}" if d.get("pointing_accuracy") is not None else "")
     )
@@ -120,6 +184,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     loaded = load(args.model)
     model, processor, path = loaded.model, cast(Any, loaded.processor), loaded.path or loaded.name
+    if args.benchmark is None:
+        args.benchmark = _model_benchmark(loaded.path) if loaded.path else "shapes"
     with progress() as prog:
         task = prog.add_task("eval", total=args.n * (1 if args.no_blank else 2))
 
@@ -138,9 +204,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             blank_control=not args.no_blank,
             on_progress=on_progress,
             copy_feed=args.copy_feed,
+            benchmark=args.benchmark,
         )
     d = res.to_dict(with_outcomes=args.outcomes)
     d["model"] = str(path)
+    d["benchmark"] = args.benchmark
     d["difficulty"] = _difficulty(args).to_dict()
     _print_eval(d)
     if args.json:
@@ -159,10 +227,11 @@ def register(sub: Any) -> None:
     g.add_argument("--n", type=int, default=10, help="examples to write")
     g.add_argument("--start", type=int, default=0, help="first example index")
     g.add_argument("--seed", type=int, default=0, help="benchmark seed")
-    g.add_argument("--width", type=int, default=224, help="canvas width in pixels")
-    g.add_argument("--height", type=int, default=224, help="canvas height in pixels")
+    g.add_argument("--width", type=int, default=None, help="canvas width in pixels (v1 default 224; v2: the mix)")
+    g.add_argument("--height", type=int, default=None, help="canvas height in pixels (v1 default 224; v2: the mix)")
     g.add_argument("--families", nargs="+", default=None, help="question families to draw from (default: all)")
     g.add_argument("--out", required=True, help="output directory (PNG files and examples.jsonl)")
+    _add_benchmark(g)
     _add_difficulty(g)
     g.set_defaults(fn=_cmd_generate)
 
@@ -177,6 +246,7 @@ def register(sub: Any) -> None:
     t.add_argument(
         "--variant", default="base", choices=["base", "v1"], help="plain model, or v1 point-and-copy on the same base"
     )
+    _add_benchmark(t)
     _add_difficulty(t)
     t.set_defaults(fn=_cmd_train)
 
@@ -198,5 +268,6 @@ def register(sub: Any) -> None:
         "or the <|copy|> token embedding alone)",
     )
     e.add_argument("--json", default=None, help="write the summary JSON here")
+    _add_benchmark(e, from_model=True)
     _add_difficulty(e)
     e.set_defaults(fn=_cmd_eval)

@@ -19,6 +19,7 @@ from attrib.shapes.parse import parse_output
 from attrib.shapes.pointing import score_pointing, strip_pointing
 from attrib.shapes.processor import ShapesProcessor
 from attrib.shapes.scene import Difficulty
+from attrib.shapes.v2.grounding import GroundingScore, score_grounding, summarise
 from metrics.stats import mean_ci
 
 __all__ = ["EvalResult", "ExampleOutcome", "evaluate", "generate_batch"]
@@ -43,6 +44,11 @@ class ExampleOutcome:
         copy_sources: Copied image token of every ``<|copy|>`` (point-and-copy models).
         pointing_hits: Copies inside the object the sentence names (point-and-copy models).
         pointing_copies: Copies made inside region blocks (point-and-copy models).
+        grounding: Object descriptions and position words of the real-image output checked against the
+            scene (see [`attrib.shapes.v2.grounding`][attrib.shapes.v2.grounding]).
+        reference_sentences: Sentences of the ground-truth trace.
+        failure_kind: ``None`` when right; ``"hallucination"`` (names an absent object) or
+            ``"reasoning_error"`` when wrong.
     """
 
     uid: str
@@ -57,6 +63,9 @@ class ExampleOutcome:
     copy_sources: list[int] | None = None
     pointing_hits: int | None = None
     pointing_copies: int | None = None
+    grounding: GroundingScore | None = None
+    reference_sentences: int | None = None
+    failure_kind: str | None = None
 
 
 @dataclass
@@ -70,12 +79,18 @@ class EvalResult:
         n_failures: Examples answered wrongly or unparseably.
         blank_image_accuracy: Accuracy on the same questions with a blank image.
         seconds_per_example: Wall time per example (real-image pass only).
-        per_family: ``{family: {"n", "accuracy", "blank_image_accuracy"}}``.
+        per_family: ``{family: {"n", "accuracy", "blank_image_accuracy", "chain_length_median",
+            "reference_chain_length_median", "object_accuracy", "position_accuracy"}}``.
         outcomes: Per-example outcomes.
         pointing_accuracy: Share of copies (inside region blocks, real images) that
             land inside the named object; ``None`` for plain models. See
             [`attrib.shapes.pointing`][attrib.shapes.pointing].
         meta: Model, split and settings.
+        grounding: ``object_accuracy`` (share of asserted object descriptions that the scene has),
+            ``position_accuracy`` (share of position words right when the description names a real
+            object), ``chain_length_median`` (sentences of the generated think blocks), the reference
+            traces' median and the mention counts behind them; real images only.
+        failure_kinds: Failures by kind: ``hallucination``, ``reasoning_error``.
     """
 
     n: int
@@ -84,10 +99,12 @@ class EvalResult:
     n_failures: int
     blank_image_accuracy: float | None
     seconds_per_example: float
-    per_family: dict[str, dict[str, float]]
+    per_family: dict[str, dict[str, Any]]
     outcomes: list[ExampleOutcome] = field(repr=False)
     meta: dict[str, Any] = field(default_factory=dict)
     pointing_accuracy: float | None = None
+    grounding: dict[str, Any] = field(default_factory=dict)
+    failure_kinds: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self, *, with_outcomes: bool = False) -> dict[str, Any]:
         """JSON-ready summary with bootstrap 95 % intervals."""
@@ -101,6 +118,8 @@ class EvalResult:
             "n": self.n,
             "seconds_per_example": self.seconds_per_example,
             "per_family": self.per_family,
+            **self.grounding,
+            "failure_kinds": self.failure_kinds,
             **self.meta,
         }
         if self.pointing_accuracy is not None:
@@ -110,7 +129,10 @@ class EvalResult:
         if blank:
             d["blank_image_accuracy_ci"] = list(_ci(blank))
         if with_outcomes:
-            d["outcomes"] = [o.__dict__ for o in self.outcomes]
+            d["outcomes"] = [
+                {**o.__dict__, "grounding": None if o.grounding is None else o.grounding.__dict__}
+                for o in self.outcomes
+            ]
         return d
 
 
@@ -198,10 +220,11 @@ def evaluate(
     difficulty: Difficulty | None = None,
     batch_size: int = 32,
     blank_control: bool = True,
-    max_new_tokens: int = 200,
+    max_new_tokens: int | None = None,
     on_progress: Callable[[int, int], None] | None = None,
     examples: Sequence[Example] | None = None,
     copy_feed: str = "source",
+    benchmark: str = "shapes",
 ) -> EvalResult:
     """Evaluate greedy accuracy on ``n`` examples of ``split``.
 
@@ -212,28 +235,41 @@ def evaluate(
         n: Number of examples.
         start: First example index.
         benchmark_seed: Benchmark seed.
-        difficulty: Difficulty (``medium`` by default).
+        difficulty: Difficulty (the benchmark's ``medium`` preset by default).
         batch_size: Examples per ``generate`` call.
         blank_control: Also answer every question on a blank image.
-        max_new_tokens: Generation budget per example.
+        max_new_tokens: Generation budget per example (200 for v1, 256 for v2 when ``None``; the longest
+            v2 reference output is 187 tokens).
         on_progress: Called as ``on_progress(done, total)`` after every batch.
         examples: Evaluate these instead of generating ``split``.
         copy_feed: Point-and-copy models only: what a copy feeds back (``"source"``;
             interventions ``"mean"``, ``"token"``; see
             [`PointCopyModel.decode_options`][attrib.variants.pointcopy.model.PointCopyModel.decode_options]).
+        benchmark: ``"shapes"`` (v1) or ``"shapes2"`` (v2, [`attrib.shapes.v2`][attrib.shapes.v2]): which
+            split to generate when ``examples`` is not given.
 
     Returns:
         An [`EvalResult`][attrib.shapes.evaluate.EvalResult].
 
     Raises:
-        ValueError: If ``n`` or ``batch_size`` is not positive.
+        ValueError: If ``n`` or ``batch_size`` is not positive, or the benchmark is unknown.
     """
+    if benchmark not in ("shapes", "shapes2"):
+        raise ValueError(f"unknown benchmark {benchmark!r}; choose 'shapes' or 'shapes2'")
+    if max_new_tokens is None:
+        max_new_tokens = 200 if benchmark == "shapes" else 256
     if examples is None:
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
-        examples = list(iter_split(split, n, start=start, benchmark_seed=benchmark_seed, difficulty=difficulty))
+        if benchmark == "shapes2":
+            from attrib.shapes.v2.dataset import iter_split as iter_split2
+
+            examples = list(iter_split2(split, n, start=start, benchmark_seed=benchmark_seed, difficulty=difficulty))
+        else:
+            examples = list(iter_split(split, n, start=start, benchmark_seed=benchmark_seed, difficulty=difficulty))
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    _check_vocabulary(processor, examples, benchmark)
     from attrib.variants.pointcopy.model import PointCopyModel
 
     pointcopy = isinstance(model, PointCopyModel)
@@ -249,6 +285,8 @@ def evaluate(
         outs = _generate(model, processor, images, questions, max_new_tokens, copy_feed)
         for e, (o, src) in zip(chunk, outs, strict=True):
             p = parse_output(_strip(o))
+            grounding = score_grounding(_strip(o), e.scene)
+            correct = p.ok and p.answer == e.answer
             rec = ExampleOutcome(
                 uid=e.uid,
                 family=e.family,
@@ -256,7 +294,10 @@ def evaluate(
                 output=o,
                 predicted=p.answer,
                 parsed=p.ok,
-                correct=p.ok and p.answer == e.answer,
+                correct=correct,
+                grounding=grounding,
+                reference_sentences=len(e.question.sentences),
+                failure_kind=None if correct else ("hallucination" if grounding.hallucinated else "reasoning_error"),
             )
             if pointcopy:
                 sc = score_pointing(e, o, src)
@@ -282,11 +323,12 @@ def evaluate(
     fam: dict[str, list[ExampleOutcome]] = defaultdict(list)
     for rec in outcomes:
         fam[rec.family].append(rec)
-    per_family: dict[str, dict[str, float]] = {}
+    per_family: dict[str, dict[str, Any]] = {}
     for f, os_ in sorted(fam.items()):
         per_family[f] = {"n": len(os_), "accuracy": float(np.mean([o.correct for o in os_]))}
         if blank_control:
             per_family[f]["blank_image_accuracy"] = float(np.mean([bool(o.blank_correct) for o in os_]))
+        per_family[f] |= _grounding(os_)
     nn = len(outcomes)
     pointing = None
     if pointcopy:
@@ -304,4 +346,49 @@ def evaluate(
         meta={"split": split, "start": start, "benchmark_seed": benchmark_seed}
         | ({"copy_feed": copy_feed} if pointcopy else {}),
         pointing_accuracy=pointing,
+        grounding=_grounding(outcomes),
+        failure_kinds={k: sum(o.failure_kind == k for o in outcomes) for k in ("hallucination", "reasoning_error")},
     )
+
+
+def _check_vocabulary(processor: Any, examples: Sequence[Example], benchmark: str, n_check: int = 50) -> None:
+    """Refuse a model whose vocabulary lacks words of the benchmark's questions or reference traces.
+
+    A word-level model trained on one benchmark version reads the other's words as ``<unk>`` and would be
+    scored on prompts it cannot read. The first ``n_check`` examples are checked, and the first ten of the
+    benchmark's ``test`` split (two of each family), so that a small ``n`` still sees every family's words.
+
+    Raises:
+        ValueError: Naming the missing words and the ``benchmark`` evaluated.
+    """
+    tok = getattr(processor, "tokenizer", None)
+    unk = getattr(tok, "unk_token_id", None)
+    if tok is None or unk is None:
+        return
+    if benchmark == "shapes2":
+        from attrib.shapes.v2.dataset import iter_split as iter_split2
+
+        probe: list[Example] = list(iter_split2("test", 10))
+    else:
+        probe = list(iter_split("test", 10))
+    missing: set[str] = set()
+    for e in [*examples[:n_check], *probe]:
+        for text in (e.question.text, _strip(e.target_text())):
+            for word in text.replace("<think>", " ").replace("</think>", " ").split():
+                if unk in tok.encode(word, add_special_tokens=False):
+                    missing.add(word)
+    if missing:
+        other = "shapes2" if benchmark == "shapes" else "shapes"
+        raise ValueError(
+            f"the model's vocabulary lacks words of benchmark {benchmark!r} (e.g. {sorted(missing)[:5]}): "
+            f"it was not trained on it; evaluate it with --benchmark {other}, or train one with "
+            f"`attrib shapes train --benchmark {benchmark}`"
+        )
+
+
+def _grounding(outcomes: Sequence[ExampleOutcome]) -> dict[str, Any]:
+    """Grounding metrics of outcomes (see [`summarise`][attrib.shapes.v2.grounding.summarise])."""
+    d = summarise([o.grounding for o in outcomes if o.grounding is not None])
+    refs = [o.reference_sentences for o in outcomes if o.reference_sentences is not None]
+    d["reference_chain_length_median"] = float(np.median(refs)) if refs else None
+    return d

@@ -6,6 +6,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
@@ -35,6 +36,7 @@ class ModelSize:
 
     The defaults are the bundled model's. ``head_dim = hidden / heads`` must be
     divisible by 2, and M-RoPE sections are derived to sum to ``head_dim / 2``.
+    ``rope_theta`` is the language model's rotary base.
     """
 
     hidden: int = 192
@@ -46,6 +48,7 @@ class ModelSize:
     vision_depth: int = 4
     vision_heads: int = 4
     vision_intermediate: int = 256
+    rope_theta: float = 10000.0
 
     def __post_init__(self) -> None:
         if self.hidden % self.heads or (self.hidden // self.heads) % 2:
@@ -70,7 +73,19 @@ class ModelSize:
             vision_intermediate=64,
         )
 
-    def to_dict(self) -> dict[str, int]:
+    @classmethod
+    def v2(cls) -> ModelSize:
+        """The v2 model: 6 language-model layers x 8 query heads (48 (layer, head) pairs), otherwise v1's widths.
+
+        Its rotary base is 100 instead of 10,000: with head dimension 24 the M-RoPE width section gets the
+        lowest frequencies, which at 10,000 turn by under 0.005 rad per image column. At 100 the lowest
+        frequency (0.015 rad per position) still spans every text position of a v2 prompt and trace without
+        wrapping. Measured on 800-step probes (224x224 only): training loss 0.387 vs 0.401, first position
+        word right under teacher forcing 0.756 vs 0.730.
+        """
+        return cls(hidden=192, layers=6, heads=8, kv_heads=2, intermediate=512, rope_theta=100.0)
+
+    def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
         return asdict(self)
 
@@ -101,7 +116,11 @@ def build_config(processor: ShapesProcessor, size: ModelSize | None = None) -> Q
         "num_key_value_heads": s.kv_heads,
         "intermediate_size": s.intermediate,
         "max_position_embeddings": 4096,
-        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": _mrope_sections(head_dim)},
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": float(s.rope_theta),
+            "mrope_section": _mrope_sections(head_dim),
+        },
         "tie_word_embeddings": True,
         "pad_token_id": ids["pad_token_id"],
         "eos_token_id": ids["eos_token_id"],

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-__all__ = ["judge", "parse_answer", "register", "shapes_items"]
+__all__ = ["judge", "parse_answer", "register", "shapes2_items", "shapes_items"]
 
 
 def parse_answer(text: str) -> str | None:
@@ -40,8 +40,7 @@ def shapes_items(split: str, n: int, start: int) -> Iterator[Any]:
 
     Each carries its ground truth: per generated span, the pixel mask of the
     objects of the ground-truth sentence with the same text (region blocks of
-    v1 traces removed), the span's kind and the one object it names by its description
-    ([`attrib.shapes.spans`][attrib.shapes.spans]), and the reference trace.
+    v1 traces removed), and the reference trace.
 
     Raises:
         ValueError: For an unknown split, or ``n`` < 1 (a generated split has no end).
@@ -49,7 +48,6 @@ def shapes_items(split: str, n: int, start: int) -> Iterator[Any]:
     from attrib.collect.datasets import CollectItem
     from attrib.shapes.dataset import iter_split
     from attrib.shapes.pointing import strip_pointing
-    from attrib.shapes.spans import span_describer
 
     if n < 1:
         raise ValueError(f"shapes:{split} is generated: give the number of examples (n >= 1), got {n}")
@@ -74,7 +72,61 @@ def shapes_items(split: str, n: int, start: int) -> Iterator[Any]:
             truth=truth,
             reference=ex.target_text(),
             meta={"family": ex.question.family},
-            span_info=span_describer(scene),
+        )
+
+
+def shapes2_items(split: str, n: int, start: int) -> Iterator[Any]:
+    """Examples ``start .. start + n - 1`` of a benchmark v2 split (``shapes2:<split>``) as
+    [`attrib.collect.datasets.CollectItem`][attrib.collect.datasets.CollectItem].
+
+    Each carries its ground truth. ``truth(span_text)`` is the pixel mask of the objects a generated span
+    names: read from the object descriptions it holds (so it works when the model's trace departs from the
+    reference), otherwise from the reference sentence with the same text (an empty mask for one that names
+    no object); ``None`` when neither tells, or when the span describes only objects the scene lacks.
+    ``meta`` holds the family, the canvas and, per reference sentence, its text, objects and kind
+    (``planning``, ``object``, ``relation``, ``summary``).
+
+    Raises:
+        ValueError: For an unknown split, or ``n`` < 1 (a generated split has no end).
+    """
+    from attrib.collect.datasets import CollectItem
+    from attrib.shapes.pointing import strip_pointing
+    from attrib.shapes.v2.dataset import BENCHMARK, iter_split
+    from attrib.shapes.v2.grounding import sentence_objects
+
+    if n < 1:
+        raise ValueError(f"shapes2:{split} is generated: give the number of examples (n >= 1), got {n}")
+    for ex in iter_split(split, n, start=start):
+        by_text = {s.text: list(s.objects) for s in ex.question.sentences}
+        scene = ex.scene
+
+        def truth(span_text: str, by_text: Mapping[str, list[int]] = by_text, scene: Any = scene) -> np.ndarray | None:
+            text = strip_pointing(span_text).strip()
+            objs = sentence_objects(text, scene)
+            if objs == []:
+                return None  # it describes only objects the scene lacks
+            if objs is None:
+                objs = by_text.get(text)
+            if objs is None:
+                return None
+            mask = np.zeros((scene.height, scene.width), dtype=bool)
+            for o in objs:
+                mask |= scene.mask(o)
+            return mask
+
+        yield CollectItem(
+            uid=ex.uid,
+            question=ex.question.text,
+            answer=ex.answer,
+            image=ex.image(),
+            truth=truth,
+            reference=ex.target_text(),
+            meta={
+                "family": ex.question.family,
+                "benchmark": BENCHMARK,
+                "canvas": [scene.width, scene.height],
+                "sentences": ex.sentence_records(),
+            },
         )
 
 
@@ -91,10 +143,31 @@ def _failure_kind(record: Mapping[str, Any]) -> str | None:
     return failure_kind(record)
 
 
-def _span_info(record: Mapping[str, Any]) -> Any:
-    from attrib.shapes.spans import record_span_info
+def _example2(uid: str) -> Any:
+    from attrib.shapes.v2.dataset import make_example
 
-    return record_span_info(record)
+    split, idx = uid.rsplit("-", 1)
+    return make_example(split, int(idx))
+
+
+def _image2(uid: str) -> Image.Image:
+    return _example2(uid).image()  # type: ignore[no-any-return]
+
+
+def _failure_kind2(record: Mapping[str, Any]) -> str | None:
+    """The v2 hallucination check of a wrongly answered record (``None`` when its example cannot be rebuilt)."""
+    import logging
+
+    from attrib.shapes.v2.grounding import record_failure_kind
+
+    try:
+        ex = _example2(str(record.get("uid", "")))
+    except ValueError:
+        return None
+    if record.get("question") is not None and ex.question.text != record["question"]:
+        logging.getLogger(__name__).warning("example %s: collected question differs from shapes2's", record.get("uid"))
+        return None
+    return record_failure_kind(record, ex.scene)
 
 
 def _processor(path: Path) -> Any:
@@ -113,7 +186,7 @@ def _bundled(name: str) -> Any:
 
 
 def register() -> None:
-    """Register the processor kind, the bundled models and the ``shapes:<split>`` dataset."""
+    """Register the processor kind, the bundled models and the ``shapes:<split>`` and ``shapes2:<split>`` datasets."""
     from attrib.collect.datasets import DatasetKind, register_dataset
     from attrib.models.loading import NamedModel, ProcessorKind, register_named_model, register_processor_kind
 
@@ -146,6 +219,16 @@ def register() -> None:
             image=_image,
             failure_kind=_failure_kind,
             description="the attrib.shapes benchmark: shapes:train, shapes:validation, shapes:test",
-            span_info=_span_info,
+        )
+    )
+    register_dataset(
+        DatasetKind(
+            "shapes2",
+            shapes2_items,
+            judge=judge,
+            image=_image2,
+            failure_kind=_failure_kind2,
+            description="attrib.shapes benchmark v2 (long, grounded traces): shapes2:train, shapes2:validation, "
+            "shapes2:test",
         )
     )

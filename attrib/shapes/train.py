@@ -57,6 +57,8 @@ from attrib.shapes.vocab import benchmark_words
 from attrib.variants.pointcopy.model import COPY, COPY_TOKENS, PointCopyModel
 
 __all__ = [
+    "V2_CANVAS_CYCLE",
+    "V2_SCHEDULE",
     "TrainConfig",
     "TrainResult",
     "find_checkpoint",
@@ -68,6 +70,7 @@ __all__ = [
     "save_checkpoint",
     "set_generation_defaults",
     "step_batch",
+    "step_canvas",
     "step_examples",
     "train",
     "weight_digest",
@@ -104,6 +107,9 @@ class TrainConfig:
             (inductor; needs a C++ compiler, about a minute to compile). The
             compiled kernels round differently from eager ones, so a run and
             its resume must agree on this flag.
+        benchmark: The training data: ``"shapes"`` (benchmark v1, the default) or ``"shapes2"``
+            (benchmark v2, see [`attrib.shapes.v2`][attrib.shapes.v2]; each step's examples share one canvas
+            of the v2 mix, see [`step_canvas`][attrib.shapes.train.step_canvas]).
         flush_denormal: Flush denormal floats to zero during training
             (``torch.set_flush_denormal``). Late in training, sharp attention and
             small gradients produce denormals, which x86 CPUs compute tens of
@@ -127,6 +133,7 @@ class TrainConfig:
     workers: int = 1
     compile: bool = True
     flush_denormal: bool = True
+    benchmark: str = "shapes"
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
@@ -137,11 +144,38 @@ class TrainConfig:
             raise ValueError(f"variant must be 'base' or 'v1', got {self.variant!r}")
         if not 0 < self.lr < 1:
             raise ValueError(f"lr must be in (0, 1), got {self.lr}")
+        if self.benchmark not in ("shapes", "shapes2"):
+            raise ValueError(f"benchmark must be 'shapes' or 'shapes2', got {self.benchmark!r}")
+        if self.benchmark == "shapes2" and (self.variant != "base" or self.aux_share):
+            raise ValueError("benchmark 'shapes2' trains the plain model without auxiliary examples (aux_share=0)")
+
+    @classmethod
+    def v2(cls, **overrides: Any) -> TrainConfig:
+        """The recipe of the v2 model: benchmark v2, [`ModelSize.v2`][attrib.shapes.model.ModelSize.v2], its schedule.
+
+        ``torch.compile`` is off: with four canvas sizes the statically compiled vision blocks exceed
+        Dynamo's recompilation limit, and measured on the 2-core machine the compiled steps were no
+        faster than eager ones (224x224 0.88 s vs 0.87 s, 448x448 2.88 s vs 2.84 s per step of 16).
+
+        Args:
+            **overrides: Fields to change (``steps``, ``batch_size``, ``seed``, ``threads``, ...).
+        """
+        from attrib.shapes.v2.scene import preset
+
+        base: dict[str, Any] = {
+            "benchmark": "shapes2",
+            "size": ModelSize.v2(),
+            "difficulty": preset("medium"),
+            "aux_share": 0.0,
+            "compile": False,
+            **V2_SCHEDULE,
+        }
+        return cls(**(base | overrides))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
         d = asdict(self)
-        d["benchmark_version"] = BENCHMARK_VERSION
+        d["benchmark_version"] = BENCHMARK_VERSION if self.benchmark == "shapes" else _v2_version()
         d["size"] = self.size.to_dict()
         d["difficulty"] = self.difficulty.to_dict()
         return d
@@ -173,10 +207,39 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 _AUX_OFFSET = 500_000_000
+#: The schedule of the v2 recipe ([`TrainConfig.v2`][attrib.shapes.train.TrainConfig.v2]).
+V2_SCHEDULE: dict[str, Any] = {"steps": 3000, "batch_size": 16, "lr": 2e-3, "warmup": 200}
+#: Canvases of successive training steps of benchmark v2 (the cycle repeats): 224x224 on two steps in five,
+#: each of the others on one, as in the v2 mix.
+V2_CANVAS_CYCLE: tuple[tuple[int, int], ...] = ((224, 224), (448, 280), (224, 224), (280, 448), (448, 448))
+
+
+def _v2_version() -> int:
+    from attrib.shapes.v2.dataset import BENCHMARK_VERSION as V2_VERSION
+
+    return V2_VERSION
+
+
+def step_canvas(cfg: TrainConfig, step: int) -> tuple[int, int] | None:
+    """The canvas ``(width, height)`` every example of ``step`` has (``None`` for benchmark v1: 224x224)."""
+    if cfg.benchmark == "shapes":
+        return None
+    return V2_CANVAS_CYCLE[step % len(V2_CANVAS_CYCLE)]
 
 
 def step_examples(cfg: TrainConfig, step: int) -> list[Example]:
     """The training examples of ``step`` (the same for every variant)."""
+    if cfg.benchmark == "shapes2":
+        from attrib.shapes.v2.dataset import make_example as make_example2
+
+        canvas = step_canvas(cfg, step)
+        b = cfg.batch_size
+        return [
+            make_example2(
+                "train", step * b + j, benchmark_seed=cfg.benchmark_seed, difficulty=cfg.difficulty, canvas=canvas
+            )
+            for j in range(b)
+        ]
     n_aux = round(cfg.batch_size * cfg.aux_share)
     n_reg = cfg.batch_size - n_aux
     kw: dict[str, Any] = {"benchmark_seed": cfg.benchmark_seed, "difficulty": cfg.difficulty}
@@ -228,7 +291,12 @@ def new_model(cfg: TrainConfig) -> tuple[torch.nn.Module, ShapesProcessor]:
         processor = ShapesProcessor.create(benchmark_words(), extra_special=COPY_TOKENS)
         base = Qwen2_5_VLForConditionalGeneration(build_config(processor, cfg.size))
         return PointCopyModel(base, token_id(processor.tokenizer, COPY), keys="hidden"), processor
-    processor = ShapesProcessor.create(benchmark_words())
+    if cfg.benchmark == "shapes2":
+        from attrib.shapes.v2.dataset import benchmark_words as benchmark_words2
+
+        processor = ShapesProcessor.create(benchmark_words2())
+    else:
+        processor = ShapesProcessor.create(benchmark_words())
     return Qwen2_5_VLForConditionalGeneration(build_config(processor, cfg.size)), processor
 
 
@@ -312,8 +380,10 @@ def _train(
     start, losses, prior_seconds, digests = _maybe_resume(ckpt, cfg, model, opt)
     t0 = time.perf_counter()
     batches = _prefetched(processor, cfg, start)
+    step_seconds: dict[str, list[float]] = {}
     with vision_fast_path(model):
         for step in range(start, cfg.steps):
+            ts = time.perf_counter()
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, cfg)
             batch = next(batches)
@@ -328,6 +398,8 @@ def _train(
             if step % log_every == 0 or step == cfg.steps - 1:
                 losses.append((step, lv))
                 logger.info("step %d/%d loss %.4f", step, cfg.steps, lv)
+            canvas = step_canvas(cfg, step) or (224, 224)
+            step_seconds.setdefault(f"{canvas[0]}x{canvas[1]}", []).append(time.perf_counter() - ts)
             if on_step is not None:
                 on_step(step + 1, cfg.steps, lv)
             if cfg.ckpt_every and (step + 1) % cfg.ckpt_every == 0 and step + 1 < cfg.steps:
@@ -343,6 +415,7 @@ def _train(
         "config": cfg.to_dict(),
         "losses": losses,
         "train_seconds": prior_seconds + seconds,
+        "step_seconds": _step_timing(step_seconds),
         "checkpoint_digests": digests,
         "final_digest": weight_digest(model),
         "torch": torch.__version__,
@@ -362,6 +435,18 @@ def _train(
     shutil.rmtree(old, ignore_errors=True)
     remove_checkpoint(ckpt)
     return TrainResult(out_dir=out, seconds=seconds, losses=losses, resumed_from=start)
+
+
+def _step_timing(step_seconds: Mapping[str, list[float]], skip: int = 2) -> dict[str, Any]:
+    """Median seconds per step of this call, per canvas (the first ``skip`` steps of each left out: warm-up).
+
+    What a projection of a longer run's time is read from (``train_log.json``'s ``step_seconds``).
+    """
+    out: dict[str, Any] = {}
+    for canvas, ts in sorted(step_seconds.items()):
+        kept = ts[skip:] if len(ts) > skip else ts
+        out[canvas] = {"steps": len(ts), "median_s": float(sorted(kept)[len(kept) // 2])}
+    return out
 
 
 def set_generation_defaults(model: Qwen2_5_VLForConditionalGeneration, processor: ShapesProcessor) -> None:
@@ -410,6 +495,8 @@ def _maybe_resume(
     mine.pop("workers", None)  # batches are a pure function of the step: not part of the identity
     theirs.pop("workers", None)
     theirs.setdefault("variant", "base")  # checkpoints written before the v1 variant existed
+    theirs.setdefault("benchmark", "shapes")  # ... and before benchmark v2
+    theirs.get("size", {}).setdefault("rope_theta", ModelSize().rope_theta)  # ... and before a choice of rotary base
     if theirs != mine:
         raise ValueError(f"checkpoint {ckpt} was written with a different training config; delete it to start afresh")
     state, opt_state = load_checkpoint(where)
