@@ -40,7 +40,8 @@ def shapes_items(split: str, n: int, start: int) -> Iterator[Any]:
 
     Each carries its ground truth: per generated span, the pixel mask of the
     objects of the ground-truth sentence with the same text (region blocks of
-    v1 traces removed), and the reference trace.
+    v1 traces removed), the span's kind and the one object it names by its description
+    ([`attrib.shapes.spans`][attrib.shapes.spans]), and the reference trace.
 
     Raises:
         ValueError: For an unknown split, or ``n`` < 1 (a generated split has no end).
@@ -48,6 +49,7 @@ def shapes_items(split: str, n: int, start: int) -> Iterator[Any]:
     from attrib.collect.datasets import CollectItem
     from attrib.shapes.dataset import iter_split
     from attrib.shapes.pointing import strip_pointing
+    from attrib.shapes.spans import span_describer
 
     if n < 1:
         raise ValueError(f"shapes:{split} is generated: give the number of examples (n >= 1), got {n}")
@@ -72,6 +74,7 @@ def shapes_items(split: str, n: int, start: int) -> Iterator[Any]:
             truth=truth,
             reference=ex.target_text(),
             meta={"family": ex.question.family},
+            span_info=span_describer(scene),
         )
 
 
@@ -141,6 +144,12 @@ def _failure_kind(record: Mapping[str, Any]) -> str | None:
     from attrib.shapes.hallucination import failure_kind
 
     return failure_kind(record)
+
+
+def _span_info(record: Mapping[str, Any]) -> Any:
+    from attrib.shapes.spans import record_span_info
+
+    return record_span_info(record)
 
 
 def _example2(uid: str) -> Any:
@@ -219,6 +228,7 @@ def register() -> None:
             image=_image,
             failure_kind=_failure_kind,
             description="the attrib.shapes benchmark: shapes:train, shapes:validation, shapes:test",
+            span_info=_span_info,
         )
     )
     register_dataset(
