@@ -32,6 +32,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+from sklearn.utils import resample
 
 from attrib.ablation import Ablator, random_subsets
 from attrib.collect.datasets import Dataset, open_dataset
@@ -843,11 +844,10 @@ def data_efficiency(
         draws = 1 if n == len(usable) else resamples
         rows = []
         for r in range(draws):
-            pick = (
-                usable[:n]
-                if r == 0
-                else [usable[j] for j in sorted(np.random.default_rng(r).permutation(len(usable))[:n])]
-            )
+            # Draw r > 0: another n training examples, without replacement (a subsample, not a bootstrap).
+            everything = np.arange(len(usable))
+            idx = everything[:n] if r == 0 else resample(everything, replace=False, n_samples=n, random_state=r)
+            pick = [usable[j] for j in sorted(idx)]
             x, y, groups, _ = design_matrix(pick, only_correct=False)
             est = LinearHeadEstimator(loss=loss, layer_head_shape=shape, **params)  # type: ignore[arg-type]
             est.fit(x, y, groups=groups)
