@@ -45,6 +45,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         ablation_mode=cfg["ablation_mode"],
         feature_pooling="mean over span tokens, sum over region tokens",
         n_train_examples=used,
+        only_correct=not args.all_examples,
         train_collection=",".join(str(t) for t in args.train),
         model_signature=trains[0].manifest.get("model_signature"),
     )
@@ -120,9 +121,23 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             res["protocol"]["notes"].append("contextcite alpha: the default (no --contextcite-validation given)")
         if trains and args.seeds > 0:
             task = prog.add_task("estimator seeds", total=None)
-            res["estimator_seeds"] = estimator_seeds(
-                trains, test, est, args.seeds, limit=args.limit, span_meta=meta, n_boot=args.n_boot
-            )
+            # Refit on the examples the estimator was fit on (attrib fit records whether it kept only the
+            # correctly answered ones); a refit that cannot run is noted, never a reason to lose the rest.
+            only_correct = bool(getattr(est, "metadata_", {}).get("only_correct", True))
+            try:
+                res["estimator_seeds"] = estimator_seeds(
+                    trains,
+                    test,
+                    est,
+                    args.seeds,
+                    limit=args.limit,
+                    only_correct=only_correct,
+                    span_meta=meta,
+                    n_boot=args.n_boot,
+                )
+            except ValueError as e:
+                res["estimator_seeds"] = {"skipped": str(e)}
+                res["protocol"]["notes"].append(f"estimator seeds skipped: {e}")
         sizes = [int(v) for v in args.sizes.split(",") if v.strip()]
         if trains and sizes:
             task = prog.add_task("data efficiency", total=len(sizes))
