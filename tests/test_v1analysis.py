@@ -332,6 +332,7 @@ def _write_collection(path: Any, exs: list[dict[str, Any]]) -> None:
     results = [
         {
             **{k: e[k] for k in ("features", "subsets", "subset_deltas", "loo_deltas")},
+            "all_deltas": np.asarray(e["loo_deltas"]).sum(axis=1),  # every region removed (not read here)
             "regions": np.zeros((4, 4), dtype=np.int16),
             **({"parts": e["parts"]} if "parts" in e else {}),
             "record": {k: e[k] for k in keys if k in e},
