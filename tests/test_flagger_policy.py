@@ -51,5 +51,5 @@ def test_default_flagger_needs_held_out_figures(tmp_path: Path, capsys: pytest.C
 def test_bundled_flagger_is_off_by_default(capsys: pytest.CaptureFixture[str]) -> None:
     import attrib
 
-    assert load_flagger(None, attrib.load()) is None  # it records no held-out figures
+    assert load_flagger(None, attrib.load()) is None  # held-out recall 0.055 at FPR 0.10: under twice the FPR
     assert "--flagger" in capsys.readouterr().err
