@@ -810,6 +810,8 @@ class TortuosityFlagger:
             set by whoever measured them (``attrib trajectories``); ``None`` when unknown.
         flagged_at: Index (0-based) of the span whose arrival raised the flag, or ``None``.
         n_seen: Spans seen since the last reset.
+        trajectory_: The chain's statistics after the last span
+            ([`OnlineTrajectory.update`][metrics.trajectory.OnlineTrajectory.update]).
     """
 
     def __init__(
@@ -872,17 +874,18 @@ class TortuosityFlagger:
     def reset(self) -> None:
         """Start a new chain."""
         self.flagged_at: int | None = None
-        self.n_seen = 0
-        self._first: np.ndarray | None = None
-        self._last: np.ndarray | None = None
-        self._length = 0.0
+        self._path = OnlineTrajectory(top=self.top, normalize=self.normalize, eps=self.eps)
+        self.trajectory_: dict[str, float] = {}
+
+    @property
+    def n_seen(self) -> int:
+        """Spans seen since the last reset."""
+        return self._path.n_spans
 
     @property
     def current_tortuosity(self) -> float:
         """Tortuosity of the spans seen so far (NaN before 2 spans)."""
-        if self._first is None or self._last is None or self.n_seen < 2:
-            return float("nan")
-        return _ratio(self._length, float(np.linalg.norm(self._last - self._first)), self.eps)
+        return self.trajectory_.get("tortuosity", float("nan"))
 
     def update(self, score_vector: np.ndarray) -> bool:
         """Add one span's raw region scores ``(K,)``; return whether the chain is flagged.
@@ -891,18 +894,7 @@ class TortuosityFlagger:
             ValueError: If not calibrated, or ``K`` changes within a chain.
         """
         self._check()
-        e = effect_vectors(
-            np.asarray(score_vector, dtype=np.float64).reshape(1, -1), self.top, normalize=self.normalize
-        )[0]
-        if self._first is None:
-            self._first = e
-        else:
-            assert self._last is not None
-            if e.shape != self._last.shape:
-                raise ValueError(f"span has K = {e.shape[0]}, earlier spans of this chain had {self._last.shape[0]}")
-            self._length += float(np.linalg.norm(e - self._last))
-        self._last = e
-        self.n_seen += 1
+        self.trajectory_ = self._path.update(score_vector)
         if self.flagged_at is None and self.n_seen >= self.min_spans and self.current_tortuosity > self.threshold_:
             self.flagged_at = self.n_seen - 1
         return self.flagged_at is not None
