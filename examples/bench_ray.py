@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import os
 import shutil
 import signal
@@ -245,6 +246,9 @@ def main() -> None:
         "cpus_per_node": 1,
         "machine_cpus": os.cpu_count(),
         "quick": args.quick,
+        "date": datetime.date.today().isoformat(),
+        "torch": torch.__version__,
+        "load_average_start": os.getloadavg()[0],  # other jobs on the machine (1-minute load average)
     }
     with tempfile.TemporaryDirectory(prefix="bench-ray-") as tmp:
         root = Path(tmp)

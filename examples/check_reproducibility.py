@@ -19,7 +19,10 @@ import shutil
 import sys
 import tempfile
 import time
+from datetime import date
 from pathlib import Path
+
+import torch
 
 from attrib.shapes.model import ModelSize
 from attrib.shapes.scene import Difficulty
@@ -62,6 +65,11 @@ def main() -> int:
         {"step": s, "recorded": recorded.get(s), "rerun": d, "equal": recorded.get(s) == d} for s, d in rerun.items()
     ]
     res = {
+        "train_log": args.train_log,
+        "date": date.today().isoformat(),
+        "torch": torch.__version__,
+        "threads": cfg.threads,
+        "steps": args.steps,
         "config": log["config"],
         "checkpoints": rows,
         "all_equal": all(r["equal"] for r in rows),
