@@ -214,6 +214,11 @@ def v1_copy_feed(data: dict[str, Any]) -> list[str]:
     """v1 with what a copy feeds back replaced, paired against the unchanged v1."""
     v1 = data["eval_v1.json"]
     lines = [
+        f"`{v1['model'].rstrip('/').split('/')[-1]}`, `shapes:{v1['split']}` {v1['start']}–{v1['start'] + v1['n'] - 1} "
+        f"(n = {_n(v1['n'])}), each intervention paired against the unchanged model on the same examples: accuracy "
+        "with its 95 % interval over examples, the difference with a paired bootstrap interval over examples, "
+        "McNemar's exact test on the discordant pairs.",
+        "",
         "| copy feeds back | accuracy | v1 − intervention | only unchanged right / only intervention right | "
         "McNemar p | pointing | copies |",
         "|---|---|---|---|---|---|---|",
@@ -424,6 +429,9 @@ def ray(d: dict[str, Any]) -> list[str]:
         f"shards of {d['shard_size']}; {d['nodes']} Ray nodes of {d['cpus_per_node']} CPU, "
         f"{d['torch_threads_per_replica']} torch thread per replica, on a {d['machine_cpus']}-CPU machine"
         + (" (quick run)" if d.get("quick") else "")
+        + (f"; measured on {d['date']}" if d.get("date") else "")
+        + (f", torch {d['torch']}" if d.get("torch") else "")
+        + (f", 1-minute load average {d['load_average_start']:.1f} at the start" if "load_average_start" in d else "")
         + ".",
         "",
         "| run | wall time | examples per hour | once workers are up | largest difference from local |",
@@ -452,7 +460,61 @@ def norms(d: dict[str, Any]) -> list[str]:
         for t, v in ts.items()
     ]
     return [
-        f"`attrib norms` on {d['model']} ({d['n_inputs']} inputs, {d['n_layers']} layers): " + "; ".join(parts) + "."
+        f"`attrib norms` on `{d['model'].rstrip('/').split('/')[-1]}` ({d['n_inputs']} inputs, "
+        f"{d['n_layers']} layers): " + "; ".join(parts) + "."
+    ]
+
+
+# --- training of the bundled models (their train_log.json) and its reproducibility check ---------------
+
+
+def training(model: str) -> Any:
+    """A renderer of one bundled model's ``train_log.json`` (``attrib shapes train`` writes it beside the weights)."""
+
+    def render(d: dict[str, Any]) -> list[str]:
+        c, losses, digests = d["config"], d["losses"], d["checkpoint_digests"]
+        on = {True: "on", False: "off"}
+        first_step, first = digests[0]
+        return [
+            f"`{model}` (its `train_log.json`; variant `{c.get('variant', 'base')}`): {_n(c['steps'])} steps at batch "
+            f"{c['batch_size']} (learning rate {c['lr']:g}, {c['warmup']} warm-up steps, weight decay "
+            f"{c['weight_decay']:g}, seed {c['seed']}), {c['threads']} threads, torch {d['torch']}, `torch.compile` "
+            f"{on[bool(c.get('compile'))]}, denormal flushing {on[bool(c.get('flush_denormal'))]}, "
+            f"{c.get('workers', 0)} prefetch worker{'s' if c.get('workers', 0) != 1 else ''}; "
+            f"{_n(d['parameters'])} parameters ({d['parameters'] / 1e6:.2f} M).",
+            "",
+            f"**{_n(round(d['train_seconds']))} s in the training loop** (compilation included; wall time is not "
+            f"recorded): {d['train_seconds'] / c['steps']:.2f} s per step on average. Loss {losses[0][1]:.2f} at step "
+            f"{losses[0][0]}, **{losses[-1][1]:.3f}** at the last logged step ({_n(losses[-1][0])}; logged every "
+            f"{losses[1][0] - losses[0][0]} steps). {len(digests)} checkpoint weight digests, every "
+            f"{c['ckpt_every']} steps (step {first_step}: `{first[:8]}…`); final training-loop weights digest "
+            f"`{d['final_digest'][:16]}…`.",
+        ]
+
+    return render
+
+
+def reproducibility(d: dict[str, Any]) -> list[str]:
+    """The first checkpoints of a recorded run, rerun and compared bitwise (examples/check_reproducibility.py)."""
+    rows = d["checkpoints"]
+    when = f" on {d['date']}" if d.get("date") else ""
+    env = ", ".join(
+        x
+        for x in (
+            f"torch {d['torch']}" if d.get("torch") else "",
+            f"{d.get('threads', d['config'].get('threads'))} threads",
+        )
+        if x
+    )
+    parts = [
+        f"step {r['step']}: recorded `{(r['recorded'] or '—')[:8]}…`, rerun `{r['rerun'][:8]}…` "
+        + ("(equal)" if r["equal"] else "(**different**)")
+        for r in rows
+    ]
+    verdict = "bit for bit equal" if d["all_equal"] else "**not equal**"
+    return [
+        f"`check_reproducibility.py {d.get('train_log', 'train_log.json')} --steps {d.get('steps', rows[-1]['step'])}`"
+        f"{when} ({env}; {_n(round(d['seconds']))} s): {'; '.join(parts)}: {verdict}."
     ]
 
 
@@ -554,4 +616,7 @@ BLOCKS = {
     "ray": ("bench_ray.json", ray),
     "norms": ("norms_bundled.json", norms),
     "trajectories": ("trajectories.json", trajectories),
+    "training-base": ("train_log_base.json", training("shapes-qwen25vl")),
+    "training-v1": ("train_log_v1.json", training("shapes-qwen25vl-v1")),
+    "reproducibility": ("reproducibility.json", reproducibility),
 }

@@ -1,0 +1,136 @@
+"""Renderers of examples/tables_results.py, on small hand-built JSONs, and the published copies they read."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _tables() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("tables_results", ROOT / "examples" / "tables_results.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _train_log() -> dict[str, Any]:
+    return {
+        "config": {
+            "steps": 1000,
+            "batch_size": 8,
+            "lr": 0.001,
+            "warmup": 50,
+            "weight_decay": 0.01,
+            "seed": 3,
+            "threads": 2,
+            "ckpt_every": 250,
+            "variant": "v1",
+            "workers": 1,
+            "compile": True,
+            "flush_denormal": False,
+        },
+        "losses": [[0, 4.5], [25, 2.0], [999, 0.1234]],
+        "train_seconds": 1234.4,
+        "checkpoint_digests": [[250, "abcdef0123456789"], [500, "1111"], [750, "2222"]],
+        "final_digest": "0123456789abcdef0123",
+        "torch": "2.13.0+cpu",
+        "parameters": 2_768_640,
+    }
+
+
+def test_training_block_by_hand() -> None:
+    text = "\n".join(_tables().training("m-v1")(_train_log()))
+    assert "`m-v1`" in text and "variant `v1`" in text
+    assert "1,000 steps at batch 8" in text and "seed 3" in text and "torch 2.13.0+cpu" in text
+    assert "`torch.compile` on, denormal flushing off, 1 prefetch worker;" in text
+    assert "2,768,640 parameters (2.77 M)" in text
+    assert "**1,234 s in the training loop**" in text and "1.23 s per step" in text
+    assert "**0.123** at the last logged step (999; logged every 25 steps)" in text
+    assert "3 checkpoint weight digests, every 250 steps (step 250: `abcdef01…`)" in text
+    assert "`0123456789abcdef…`" in text
+
+
+def test_reproducibility_block_by_hand() -> None:
+    tr = _tables()
+    d = {
+        "train_log": "run/train_log.json",
+        "date": "2026-12-01",
+        "torch": "2.13.0+cpu",
+        "threads": 2,
+        "steps": 500,
+        "config": {"threads": 2},
+        "checkpoints": [
+            {"step": 250, "recorded": "aaaaaaaa11", "rerun": "aaaaaaaa11", "equal": True},
+            {"step": 500, "recorded": "bbbbbbbb22", "rerun": "bbbbbbbb22", "equal": True},
+        ],
+        "all_equal": True,
+        "seconds": 903.6,
+    }
+    (line,) = tr.reproducibility(d)
+    assert line.startswith("`check_reproducibility.py run/train_log.json --steps 500` on 2026-12-01")
+    assert "(torch 2.13.0+cpu, 2 threads; 904 s)" in line
+    assert "step 250: recorded `aaaaaaaa…`, rerun `aaaaaaaa…` (equal)" in line
+    assert line.endswith("bit for bit equal.")
+    d["checkpoints"][1] |= {"rerun": "cccccccc33", "equal": False}
+    d["all_equal"] = False
+    for k in ("date", "torch", "threads", "steps", "train_log"):
+        del d[k]  # a JSON of the script before it recorded them
+    (line,) = tr.reproducibility(d)
+    assert "(**different**)" in line and line.endswith("**not equal**.") and "--steps 500`" in line
+
+
+def test_ray_block_says_when_and_how_loaded() -> None:
+    d = {
+        "model": "bundled shapes-qwen25vl",
+        "n_examples": 16,
+        "dataset": "shapes:validation",
+        "k": 32,
+        "n_subsets": 32,
+        "shard_size": 4,
+        "nodes": 2,
+        "cpus_per_node": 1,
+        "torch_threads_per_replica": 1,
+        "machine_cpus": 2,
+        "quick": True,
+        "date": "2026-12-01",
+        "load_average_start": 0.42,
+        "local_seconds": 15.7,
+        "local_examples_per_hour": 3665.0,
+        "ray": [
+            {
+                "workers": 1,
+                "seconds": 27.3,
+                "examples_per_hour": 2110.0,
+                "examples_per_hour_steady": 3260.0,
+                "max_abs_diff_vs_local": 0.0,
+            },
+            {
+                "workers": 2,
+                "seconds": 26.7,
+                "examples_per_hour": 2157.0,
+                "examples_per_hour_steady": 4446.0,
+                "max_abs_diff_vs_local": 0.0,
+            },
+        ],
+        "scaling_efficiency": 0.511,
+        "scaling_efficiency_steady": 0.682,
+    }
+    lines = _tables().ray(d)
+    assert "(quick run); measured on 2026-12-01, 1-minute load average 0.4 at the start." in lines[0]
+    assert "| Ray, 2 workers | 26.7 s | 2,157 | 4,446 | 0.0 |" in lines
+    assert lines[-1].startswith("Scaling efficiency") and "0.51 end to end, 0.68 once" in lines[-1]
+
+
+@pytest.mark.parametrize(("published", "bundled"), [("base", "shapes-qwen25vl"), ("v1", "shapes-qwen25vl-v1")])
+def test_the_published_train_logs_are_the_bundled_ones(published: str, bundled: str) -> None:
+    """docs/results/train_log_*.json are copies of the train_log.json each bundled model ships."""
+    copy = json.loads((ROOT / "docs" / "results" / f"train_log_{published}.json").read_text())
+    assert copy == json.loads((ROOT / "attrib" / "shapes" / "bundled" / bundled / "train_log.json").read_text())
