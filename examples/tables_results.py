@@ -323,17 +323,29 @@ def v1_decay(data: dict[str, Any]) -> list[str]:
 
 
 def _copy_attention(ca: dict[str, Any]) -> list[str]:
-    rows = ca["by_layer"]
+    """Per layer, attention of tokens generated after a copy to the copy tokens and to their source image
+    tokens (``attrib v1 --v1-model``: ``copy_mass``, ``source_mass``, ``n_tokens``)."""
+    copy, source = ca["copy_mass"], ca["source_mass"]
+    where = f"`{ca['dataset']}` 0–{ca['n_examples'] - 1}, " if "n_examples" in ca else ""
     out = [
-        f"Copy vs source attention (Fig. 5), {_n(ca['n_tokens'])} tokens generated after at least one copy "
-        f"(`shapes:test` 0–{ca['n_examples'] - 1}):",
+        f"Copy vs source attention (Fig. 5): {_n(ca['n_tokens'])} tokens generated after at least one copy "
+        f"({where}mean over those tokens and the heads):",
         "",
-        "| layer | to copy tokens | to their source image tokens | ratio |",
+        "| layer | to the copy tokens | to their source image tokens | ratio |",
         "|---|---|---|---|",
     ]
-    for r in rows:
-        ratio = r["copy"] / r["source"] if r["source"] else float("nan")
-        out.append(f"| {r['layer']} | {_f(r['copy'])} | {_f(r['source'])} | {_f(ratio, 2)} |")
+    more = []
+    for layer, (c, src) in enumerate(zip(copy, source, strict=True)):
+        out.append(f"| {layer} | {_f(c)} | {_f(src)} | {_f(c / src if src else float('nan'), 2)} |")
+        more.append(c > src)
+    if more:
+        up = [str(i) for i, m in enumerate(more) if m]
+        down = [str(i) for i, m in enumerate(more) if not m]
+        out += [
+            "",
+            f"More attention to the copies than to their sources in layer{'s' if len(up) != 1 else ''} "
+            f"{', '.join(up) or 'none'}; less in layer{'s' if len(down) != 1 else ''} {', '.join(down) or 'none'}.",
+        ]
     return out
 
 

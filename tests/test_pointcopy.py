@@ -322,6 +322,7 @@ def test_v1_training_smoke_eval_and_cli(tmp_path: Path) -> None:
     assert (figs / "decay.png").stat().st_size > 0
     ca = res["copy_attention"]
     assert len(ca["copy_mass"]) == len(ca["source_mass"]) == (ca["n_tokens"] > 0) * 2  # tiny model: 2 layers
+    assert ca["n_examples"] == 1 and ca["dataset"] == "shapes:test"  # --n-copy 1, the default dataset
 
 
 def _forced_trace(pc: PointCopyModel, inp: dict[str, torch.Tensor]) -> tuple[list[int], list[int]]:

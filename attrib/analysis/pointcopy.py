@@ -801,7 +801,8 @@ def copy_attention(model: str, *, dataset: str = "shapes:test", n: int = 30) -> 
 
     Each example is captured through the model's variant with one region per
     image token (``K = N_image``) and per-token features, then passed to
-    [`copy_vs_source_by_layer`][attrib.analysis.pointcopy.copy_vs_source_by_layer].
+    [`copy_vs_source_by_layer`][attrib.analysis.pointcopy.copy_vs_source_by_layer],
+    whose result is returned with the examples it came from (``dataset``, ``n_examples``).
 
     Raises:
         ValueError: If the model has no copy tokens.
@@ -823,4 +824,4 @@ def copy_attention(model: str, *, dataset: str = "shapes:test", n: int = 30) -> 
         res = variant.capture(loaded, request)
         caps.append(res)
         srcs.append(res.token_sources or [])
-    return copy_vs_source_by_layer(caps, srcs)
+    return {**copy_vs_source_by_layer(caps, srcs), "dataset": dataset, "n_examples": len(caps)}
