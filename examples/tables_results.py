@@ -159,7 +159,8 @@ def regions_faithfulness(d: dict[str, Any]) -> list[str]:
     order = list(REGION_NAMES)
     rows = sorted(rows, key=lambda r: (order.index(r["region_method"]) if r["region_method"] in order else 99, r["k"]))
     lines = [
-        f"Training examples per configuration: {', '.join(sorted({_n(r['n_train']) for r in rows}))}; "
+        f"Training examples per configuration: {', '.join(sorted({_n(r['n_train']) for r in rows}))}; held-out "
+        f"spans scored: {', '.join(sorted({_n(r['lds']['n']) for r in rows if 'n' in r['lds']})) or '?'}; "
         f"{_interval_note(d)}.",
         "",
         "| regions | K | LDS | R² | top-5 drop / LOO | pointing |",

@@ -134,3 +134,42 @@ def test_the_published_train_logs_are_the_bundled_ones(published: str, bundled: 
     """docs/results/train_log_*.json are copies of the train_log.json each bundled model ships."""
     copy = json.loads((ROOT / "docs" / "results" / f"train_log_{published}.json").read_text())
     assert copy == json.loads((ROOT / "attrib" / "shapes" / "bundled" / bundled / "train_log.json").read_text())
+
+
+def test_regions_faithfulness_block_by_hand() -> None:
+    def row(method: str, k: int, lds: float) -> dict[str, Any]:
+        return {
+            "region_method": method,
+            "k": k,
+            "n_train": 88,
+            "lds": {"value": lds, "ci_low": lds - 0.05, "ci_high": lds + 0.05, "n": 113},
+            "r2": {"value": 0.25},
+            "top5_drop_normalized": {"value": 1.1},
+            "pointing": {"value": 0.5},
+        }
+
+    d = {"interval_unit": "example", "region_comparison": [row("blocks", 16, 0.5), row("color", 32, 0.427)]}
+    lines = _tables().regions_faithfulness(d)
+    assert lines[0].startswith("Training examples per configuration: 88; held-out spans scored: 113;")
+    assert "resampling examples (each with all its spans)" in lines[0]
+    rows = [x for x in lines if x.startswith("| ") and not x.startswith("| regions")]
+    assert rows == [  # colour first, whatever the JSON's order
+        "| colour (semantic) | 32 | 0.427 [0.38, 0.48] | 0.250 | 1.100 | 0.50 |",
+        "| random blocks | 16 | 0.500 [0.45, 0.55] | 0.250 | 1.100 | 0.50 |",
+    ]
+    d["interval_unit"] = "span"
+    assert "resampling spans." in _tables().regions_faithfulness(d)[0]
+
+
+def test_copy_attention_in_the_decay_block_by_hand() -> None:
+    ca = {
+        "copy_mass": [0.01, 0.05],
+        "source_mass": [0.02, 0.04],
+        "n_tokens": 1078,
+        "dataset": "shapes:test",
+        "n_examples": 30,
+    }
+    lines = _tables()._copy_attention(ca)
+    assert "1,078 tokens generated after at least one copy (`shapes:test` 0–29," in lines[0]
+    assert "| 0 | 0.010 | 0.020 | 0.50 |" in lines and "| 1 | 0.050 | 0.040 | 1.25 |" in lines
+    assert lines[-1] == "More attention to the copies than to their sources in layer 1; less in layer 0."
