@@ -23,10 +23,11 @@ from datetime import date
 from pathlib import Path
 
 import torch
+import transformers
 
 from attrib.shapes.model import ModelSize
 from attrib.shapes.scene import Difficulty
-from attrib.shapes.train import TrainConfig, train
+from attrib.shapes.train import TrainConfig, cpu_model, train
 
 
 class _StopError(Exception):
@@ -68,6 +69,9 @@ def main() -> int:
         "train_log": args.train_log,
         "date": date.today().isoformat(),
         "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "cpu": cpu_model(),
+        "recorded_environment": {k: log.get(k) for k in ("torch", "transformers", "cpu")},  # None: not recorded
         "threads": cfg.threads,
         "steps": args.steps,
         "config": log["config"],

@@ -511,24 +511,34 @@ def reproducibility(d: dict[str, Any]) -> list[str]:
     """The first checkpoints of a recorded run, rerun and compared bitwise (examples/check_reproducibility.py)."""
     rows = d["checkpoints"]
     when = f" on {d['date']}" if d.get("date") else ""
-    env = ", ".join(
-        x
-        for x in (
-            f"torch {d['torch']}" if d.get("torch") else "",
-            f"{d.get('threads', d['config'].get('threads'))} threads",
-        )
-        if x
-    )
+
+    def env(e: dict[str, Any]) -> str:
+        parts = [
+            f"torch {e['torch']}" if e.get("torch") else "",
+            f"transformers {e['transformers']}" if e.get("transformers") else "",
+            f"CPU {e['cpu']}" if e.get("cpu") else "",
+        ]
+        return ", ".join(p for p in parts if p)
+
+    here = env(d)
     parts = [
         f"step {r['step']}: recorded `{(r['recorded'] or '—')[:8]}…`, rerun `{r['rerun'][:8]}…` "
         + ("(equal)" if r["equal"] else "(**different**)")
         for r in rows
     ]
     verdict = "bit for bit equal" if d["all_equal"] else "**not equal**"
-    return [
+    lines = [
         f"`check_reproducibility.py {d.get('train_log', 'train_log.json')} --steps {d.get('steps', rows[-1]['step'])}`"
-        f"{when} ({env}; {_n(round(d['seconds']))} s): {'; '.join(parts)}: {verdict}."
+        f"{when} ({here + ', ' if here else ''}{d.get('threads', d['config'].get('threads'))} threads; "
+        f"{_n(round(d['seconds']))} s): {'; '.join(parts)}: {verdict}."
     ]
+    if "recorded_environment" in d:
+        rec = env(d["recorded_environment"])
+        missing = [k for k in ("torch", "transformers", "cpu") if not d["recorded_environment"].get(k)]
+        lines[0] += f" The recorded run's environment: {rec or 'not recorded'}" + (
+            f" ({', '.join(missing)} not recorded)." if rec and missing else "."
+        )
+    return lines
 
 
 # --- trajectories (attrib trajectories --json) ----------------------------------------------------------

@@ -89,6 +89,7 @@ def test_training_smoke_and_reload(tmp_path: Path) -> None:
     model, proc = load_model(tmp_path / "m")
     log = json.loads((tmp_path / "m" / "train_log.json").read_text())
     assert log["config"]["steps"] == 4
+    assert log["torch"] and log["transformers"] and log["cpu"]  # the environment beside the digests
     ex = make_example("test", 0)
     out = generate_batch(model, proc, [ex.image()], [ex.question.text], max_new_tokens=5)
     assert isinstance(out[0], str)

@@ -79,6 +79,13 @@ def test_reproducibility_block_by_hand() -> None:
     assert "(torch 2.13.0+cpu, 2 threads; 904 s)" in line
     assert "step 250: recorded `aaaaaaaa…`, rerun `aaaaaaaa…` (equal)" in line
     assert line.endswith("bit for bit equal.")
+    d |= {"transformers": "5.0", "cpu": "X (x86_64)", "recorded_environment": {"torch": "2.13.0+cpu"}}
+    (line,) = tr.reproducibility(d)
+    assert "(torch 2.13.0+cpu, transformers 5.0, CPU X (x86_64), 2 threads; 904 s)" in line
+    assert line.endswith(
+        "bit for bit equal. The recorded run's environment: torch 2.13.0+cpu (transformers, cpu not recorded)."
+    )
+    del d["recorded_environment"], d["transformers"], d["cpu"]
     d["checkpoints"][1] |= {"rerun": "cccccccc33", "equal": False}
     d["all_equal"] = False
     for k in ("date", "torch", "threads", "steps", "train_log"):

@@ -28,6 +28,7 @@ complete checkpoint named). For a model directory ``out``:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -44,6 +45,7 @@ from typing import Any, cast
 
 import safetensors.torch
 import torch
+import transformers
 from transformers import Qwen2_5_VLForConditionalGeneration
 
 from attrib.shapes.dataset import BENCHMARK_VERSION, Example, make_example
@@ -61,6 +63,7 @@ __all__ = [
     "V2_SCHEDULE",
     "TrainConfig",
     "TrainResult",
+    "cpu_model",
     "find_checkpoint",
     "load_checkpoint",
     "lr_at",
@@ -419,6 +422,8 @@ def _train(
         "checkpoint_digests": digests,
         "final_digest": weight_digest(model),
         "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "cpu": cpu_model(),
         "parameters": sum(p.numel() for p in model.parameters()),
     }
     (tmp / "train_log.json").write_text(json.dumps(log, indent=1) + "\n")
@@ -456,6 +461,18 @@ def set_generation_defaults(model: Qwen2_5_VLForConditionalGeneration, processor
     gc.pad_token_id = int(processor.tokenizer.pad_token_id)
     gc.do_sample = False
     gc.max_new_tokens = 200
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` where there is one), recorded beside the weight digests:
+    floating-point results, and so the digests, can differ between CPUs and library versions."""
+    import platform
+
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} ({platform.machine()})"
+    return platform.processor() or platform.machine()
 
 
 def weight_digest(model: torch.nn.Module) -> str:
