@@ -28,15 +28,27 @@ def _assignment(n: int, k: int = 3) -> np.ndarray:
     return m
 
 
+@pytest.mark.parametrize("kernel_lse", [True, False], ids=["kernel-lse", "full-pass"])
 @pytest.mark.parametrize("family", FAMILY_NAMES)
-def test_sdpa_capture_equals_eager(family: str) -> None:
+def test_sdpa_capture_equals_eager(family: str, kernel_lse: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both batched passes (normaliser from the kernel, or recomputed over the cache) equal eager attention."""
     model = build(family)
     x = inputs(family)
     assign = _assignment(n_image_tokens(family))
-    with AttentionCapture(model, x, assign, decode=_decode, per_token=True) as cap:
+    passes = {"lse": 0}
+    lse_pass = AttentionCapture._layer_rows_lse
+
+    def counted(self: AttentionCapture, layer: int) -> torch.Tensor:
+        passes["lse"] += 1
+        return lse_pass(self, layer)
+
+    monkeypatch.setattr(AttentionCapture, "_layer_rows_lse", counted)
+    with AttentionCapture(model, x, assign, decode=_decode, per_token=True, kernel_lse=kernel_lse) as cap:
         assert adapter_for(model).text_config(model)._attn_implementation == IMPLEMENTATION
         out = model.generate(**x, streamer=cap.streamer, max_new_tokens=8, min_new_tokens=8, do_sample=False)
     res = cap.result()
+    # On the CPU every non-sliding layer's rows come from the kernel's normalisers, or none do.
+    assert (passes["lse"] >= cap.n_layers // 2) if kernel_lse else passes["lse"] == 0
     assert adapter_for(model).text_config(model)._attn_implementation == "sdpa"
     prompt_len = x["input_ids"].shape[1]
     assert res.generated_ids == out[0, prompt_len:].tolist()

@@ -94,15 +94,124 @@ def _capturing_sdpa(
     **kwargs: Any,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     global _SDPA
+    cap = _ACTIVE.get()
+    if cap is not None and cap.kernel_lse and query.shape[2] == 1:
+        got = _decode_with_lse(module, query, key, value, attention_mask, kwargs)
+        if got is not None:
+            cap._record(module, query, key, attention_mask, kwargs.get("scaling"), got[1])
+            return got[0], None
     if _SDPA is None:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
         _SDPA = sdpa_attention_forward
     out = _SDPA(module, query, key, value, attention_mask, **kwargs)
-    cap = _ACTIVE.get()
     if cap is not None:
-        cap._record(module, query, key, attention_mask, kwargs.get("scaling"))
+        lse = None
+        if cap.kernel_lse and query.device.type == "cpu" and kwargs.get("position_bias") is None:
+            lse = _last_row_lse(query, key, attention_mask, kwargs.get("scaling"))  # the prefill: once per layer
+        cap._record(module, query, key, attention_mask, kwargs.get("scaling"), lse)
     return out  # type: ignore[no-any-return]
+
+
+def _last_row_lse(
+    query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None, scaling: float | None
+) -> torch.Tensor:
+    """``(H,)`` float32 log-normalisers of the last query row's softmax (a prefill's row, which no kernel returns)."""
+    h, d = query.shape[1], query.shape[3]
+    kv, t = key.shape[1], key.shape[2]
+    q = query[0, :, -1].float().reshape(kv, h // kv, d)
+    s = torch.bmm(q, key[0].float().transpose(1, 2)).mul_(scaling if scaling is not None else d**-0.5)  # (KV, G, T)
+    if attention_mask is not None:
+        m = attention_mask[0, :, -1, :t]
+        m = m.reshape(kv, h // kv, t) if m.shape[0] == h else m.reshape(1, 1, t)
+        s = s.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else s + m.float()
+    return torch.logsumexp(s, dim=-1).reshape(h)
+
+
+#: ``torch.ops.aten._fused_sdp_choice`` -> SDPA's flash kernel (``SDPBackend.FLASH_ATTENTION``).
+_FLASH_CHOICE = 1
+#: (dtype, query shape, key heads, head dims, mask shape or None, GQA) -> whether SDPA runs the CPU flash kernel.
+_FLASH_OK: dict[tuple[Any, ...], bool] = {}
+_GQA_RULES: tuple[Callable[..., Any], Callable[..., Any]] | None = None
+#: The CPU flash kernel: the public binding where torch has one (the op-overload call costs microseconds more).
+_FLASH_CPU: Callable[..., tuple[torch.Tensor, torch.Tensor]] = getattr(
+    torch, "_scaled_dot_product_flash_attention_for_cpu", torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+)
+
+
+def _gqa_rules() -> tuple[Callable[..., Any], Callable[..., Any]] | None:
+    """transformers' own ``use_gqa_in_sdpa`` and ``pack_gqa`` (``None`` where this transformers has neither)."""
+    global _GQA_RULES
+    if _GQA_RULES is None:
+        try:
+            from transformers.integrations.sdpa_attention import pack_gqa, use_gqa_in_sdpa
+        except ImportError:  # an older transformers: the decode fast path stays off
+            return None
+        _GQA_RULES = (use_gqa_in_sdpa, pack_gqa)
+    return _GQA_RULES
+
+
+def _decode_with_lse(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    kwargs: dict[str, Any],
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """One decode step's attention as transformers' ``sdpa`` computes it, and each head's log-sum-exp.
+
+    On the CPU, ``scaled_dot_product_attention`` runs the flash kernel, which computes the
+    softmax's log-normaliser of every query row and drops it. Calling that kernel directly with
+    the arguments SDPA would give it returns the same output, bit for bit, and the normaliser:
+    with it, a query's attention to any key is ``exp(q . k * scale - lse)``, so the capture needs
+    the query against the image keys only, not against the whole cache.
+
+    Returns:
+        ``(output, lse)``: the attention output laid out as ``sdpa_attention_forward`` returns it,
+        and the ``(H,)`` float32 log-normalisers; ``None`` wherever SDPA would not run that kernel
+        (another device, a batch, dropout, a soft cap, a position bias, attention weights asked
+        for), and the caller takes transformers' own path.
+    """
+    if (
+        query.device.type != "cpu"
+        or query.shape[0] != 1
+        or kwargs.get("dropout")
+        or kwargs.get("softcap") is not None
+        or kwargs.get("position_bias") is not None
+        or kwargs.get("output_attentions")
+    ):
+        return None
+    rules = _gqa_rules()
+    if rules is None:
+        return None
+    q, mask, gqa = query, attention_mask, False
+    n_rep = getattr(module, "num_key_value_groups", 1)
+    if n_rep > 1:
+        if rules[0](attention_mask, key, value):
+            gqa = True
+        else:  # transformers packs a single query's heads over their KV head
+            q = rules[1](query, n_rep)
+            mask = rules[1](attention_mask, n_rep)
+    if mask is not None:
+        if mask.dtype == torch.bool:  # as SDPA converts it: -inf where a key is not attended
+            mask = torch.zeros(mask.shape, dtype=q.dtype).masked_fill_(~mask, float("-inf"))
+        elif mask.dtype != q.dtype:
+            return None
+    scaling = kwargs.get("scaling")
+    ms = (
+        None if mask is None else tuple(mask.shape[:-1])
+    )  # the key length grows every step; the choice does not depend on it
+    sig = (q.dtype, tuple(q.shape), key.shape[1], key.shape[3], value.shape[3], ms, gqa)
+    ok = _FLASH_OK.get(sig)
+    if ok is None:
+        choice = torch.ops.aten._fused_sdp_choice(q, key, value, mask, 0.0, False, scale=scaling, enable_gqa=gqa)
+        ok = _FLASH_OK[sig] = choice == _FLASH_CHOICE
+    if not ok:
+        return None
+    out, lse = _FLASH_CPU(q, key, value, 0.0, False, attn_mask=mask, scale=scaling)
+    out = out.reshape(out.shape[0], -1, 1, value.shape[-1]).transpose(1, 2).contiguous()
+    return out, lse.reshape(-1)
 
 
 _REGISTERED_NAMES: set[str] = set()
@@ -422,6 +531,10 @@ class AttentionCapture:
         on_span: Called as ``on_span(span, features[K, L, H], parts)`` as each span completes.
         parts: The [`KeyPart`][attrib.capture.sdpa.KeyPart] objects of a research variant's own tokens.
         chunk: Tokens whose rows wait for one batched pass at most (a span closing runs the pass earlier).
+        kernel_lse: On the CPU, take each decode step's softmax normaliser from the attention kernel
+            (see [`_decode_with_lse`][attrib.capture.sdpa._decode_with_lse]), so the batched pass
+            reads the image (and key-part) keys only; ``False`` recomputes the normaliser over the
+            whole cache, as on other devices.
 
     Attributes:
         last_token_s: ``time.perf_counter()`` when the latest token arrived (before its span's pass ran).
@@ -444,6 +557,7 @@ class AttentionCapture:
         on_span: SpanCallback | None = None,
         parts: Sequence[KeyPart] = (),
         chunk: int = 64,
+        kernel_lse: bool = True,
     ) -> None:
         self.model = model
         self.parts = list(parts)
@@ -476,6 +590,7 @@ class AttentionCapture:
         self.per_token = per_token
         self.on_span = on_span
         self.chunk = chunk
+        self.kernel_lse = kernel_lse
         # Columns of the batched pass: direct region mass, then each part's (K for an alias part, else 1).
         cols, n = [], self.k
         for p in self.parts:
@@ -496,10 +611,17 @@ class AttentionCapture:
 
     def _reset_buffers(self) -> None:
         nl = self.n_layers
-        # Per layer, one entry per buffered forward: (key length, mask) while the layer's rows wait for the
-        # batched pass (the queries are in _qbuf), or the computed (H, C) row of a layer that computes at each step.
+        # Per layer, one entry per buffered forward: (key length, mask, has a kernel log-normaliser) while the
+        # layer's rows wait for the batched pass (the queries are in _qbuf, the normalisers in _lbuf), or the
+        # computed (H, C) row of a layer that computes at each step.
         self._buf: list[list[Any]] = [[] for _ in range(nl)]
         self._qbuf: list[torch.Tensor | None] = [None] * nl  # (1, H, capacity, D): the waiting forwards' queries
+        self._qslots: list[list[torch.Tensor]] = [[] for _ in range(nl)]  # views of _qbuf's slots, (H, D) each
+        self._lslots: list[list[torch.Tensor]] = [[] for _ in range(nl)]  # views of _lbuf's rows, (H,) each
+        self._qcap = [0] * nl  # slots in _qbuf and _lbuf
+        self._lbuf: list[torch.Tensor | None] = [None] * nl  # (capacity, H) float32: their kernel log-normalisers
+        self._rel: tuple[Any, torch.Tensor] | None = None  # key positions that carry region or part mass
+        self._relk: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * nl  # those positions, their float keys
         self._keys: list[torch.Tensor | None] = [None] * nl  # the latest key cache of each waiting layer
         self._scale: list[float | None] = [None] * nl
         self._stepwise = [False] * nl  # the layer's cache drops keys: rows are computed at each step
@@ -557,7 +679,12 @@ class AttentionCapture:
             self._layer_of = {}
             self._drop()
             self._keys = [None] * self.n_layers
+            self._relk = [None] * self.n_layers
             self._qbuf = [None] * self.n_layers
+            self._qslots = [[] for _ in range(self.n_layers)]
+            self._lslots = [[] for _ in range(self.n_layers)]
+            self._qcap = [0] * self.n_layers
+            self._lbuf = [None] * self.n_layers
             self._values = {}
             self._span_sum = None
 
@@ -574,6 +701,7 @@ class AttentionCapture:
         key: torch.Tensor,
         attention_mask: torch.Tensor | None,
         scaling: float | None,
+        lse: torch.Tensor | None = None,
     ) -> None:
         layer = self._layer_of.get(id(module))
         if layer is None:
@@ -590,15 +718,22 @@ class AttentionCapture:
         if t == seen and not self._stepwise[layer]:
             # Copy the newest query into the layer's buffer, keep a reference to the keys: the row is computed
             # in the next batched pass.
-            self._keys[layer] = key
+            # (This runs for every layer at every token: it is kept to a few operations.)
+            if lse is None:
+                self._keys[layer] = key
+            elif self.parts or self._relk[layer] is None:  # copy the relevant keys (once for a plain model)
+                self._snapshot_keys(layer, key, seen)  # and the growing cache is not held
             self._scale[layer] = scaling
             entries = self._buf[layer]
             i = len(entries)
-            buf = self._qbuf[layer]
-            if buf is None or i >= buf.shape[2] or buf.dtype != query.dtype or buf.device != query.device:
-                buf = self._grow_queries(layer, query, i)
-            buf[:, :, i] = query[:, :, -1]
-            entries.append((seen, attention_mask))
+            if i >= self._qcap[layer]:
+                self._grow_queries(layer, query, i)
+            self._qslots[layer][i].copy_(
+                query.reshape(query.shape[1], query.shape[3]) if query.shape[2] == 1 else query[0, :, -1]
+            )
+            if lse is not None:
+                self._lslots[layer][i].copy_(lse)
+            entries.append((seen, attention_mask, lse is not None))
             return
         if not self._stepwise[layer]:  # the cache has started dropping keys: compute what waits, then step by step
             self._buf[layer] = list(self._layer_rows(layer).unbind(1)) if self._buf[layer] else []
@@ -608,18 +743,27 @@ class AttentionCapture:
 
     def _grow_queries(self, layer: int, query: torch.Tensor, used: int) -> torch.Tensor:
         """The layer's query buffer with room past ``used`` entries (allocated once per capture, then doubled)."""
-        old = self._qbuf[layer]
+        old, old_lse = self._qbuf[layer], self._lbuf[layer]
         size = max(self.chunk + 1, 2 * used, 16)
         buf = query.new_empty(1, query.shape[1], size, query.shape[3])
+        lbuf = torch.empty(size, query.shape[1], dtype=torch.float32, device=query.device)
         if old is not None and used:
             buf[:, :, :used] = old[:, :, :used].to(buf)
-        self._qbuf[layer] = buf
+        if old_lse is not None and used:
+            lbuf[:used] = old_lse[:used].to(lbuf.device)
+        self._qbuf[layer], self._lbuf[layer] = buf, lbuf
+        self._qslots[layer] = list(buf[0].unbind(1))  # copying into a ready view costs half of indexing
+        self._lslots[layer] = list(lbuf.unbind(0))
+        self._qcap[layer] = size
         return buf
 
     def _table(self, like: torch.Tensor) -> _ValueTable:
-        tab = self._values.get((like.device, like.dtype))
+        return self._table_for(like.device, like.dtype)
+
+    def _table_for(self, device: torch.device, dtype: torch.dtype) -> _ValueTable:
+        tab = self._values.get((device, dtype))
         if tab is None:
-            tab = self._values[(like.device, like.dtype)] = _ValueTable(self, like.device, like.dtype)
+            tab = self._values[(device, dtype)] = _ValueTable(self, device, dtype)
         return tab
 
     def _row_now(
@@ -643,6 +787,8 @@ class AttentionCapture:
         entries = self._buf[layer]
         if self._stepwise[layer]:
             return torch.stack(entries, 1)
+        if all(e[2] for e in entries):
+            return self._layer_rows_lse(layer)
         key = self._keys[layer]
         buf = self._qbuf[layer]
         assert key is not None and buf is not None
@@ -663,6 +809,60 @@ class AttentionCapture:
         )
         return out.reshape(h, n, vals.shape[1])
 
+    def _relevant(self, t: int, device: torch.device) -> torch.Tensor:
+        """Key positions below ``t`` whose value rows are not zero: the image tokens and every key part's."""
+        n = sum(len(p.positions) for p in self.parts)
+        if self._rel is None or self._rel[0] != (device, n):
+            parts = [torch.tensor(p.positions, dtype=torch.long) for p in self.parts if p.positions]
+            self._rel = ((device, n), torch.cat([self.image_pos, *parts]).to(device))
+        rel = self._rel[1]
+        return rel[rel < t] if n else rel
+
+    def _snapshot_keys(self, layer: int, key: torch.Tensor, t: int) -> None:
+        """Copy the layer's keys at the relevant positions below ``t`` when positions have been added since."""
+        pos = self._relevant(t, key.device)
+        snap = self._relk[layer]
+        if snap is None or snap[0].shape[0] != pos.shape[0]:
+            self._relk[layer] = (pos, key[0].index_select(1, pos).float())  # (P,), (KV, P, D)
+
+    def _layer_rows_lse(self, layer: int) -> torch.Tensor:
+        """``(H, n, C)`` rows from the kernel's log-normalisers: each query against the relevant keys only.
+
+        A row's mass on key ``j`` is ``exp(q . k_j * scale - lse)``; summed against the value
+        rows of the image and key-part positions it is the same mass per region and part as the
+        full pass, without reading the rest of the cache.
+        """
+        entries = self._buf[layer]
+        snap, buf, lbuf = self._relk[layer], self._qbuf[layer], self._lbuf[layer]
+        assert snap is not None and buf is not None and lbuf is not None
+        pos, keys = snap  # (P,), (KV, P, D) float32
+        n = len(entries)
+        h, d = buf.shape[1], buf.shape[3]
+        kv = keys.shape[0]
+        g = h // kv
+        t = entries[-1][0]
+        vals = self._table_for(keys.device, torch.float32).rows(t).index_select(0, pos)  # (P, C)
+        q = buf[0, :, :n].float().reshape(kv, g * n, d)  # row r = head-in-group * n + token
+        scale = self._scale[layer]
+        s = torch.bmm(q, keys.transpose(1, 2)).mul_(scale if scale is not None else d**-0.5)
+        s = s.view(kv, g, n, -1).sub_(lbuf[:n].T.reshape(kv, g, n, 1))
+        ends = [e[0] for e in entries]
+        if pos.numel() and int(pos.max()) >= min(ends):  # a key part generated after some of these tokens
+            late = pos[None, :] >= torch.tensor(ends, device=keys.device)[:, None]  # (n, P)
+            s.masked_fill_(late, float("-inf"))
+        for i, (_end, m, _) in enumerate(entries):
+            if m is None:
+                continue
+            row = m[0, :, -1].index_select(-1, pos.clamp(max=m.shape[-1] - 1))  # (1 or H, P)
+            row = row.reshape(kv, g, -1) if row.shape[0] == h else row.reshape(1, 1, -1)
+            if row.dtype == torch.bool:
+                s[:, :, i].masked_fill_(~row, float("-inf"))
+            else:
+                s[:, :, i].add_(row.float())
+        p = s.exp_().view(kv, g * n, -1)
+        out = torch.matmul(p, vals)  # (KV, G * n, C)
+        return out.reshape(h, n, vals.shape[1])
+
     def _causal_mask(self, entries: list[Any], t: int, kv: int, g: int, device: torch.device) -> torch.Tensor:
         """``(1, 1 or KV, G * n, T)`` boolean mask: token i sees keys before its own end, and its model mask."""
         n = len(entries)
@@ -671,7 +871,7 @@ class AttentionCapture:
         if all(e[1] is None for e in entries):
             return allowed.expand(g, n, t).reshape(1, 1, g * n, t)
         full = allowed.expand(kv, g, n, t).clone()
-        for i, (end, m) in enumerate(entries):
+        for i, (end, m, _) in enumerate(entries):
             if m is None:
                 continue
             row = m[0, :, -1, :end]

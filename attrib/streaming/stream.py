@@ -265,6 +265,8 @@ class FinalEvent:
 
 
 _WORKER_JOIN_S = 30.0  # how long ending a stream waits for its attribution worker
+#: How long generation waits, at the end of a span, for the worker to take it (it normally takes well under 1 ms).
+_HANDOFF_S = 0.005
 
 
 @dataclass(frozen=True)
@@ -328,6 +330,7 @@ class AttributionStream:
         self.system = system
         self._stop = threading.Event()
         self._spans_q: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self._taken = threading.Event()  # set by the worker when it has turned the latest span into an event
         self._events_q: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._events: list[SpanEvent] = []
         self._t0 = 0.0
@@ -375,7 +378,11 @@ class AttributionStream:
     def _on_span(self, span: Span, feats: np.ndarray, parts: dict[str, np.ndarray]) -> None:
         cap = active_capture()  # the span ended when its last token arrived, before its batched pass
         end_s = cap.last_token_s - self._t0 if cap is not None else self._now()
+        self._taken.clear()
         self._spans_q.put(("span", span, feats, parts, end_s))
+        # Generation waits (GIL released) until the worker has made the event: a worker left to win the GIL
+        # from a busy generation thread waits up to the interpreter's switch interval (5 ms) at the tail.
+        self._taken.wait(_HANDOFF_S)
 
     def _poll(self) -> bool:
         """Once per generated token: hand ready events to the consumer; ``True`` stops generation."""
@@ -442,9 +449,11 @@ class AttributionStream:
                 )
                 self._events.append(ev)
                 self._events_q.put(("span", ev))
+                self._taken.set()
         except BaseException as e:  # handed to the consumer, which re-raises it
             self._stop.set()
             self._events_q.put(("error", e))
+            self._taken.set()
 
     def _final(self, cap: CaptureResult) -> FinalEvent:
         text = self._a.loaded.decode(cap.generated_ids)
