@@ -78,6 +78,8 @@ def test_captured_generation_equals_plain_generation_with_the_fast_path() -> Non
         for a, b in zip(got.scores, plain.scores, strict=True):
             assert torch.equal(a, b), family
         assert len(cap.result().generated_ids) == 0  # no streamer given: generation was only observed
+        if family == "qwen2_5_vl":  # a mask-free decode step: the planned direct kernel call served it
+            assert cap._direct and all(cap._direct.values())
 
 
 def test_suppressor_equals_transformers_suppress_tokens() -> None:

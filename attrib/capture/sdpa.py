@@ -6,19 +6,29 @@ function registered with transformers' ``AttentionInterface``. It returns
 exactly what ``sdpa`` returns (same kernel, same output) and, beside it, keeps
 what the **newest query row** needs: that row's post-RoPE query, copied into a
 per-layer buffer allocated once (M-RoPE, partial rotary and QK-norm are already
-applied), and a reference to the layer's key cache (no copy). It keeps no tensor
-made during a step (but the model's attention mask, when a step has one): small
-tensors kept across steps sit between the key
+applied). It keeps no tensor made during a step (but the model's attention mask,
+when a step has one): small tensors kept across steps sit between the key
 cache's blocks, which transformers reallocates at every step, and keep the
 allocator from reusing them, so the process's memory grows with the length
 (measured in ``examples/probe_capture_designs.py --mem-tokens``). The rows
 themselves are computed later, in one batched pass per layer when a span closes
-(or every ``chunk`` tokens): each buffered query against the cached keys,
-causal per token, through SDPA itself with a value matrix that holds the
-region -> token assignment, so the kernel returns each row's attention mass per
-region directly (float32 accumulation inside the kernel, in the cache's dtype,
-GQA by grouping query heads over their KV head, no copy of the cache and no
-``T x T`` or ``H x T`` probability matrix). Span sums
+(or every ``chunk`` tokens).
+
+The pass needs each query's softmax normaliser over the whole cache. On the CPU,
+a decode step runs SDPA's flash kernel directly, with the arguments transformers
+would give it (the output is bit for bit the same), and keeps the log-normaliser
+the kernel computes anyway (``kernel_lse``, the default); the prefill's last row
+gets it from one extra product with the prompt's keys. Then a row's mass on key
+``j`` is ``exp(q . k_j * scale - lse)``, and the pass multiplies the buffered
+queries with the keys of the image tokens (and of a variant's key parts) only,
+copied once per layer, against their rows of the region -> token assignment:
+its cost and memory do not grow with the length, and no reference to the
+growing cache is kept. Elsewhere (a GPU, a model whose attention takes a
+position bias), the capture keeps a reference to the layer's key cache (no
+copy) and the pass attends each buffered query to the whole cache, causal per
+token, through SDPA itself with the assignment as the value matrix (float32
+accumulation inside the kernel, GQA by grouping query heads over their KV head,
+no ``T x T`` or ``H x T`` probability matrix). Span sums
 stay on the model's device; one ``(L, H, K)`` array per span moves to the host.
 A layer whose cache drops old keys (sliding-window layers past their window)
 computes its row at each step instead, from the keys it is given.
@@ -96,6 +106,15 @@ def _capturing_sdpa(
     global _SDPA
     cap = _ACTIVE.get()
     if cap is not None and cap.kernel_lse and query.shape[2] == 1:
+        # The usual decode step (no mask, nothing exotic) takes a plan made at the module's first step.
+        if attention_mask is None and _plain_step(kwargs):
+            direct = cap._direct.get(id(module))
+            if direct is None:
+                direct = cap._direct[id(module)] = _flash_direct(module, query, key, value, kwargs.get("scaling"))
+            if direct:
+                o, lse = _FLASH_CPU(query, key, value, 0.0, False, scale=kwargs.get("scaling"))
+                cap._record(module, query, key, None, kwargs.get("scaling"), lse.view(-1))
+                return o.transpose(1, 2).contiguous(), None
         got = _decode_with_lse(module, query, key, value, attention_mask, kwargs)
         if got is not None:
             cap._record(module, query, key, attention_mask, kwargs.get("scaling"), got[1])
@@ -106,10 +125,10 @@ def _capturing_sdpa(
         _SDPA = sdpa_attention_forward
     out = _SDPA(module, query, key, value, attention_mask, **kwargs)
     if cap is not None:
-        lse = None
+        row_lse: torch.Tensor | None = None
         if cap.kernel_lse and query.device.type == "cpu" and kwargs.get("position_bias") is None:
-            lse = _last_row_lse(query, key, attention_mask, kwargs.get("scaling"))  # the prefill: once per layer
-        cap._record(module, query, key, attention_mask, kwargs.get("scaling"), lse)
+            row_lse = _last_row_lse(query, key, attention_mask, kwargs.get("scaling"))  # the prefill: once per layer
+        cap._record(module, query, key, attention_mask, kwargs.get("scaling"), row_lse)
     return out  # type: ignore[no-any-return]
 
 
@@ -137,6 +156,41 @@ _GQA_RULES: tuple[Callable[..., Any], Callable[..., Any]] | None = None
 _FLASH_CPU: Callable[..., tuple[torch.Tensor, torch.Tensor]] = getattr(
     torch, "_scaled_dot_product_flash_attention_for_cpu", torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 )
+
+
+def _plain_step(kwargs: dict[str, Any]) -> bool:
+    """No dropout, soft cap, position bias, attention sinks or attention weights asked for."""
+    g = kwargs.get
+    return (
+        not g("dropout")
+        and g("softcap") is None
+        and g("position_bias") is None
+        and g("s_aux") is None
+        and not (g("output_attentions"))
+    )
+
+
+def _flash_direct(
+    module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float | None
+) -> bool:
+    """Whether a mask-free decode step of ``module`` is, in transformers' ``sdpa``, the CPU flash kernel on these
+    very tensors (no GQA packing), so the kernel can be called on them as they are.
+
+    Decided once per module and capture (device, dtypes, head counts and sizes do not change during a
+    generation); the keywords are checked at every step by the caller (``_plain_step``).
+    """
+    if query.device.type != "cpu" or query.shape[0] != 1 or getattr(module, "training", False):
+        return False
+    rules = _gqa_rules()
+    if rules is None:
+        return False
+    gqa = False
+    if getattr(module, "num_key_value_groups", 1) > 1:
+        if not rules[0](None, key, value):
+            return False  # transformers packs the heads: the general path handles it
+        gqa = True
+    choice = torch.ops.aten._fused_sdp_choice(query, key, value, None, 0.0, False, scale=scaling, enable_gqa=gqa)
+    return bool(choice == _FLASH_CHOICE)
 
 
 def _gqa_rules() -> tuple[Callable[..., Any], Callable[..., Any]] | None:
@@ -173,14 +227,7 @@ def _decode_with_lse(
         (another device, a batch, dropout, a soft cap, a position bias, attention weights asked
         for), and the caller takes transformers' own path.
     """
-    if (
-        query.device.type != "cpu"
-        or query.shape[0] != 1
-        or kwargs.get("dropout")
-        or kwargs.get("softcap") is not None
-        or kwargs.get("position_bias") is not None
-        or kwargs.get("output_attentions")
-    ):
+    if query.device.type != "cpu" or query.shape[0] != 1 or not _plain_step(kwargs):
         return None
     rules = _gqa_rules()
     if rules is None:
@@ -621,6 +668,7 @@ class AttentionCapture:
         self._qcap = [0] * nl  # slots in _qbuf and _lbuf
         self._lbuf: list[torch.Tensor | None] = [None] * nl  # (capacity, H) float32: their kernel log-normalisers
         self._rel: tuple[Any, torch.Tensor] | None = None  # key positions that carry region or part mass
+        self._direct: dict[int, bool] = {}  # id(attention module) -> its mask-free decode step is the flash kernel
         self._relk: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * nl  # those positions, their float keys
         self._keys: list[torch.Tensor | None] = [None] * nl  # the latest key cache of each waiting layer
         self._scale: list[float | None] = [None] * nl

@@ -12,10 +12,11 @@ your loop (thread A) --next()--> generation (greenlet on thread A) --(span, feat
   ([`attrib.variants`][attrib.variants]: plain models, v1 point-and-copy, latent tokens), on
   *your* thread, as a greenlet: ``next()`` resumes it, and it suspends itself when an event is
   ready for you. On this project's CPU build of torch, ``generate`` called from a thread other than
-  the main one runs markedly slower (OpenMP regions started from a non-main thread pay a wake-up each),
-  so keeping it on the caller's thread is what makes streaming cost what generation costs.
+  the main one runs slower (1.15x measured, docs/streaming.md; where inside torch that goes was not
+  isolated), so keeping it on the caller's thread is what makes streaming cost what generation costs.
   When a reasoning span completes, its ``(K, L, H)`` features (and its key parts, e.g. the via-copy
-  part) go on a queue and generation carries on at once.
+  part) go on a queue, and generation waits (at most 5 ms, the interpreter's lock released) until
+  the worker has made the event, so that the event does not wait for the lock behind generation.
 - The **attribution worker** turns each span's features into per-region scores
   with the estimator (one dot product), picks the top regions, updates the
   optional failure flagger and emits a [`SpanEvent`][attrib.streaming.stream.SpanEvent].
