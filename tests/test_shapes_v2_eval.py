@@ -106,7 +106,7 @@ def test_shapes2_dataset_kind_truth_meta_and_failure_kind() -> None:
 
 def test_v2_training_config_and_tiny_run(tmp_path: Path) -> None:
     from attrib.shapes.model import ModelSize, load_model
-    from attrib.shapes.train import V2_CANVAS_CYCLE, TrainConfig, step_canvas, step_examples, train
+    from attrib.shapes.train import V2_CANVAS_CYCLE, TrainConfig, step_canvas, step_difficulty, step_examples, train
 
     cfg = TrainConfig.v2()
     assert cfg.size.layers * cfg.size.heads >= 48 and cfg.benchmark == "shapes2" and cfg.aux_share == 0
@@ -116,11 +116,21 @@ def test_v2_training_config_and_tiny_run(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="benchmark must be"):
         TrainConfig(benchmark="shapes3")
     small = TrainConfig.v2(
-        steps=5, batch_size=2, size=ModelSize.tiny(), ckpt_every=0, warmup=1, compile=False, workers=0
+        steps=5, batch_size=2, size=ModelSize.tiny(), ckpt_every=0, warmup=1, compile=False, workers=0, curriculum=0
     )
     assert [step_canvas(small, s) for s in range(5)] == list(V2_CANVAS_CYCLE)
     exs = step_examples(small, 4)
     assert [(e.scene.width, e.scene.height) for e in exs] == [(448, 448)] * 2 and exs[0].uid == "train-8"
+    # the curriculum: 224x224 scenes of few objects first, then the canvas mix from the start of its cycle
+    cur = TrainConfig.v2(steps=8, batch_size=3, curriculum=2, curriculum_min_objects=2, curriculum_max_objects=3)
+    assert [step_canvas(cur, s) for s in range(7)] == [(224, 224)] * 2 + list(V2_CANVAS_CYCLE)
+    assert all(2 <= len(e.scene.objects) <= 3 and e.scene.width == 224 for s in (0, 1) for e in step_examples(cur, s))
+    assert step_difficulty(cur, 2) == cur.difficulty and step_difficulty(cur, 1).max_objects == 3
+    assert [e.uid for e in step_examples(cur, 2)] == ["train-6", "train-7", "train-8"]
+    with pytest.raises(ValueError, match="curriculum"):
+        TrainConfig.v2(curriculum_min_objects=4, curriculum_max_objects=3)
+    with pytest.raises(ValueError, match="benchmark v2 recipe only"):
+        TrainConfig(curriculum=10)
     res = train(small, tmp_path / "m")
     assert res.losses[-1][1] < res.losses[0][1]
     _model, proc = load_model(tmp_path / "m")
@@ -156,7 +166,7 @@ def test_v2_training_is_deterministic_and_resumes(tmp_path: Path) -> None:
 
     def cfg() -> TrainConfig:
         return TrainConfig.v2(
-            steps=5, batch_size=2, size=ModelSize.tiny(), ckpt_every=2, warmup=1, compile=False, workers=0
+            steps=7, batch_size=2, size=ModelSize.tiny(), ckpt_every=2, warmup=1, compile=False, workers=0, curriculum=2
         )
 
     train(cfg(), tmp_path / "a")
@@ -174,7 +184,7 @@ def test_v2_training_is_deterministic_and_resumes(tmp_path: Path) -> None:
     la = json.loads((tmp_path / "a" / "train_log.json").read_text())
     lb = json.loads((tmp_path / "b" / "train_log.json").read_text())
     assert la["final_digest"] == lb["final_digest"] and la["checkpoint_digests"] == lb["checkpoint_digests"]
-    assert set(la["step_seconds"]) == {"224x224", "448x280", "280x448", "448x448"}
+    assert set(la["step_seconds"]) == {"224x224-curriculum", "224x224", "448x280", "280x448", "448x448"}
 
 
 def test_eval_refuses_a_vocabulary_without_the_benchmark_words() -> None:
