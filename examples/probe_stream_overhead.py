@@ -15,7 +15,8 @@ Modes: ``plain`` (``generate``), ``capture`` (``generate`` under an
 :class:`~attrib.capture.AttentionCapture` with its token streamer, the default kernel-normaliser
 pass), ``capture_full`` (the same with ``kernel_lse=False``: the batched pass reads the whole cache),
 ``capture_nostreamer`` (the capture attached but no tokens pushed: the per-layer recording alone),
-``stream`` (a fully consumed :class:`~attrib.streaming.AttributionStream`).
+``stream`` (a fully consumed :class:`~attrib.streaming.AttributionStream`), ``stream_nohandoff`` (the
+same, with generation not waiting for the worker to take each finished span).
 
 This is a probe for the designs in docs/streaming.md; the benchmarks that the issue's targets read
 are ``bench_streaming.py`` and ``bench_capture.py``.
@@ -81,12 +82,23 @@ def main() -> None:
                 pass
         return (time.perf_counter() - t0) / n
 
+    def stream_nohandoff() -> float:
+        from attrib.streaming import stream as stream_module
+
+        saved = stream_module._HANDOFF_S
+        stream_module._HANDOFF_S = 0.0
+        try:
+            return stream()
+        finally:
+            stream_module._HANDOFF_S = saved
+
     fns: dict[str, Callable[[], float]] = {
         "plain": plain,
         "capture": capture,
         "capture_full": lambda: capture(kernel_lse=False),
         "capture_nostreamer": lambda: capture(streamer=False),
         "stream": stream,
+        "stream_nohandoff": stream_nohandoff,
     }
     unknown = [m for m in modes if m not in fns]
     if unknown:
