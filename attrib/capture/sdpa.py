@@ -579,7 +579,7 @@ class AttentionCapture:
         parts: The [`KeyPart`][attrib.capture.sdpa.KeyPart] objects of a research variant's own tokens.
         chunk: Tokens whose rows wait for one batched pass at most (a span closing runs the pass earlier).
         kernel_lse: On the CPU, take each decode step's softmax normaliser from the attention kernel
-            (see [`_decode_with_lse`][attrib.capture.sdpa._decode_with_lse]), so the batched pass
+            (see `_decode_with_lse` in this module), so the batched pass
             reads the image (and key-part) keys only; ``False`` recomputes the normaliser over the
             whole cache, as on other devices.
 

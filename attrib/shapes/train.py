@@ -247,7 +247,7 @@ def step_canvas(cfg: TrainConfig, step: int) -> tuple[int, int] | None:
     """The canvas ``(width, height)`` every example of ``step`` has (``None`` for benchmark v1: 224x224).
 
     Benchmark v2: 224x224 during the curriculum (``cfg.curriculum`` steps), then
-    [`V2_CANVAS_CYCLE`][attrib.shapes.train.V2_CANVAS_CYCLE] from its start.
+    `V2_CANVAS_CYCLE` from its start.
     """
     if cfg.benchmark == "shapes":
         return None
