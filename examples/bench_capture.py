@@ -36,11 +36,11 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from _rss import reset_peak_rss, status_mb  # examples/_rss.py (this folder is on sys.path)
 from PIL import Image
 
 from attrib.capture import AttentionCapture
@@ -147,20 +147,6 @@ def run_once(
     return (time.perf_counter() - t0) / n, res
 
 
-def _status_mb(field: str) -> float:
-    """A ``/proc/self/status`` memory field (``VmRSS``, ``VmHWM``) in MB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise KeyError(field)
-
-
-def reset_peak_rss() -> float:
-    """Reset the process's peak RSS to its current RSS (Linux ``clear_refs``); returns the current RSS in MB."""
-    Path("/proc/self/clear_refs").write_text("5")
-    return _status_mb("VmRSS")
-
-
 def child(args: argparse.Namespace) -> None:
     model, x, decode = build_model(args.model, args.device)
     assign = assignment()
@@ -169,7 +155,7 @@ def child(args: argparse.Namespace) -> None:
         torch.cuda.reset_peak_memory_stats()
     before = reset_peak_rss()
     _, res = run_once(model, x, decode, args.tokens, args.mode == "capture", args.device, assign)
-    peak = _status_mb("VmHWM")
+    peak = status_mb("VmHWM")
     process_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     gpu = torch.cuda.max_memory_allocated() / 2**20 if args.device == "cuda" else None
     feats = 0.0 if res is None else res.features.nbytes / 2**20

@@ -58,11 +58,11 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from _rss import reset_peak_rss, status_mb  # examples/_rss.py (this folder is on sys.path)
 
 from attrib.ablation import AblationRunner, loo_subsets
 from attrib.capture.sdpa import AttentionCapture
@@ -174,20 +174,6 @@ def loo_vs_estimator(attributor: Attributor, n_examples: int) -> dict[str, Any]:
     }
 
 
-def _status_mb(field: str) -> float:
-    """A ``/proc/self/status`` memory field (``VmRSS``, ``VmHWM``) in MB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise KeyError(field)
-
-
-def reset_peak_rss() -> float:
-    """Reset the process's peak RSS to its current RSS (Linux ``clear_refs``); returns the current RSS in MB."""
-    Path("/proc/self/clear_refs").write_text("5")
-    return _status_mb("VmRSS")
-
-
 def child(mode: str, tokens: int) -> None:
     """One memory run: ``tokens`` tokens generated plainly or streamed; prints the peak RSS while generating."""
     attributor = Attributor.load()
@@ -203,7 +189,7 @@ def child(mode: str, tokens: int) -> None:
         s = attributor.stream(ex.image(), ex.question.text, max_new_tokens=tokens, min_new_tokens=tokens)
         before = reset_peak_rss()
         n_spans = len(s.run().spans)
-    peak = _status_mb("VmHWM")
+    peak = status_mb("VmHWM")
     process_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     doc = {"peak_rss_mb": peak, "rss_before_mb": before, "growth_mb": peak - before}
     print(json.dumps(doc | {"peak_rss_process_mb": process_peak, "n_spans": n_spans}))
