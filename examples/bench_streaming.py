@@ -8,13 +8,14 @@ On the bundled model with its bundled estimator, everything in one process excep
 Overhead. For each length (256, 1,000 and 2,000 generated tokens, forced with
 ``min_new_tokens``; ``--quick``: 256), plain ``generate`` on the main thread and a
 fully consumed :class:`~attrib.streaming.AttributionStream` (generation on the
-caller's thread under the capture, the attribution worker, events handed to the
-loop) alternate, and the overhead is the ratio of the medians of seconds per token.
+caller's thread under the capture, each span's event made as the span ends, events
+handed to the loop) alternate in ABBA order (plain first on even repeats, streamed
+first on odd ones), and the overhead is the ratio of the medians of seconds per token.
 The per-image set-up of a stream (model inputs, regions, token assignment) is a
 fixed cost, reported apart (``setup_s_per_image``), not spread over the tokens.
 
 Latency. ``event_latency_ms``: from a span's last token to its event's emission by
-the worker (``SpanEvent.latency_ms``); ``delivery_latency_ms``: from the span's last
+the stream (``SpanEvent.latency_ms``); ``delivery_latency_ms``: from the span's last
 token to the moment the consumer's loop receives the event (generation hands
 events over at its next token), over every span of the streamed runs.
 
@@ -25,17 +26,21 @@ non-main thread (``non_main_thread``), and against plain generation on the main 
 Leave-one-out against the streamed path, per span: LOO pays ``K`` teacher-forced
 ablation forwards per example (all spans scored at once), divided by the number of
 spans. The streamed path pays the estimator's dot product (``loo_speedup`` counts
-only that) and, counting everything (``loo_speedup_incl_capture``): the capture's
-cost for the span's tokens plus the worker's whole event (scores, top regions,
-event object). The capture's cost per token is the larger of two measures: the
-streamed-minus-plain time of the overhead runs (each repeat's streamed run minus
-its plain run, median over repeats, then the median over lengths; it counts all
-the streamed path adds to a token, not only the capture), and the time spent
-inside the capture's own code, timed by wrapping it in separate instrumented streams.
+only that) and, counting everything (``loo_speedup_incl_capture``): what the streamed
+path adds to each of the span's tokens plus the whole event (scores, top regions,
+event object). The per-token cost is the net one, measured: ``--paired-reps`` (31;
+quick 21) short ABBA pairs of plain generation and a fully consumed stream at the
+first length, the median of the paired differences (at least 0), with a 95 %
+percentile-bootstrap interval over the pairs (``capture_s_per_token_difference_ci``);
+``loo_speedup_incl_capture_low`` is the speed-up with the interval's upper end in
+its place. The time spent inside the capture's own code (``_record`` and
+``push_token`` wrapped in separate instrumented streams) is reported beside
+(``capture_s_per_token_instrumented``); it is not net of the transformers attention
+code that the capture's direct kernel call replaces.
 
 Memory. Fresh subprocesses of one kind (this script, same example, same length,
 same warm-up; only the mode differs), alternating, generate ``--mem-tokens`` tokens
-(default 4,000) plainly or streamed (capture, worker and events included). Each resets
+(default 4,000) plainly or streamed (capture and events included). Each resets
 its peak RSS just before (Linux ``/proc/self/clear_refs``; a stream's set-up is done
 before), so ``peak_rss_*_mb`` is the peak while generating and ``growth_*_mb`` its rise
 above the RSS before; ``streaming_extra_mb`` is the streamed growth minus the plain one
@@ -63,6 +68,7 @@ from typing import Any
 import numpy as np
 import torch
 from _rss import reset_peak_rss, status_mb  # examples/_rss.py (this folder is on sys.path)
+from scipy import stats
 
 from attrib.ablation import AblationRunner, loo_subsets
 from attrib.capture.sdpa import AttentionCapture
@@ -132,15 +138,16 @@ def capture_seconds(attributor: Attributor, ex: Any, n: int) -> float:
     return spent[0] / n
 
 
-def event_seconds(attributor: Attributor, k: int, top: int = 3, reps: int = 2000) -> float:
-    """Seconds of the worker's whole work for one span (scores, top regions, the event object)."""
-    est = attributor.estimator
-    f = np.random.default_rng(0).random((1, k, *est.coef_.shape), dtype=np.float32)
+def event_seconds(attributor: Attributor, ex: Any, reps: int = 2000) -> float:
+    """Seconds of one span's whole event as a stream makes it (scores, top regions, trajectory, event object)."""
+    from attrib.capture.spans import Span
+
+    stream = attributor.stream(ex.image(), ex.question.text)  # never iterated: no generation
+    f = np.random.default_rng(0).random((attributor.k, *attributor.estimator.coef_.shape), dtype=np.float32)
+    span = Span(0, "A span.", 0, 4)
     t0 = time.perf_counter()
-    for i in range(reps):
-        scores = est.region_scores(f)[0]
-        order = np.argsort(-scores, kind="stable")[:top]
-        SpanEvent(i, "", 0, 1, scores.astype(np.float32), [(int(r), float(scores[r])) for r in order], 0.0, 0.0)
+    for _ in range(reps):
+        stream._event(span, f, {}, 0.0)
     return (time.perf_counter() - t0) / reps
 
 
@@ -228,6 +235,9 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="256 tokens, 5 LOO examples, one memory run per mode")
     ap.add_argument("--reps", type=int, default=None, help="timing repeats per mode and length (default 5)")
     ap.add_argument("--mem-tokens", type=int, default=4000)
+    ap.add_argument(
+        "--paired-reps", type=int, default=None, help="paired repeats for the per-token cost (default 31, quick 21)"
+    )
     ap.add_argument("--child", choices=("plain", "streamed"), help=argparse.SUPPRESS)
     ap.add_argument("--tokens", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -238,6 +248,7 @@ def main() -> None:
         ap.error("--json is required")
     lengths = [256] if args.quick else [256, 1000, 2000]
     reps = args.reps or 5
+    args.paired_reps = args.paired_reps or (21 if args.quick else 31)
     t_start = time.perf_counter()
     attributor = Attributor.load()
     ex = make_example("test", 0)
@@ -259,9 +270,13 @@ def main() -> None:
         lat: list[float] = []
         dlv: list[float] = []
         setup: list[float] = []
-        for _ in range(reps):
-            p.append(plain(attributor, x, n))
-            s.append(streamed(attributor, ex, n, lat, dlv, setup))
+        for r in range(reps):  # ABBA: plain first on even repeats, streamed first on odd ones
+            if r % 2 == 0:
+                p.append(plain(attributor, x, n))
+                s.append(streamed(attributor, ex, n, lat, dlv, setup))
+            else:
+                s.append(streamed(attributor, ex, n, lat, dlv, setup))
+                p.append(plain(attributor, x, n))
         mp, ms = statistics.median(p), statistics.median(s)
         run = {
             "generated_tokens": n,
@@ -270,7 +285,7 @@ def main() -> None:
             "ms_per_token_plain_each": [v * 1e3 for v in p],
             "ms_per_token_streaming_each": [v * 1e3 for v in s],
             "added_ms_per_token": (ms - mp) * 1e3,
-            # Each repeat's streamed run minus the plain run just before it: drift between repeats cancels.
+            # Each repeat's streamed run minus its plain run (ABBA order): drift between repeats cancels.
             "added_ms_per_token_paired": statistics.median(b - a for a, b in zip(p, s, strict=True)) * 1e3,
             "overhead_ratio": ms / mp,
             "event_latency_ms": statistics.median(lat),
@@ -310,13 +325,28 @@ def main() -> None:
     # Leave-one-out against the streamed path, per span.
     loo = loo_vs_estimator(attributor, 5 if args.quick else 20)
     direct = statistics.median(capture_seconds(attributor, ex, n0) for _ in range(3))
-    diff = statistics.median(r["added_ms_per_token_paired"] for r in out["runs"]) / 1e3
-    capture_s_per_token = max(direct, diff)
-    event_s = event_seconds(attributor, attributor.k)
+    # What the streamed path adds to a token, net: many short paired ABBA repeats (plain vs fully consumed stream)
+    # at the first length, the median of the paired differences with a bootstrap interval over repeats.
+    pp: list[float] = []
+    sp: list[float] = []
+    for r in range(args.paired_reps):
+        pair = [lambda: plain(attributor, x, n0), lambda: streamed(attributor, ex, n0, [], [], [])]
+        got = [f() for f in (pair if r % 2 == 0 else pair[::-1])]
+        a_, b_ = got if r % 2 == 0 else got[::-1]
+        pp.append(a_)
+        sp.append(b_)
+    diffs = np.asarray(sp) - np.asarray(pp)
+    ci = stats.bootstrap((diffs,), np.median, confidence_level=0.95, method="percentile", random_state=0)
+    diff = max(0.0, float(np.median(diffs)))
+    capture_s_per_token = diff
+    event_s = event_seconds(attributor, ex)
     per_span = capture_s_per_token * loo["tokens_per_span"] + max(event_s, loo["estimator_s_per_span"])
     loo |= {
         "capture_s_per_token_instrumented": direct,
         "capture_s_per_token_difference": diff,
+        "capture_s_per_token_difference_ci": [float(ci.confidence_interval.low), float(ci.confidence_interval.high)],
+        "paired_reps": args.paired_reps,
+        "paired_tokens": n0,
         "capture_s_per_token": capture_s_per_token,
         "event_s_per_span": event_s,
         "streamed_s_per_span_incl_capture": per_span,
@@ -324,6 +354,10 @@ def main() -> None:
     out["loo"] = loo
     out["loo_speedup"] = loo["loo_s_per_span"] / loo["estimator_s_per_span"]
     out["loo_speedup_incl_capture"] = loo["loo_s_per_span"] / per_span
+    # The same with the interval's upper end as the per-token cost: the speed-up the data cannot rule out being.
+    high = max(0.0, float(ci.confidence_interval.high))
+    worst = high * loo["tokens_per_span"] + max(event_s, loo["estimator_s_per_span"])
+    out["loo_speedup_incl_capture_low"] = loo["loo_s_per_span"] / worst
     print(
         f"leave-one-out {loo['loo_s_per_span'] * 1e3:.2f} ms/span vs estimator "
         f"{loo['estimator_s_per_span'] * 1e6:.1f} us/span: x{out['loo_speedup']:.0f}; streamed path incl. capture "

@@ -15,8 +15,9 @@ Modes: ``plain`` (``generate``), ``capture`` (``generate`` under an
 :class:`~attrib.capture.AttentionCapture` with its token streamer, the default kernel-normaliser
 pass), ``capture_full`` (the same with ``kernel_lse=False``: the batched pass reads the whole cache),
 ``capture_nostreamer`` (the capture attached but no tokens pushed: the per-layer recording alone),
-``stream`` (a fully consumed :class:`~attrib.streaming.AttributionStream`), ``stream_nohandoff`` (the
-same, with generation not waiting for the worker to take each finished span).
+``stream`` (a fully consumed :class:`~attrib.streaming.AttributionStream`, events made as each span
+ends), ``stream_worker`` (the same with ``worker=True``: events made by an attribution thread, generation
+waiting up to 5 ms for it to take each span), ``stream_nohandoff`` (``worker=True`` without that wait).
 
 This is a probe for the designs in docs/streaming.md; the benchmarks that the issue's targets read
 are ``bench_streaming.py`` and ``bench_capture.py``.
@@ -74,8 +75,8 @@ def main() -> None:
             cap.result()
             return (time.perf_counter() - t0) / n
 
-    def stream() -> float:
-        s = a.stream(ex.image(), ex.question.text, max_new_tokens=n, min_new_tokens=n)
+    def stream(worker: bool = False) -> float:
+        s = a.stream(ex.image(), ex.question.text, max_new_tokens=n, min_new_tokens=n, worker=worker)
         t0 = time.perf_counter()
         with s:
             for _ in s:
@@ -88,7 +89,7 @@ def main() -> None:
         saved = stream_module._HANDOFF_S
         stream_module._HANDOFF_S = 0.0
         try:
-            return stream()
+            return stream(worker=True)
         finally:
             stream_module._HANDOFF_S = saved
 
@@ -98,6 +99,7 @@ def main() -> None:
         "capture_full": lambda: capture(kernel_lse=False),
         "capture_nostreamer": lambda: capture(streamer=False),
         "stream": stream,
+        "stream_worker": lambda: stream(worker=True),
         "stream_nohandoff": stream_nohandoff,
     }
     unknown = [m for m in modes if m not in fns]

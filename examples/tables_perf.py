@@ -93,15 +93,12 @@ def streaming(d: dict[str, Any]) -> list[str]:
         "|---|---|",
         f"| leave-one-out (K ablation forwards / spans) | {loo['loo_s_per_span'] * 1e3:.2f} ms |",
         f"| estimator dot product | {loo['estimator_s_per_span'] * 1e6:.1f} µs |",
-        f"| capture, per token: instrumented / streamed − plain / used (the larger) | "
-        f"{loo['capture_s_per_token_instrumented'] * 1e6:.1f} / {loo['capture_s_per_token_difference'] * 1e6:.1f} / "
-        f"{loo['capture_s_per_token'] * 1e6:.1f} µs |",
-        f"| the worker's whole event (scores, top regions, event) | {loo['event_s_per_span'] * 1e6:.1f} µs |",
+        *_per_token_rows(loo),
         f"| streamed path incl. capture ({loo['tokens_per_span']:.1f} tokens per span) | "
         f"{loo['streamed_s_per_span_incl_capture'] * 1e6:.0f} µs |",
         "",
         f"Leave-one-out against the dot product (`loo_speedup`): ×{_n(d['loo_speedup'])}; against the streamed "
-        f"path including capture (`loo_speedup_incl_capture`): ×{_n(inc)}, target ≥ {LOO_SPEEDUP:g}: "
+        f"path including capture (`loo_speedup_incl_capture`): ×{_n(inc)}{_low(d)}, target ≥ {LOO_SPEEDUP:g}: "
         f"{_meets(inc >= LOO_SPEEDUP)} (n = {loo['n_examples']} examples).",
     ]
     m = d.get("memory")
@@ -115,6 +112,33 @@ def streaming(d: dict[str, Any]) -> list[str]:
             f"memory (capture, worker, events; {m['n_spans']:.0f} spans) is {m['streaming_extra_mb']:+.1f} MB.",
         ]
     return lines
+
+
+def _per_token_rows(loo: dict[str, Any]) -> list[str]:
+    """The per-token and per-event rows of the leave-one-out table (both layouts of bench_streaming's JSON)."""
+    us = 1e6
+    if "capture_s_per_token_difference_ci" not in loo:  # runs before 2026-11-30 evening: the larger of two measures
+        return [
+            f"| capture, per token: instrumented / streamed − plain / used (the larger) | "
+            f"{loo['capture_s_per_token_instrumented'] * us:.1f} / {loo['capture_s_per_token_difference'] * us:.1f} / "
+            f"{loo['capture_s_per_token'] * us:.1f} µs |",
+            f"| the worker's whole event (scores, top regions, event) | {loo['event_s_per_span'] * us:.1f} µs |",
+        ]
+    lo, hi = loo["capture_s_per_token_difference_ci"]
+    return [
+        f"| streamed path per token, net: median paired difference (streamed − plain, {loo['paired_reps']} ABBA "
+        f"pairs of {loo['paired_tokens']:,} tokens) [95 % interval], used | {loo['capture_s_per_token'] * us:.1f} µs "
+        f"[{lo * us:.1f}, {hi * us:.1f}] |",
+        f"| time inside the capture's own code per token (instrumented; not net of the attention code it "
+        f"replaces) | {loo['capture_s_per_token_instrumented'] * us:.1f} µs |",
+        f"| the whole event (scores, top regions, trajectory, event) | {loo['event_s_per_span'] * us:.1f} µs |",
+    ]
+
+
+def _low(d: dict[str, Any]) -> str:
+    """`` (×N with the per-token interval's upper end)`` where the JSON has it."""
+    low = d.get("loo_speedup_incl_capture_low")
+    return "" if low is None else f" (×{_n(low)} with the per-token interval's upper end)"
 
 
 def streaming_quick(d: dict[str, Any]) -> list[str]:
@@ -132,7 +156,7 @@ def streaming_quick(d: dict[str, Any]) -> list[str]:
         f"{d['torch_threads']} torch threads; its own run): overhead ×{r['overhead_ratio']:.3f} "
         f"({_meets(r['overhead_ratio'] <= STREAM_OVERHEAD)}), event latency p95 {r['event_latency_p95_ms']:.2f} ms "
         f"({_meets(r['event_latency_p95_ms'] <= EVENT_P95_MS)}), `loo_speedup` ×{_n(d['loo_speedup'])}, "
-        f"`loo_speedup_incl_capture` ×{_n(d['loo_speedup_incl_capture'])} "
+        f"`loo_speedup_incl_capture` ×{_n(d['loo_speedup_incl_capture'])}{_low(d)} "
         f"({_meets(d['loo_speedup_incl_capture'] >= LOO_SPEEDUP)}; n = {d['loo']['n_examples']}){mem}.",
     ]
 

@@ -49,7 +49,7 @@ def test_decode_kernel_output_is_transformers_sdpa_bit_for_bit(heads: int, kv: i
         if mask is not None:
             m = mask[0, 0, 0]
             s = s.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else s + m.float()
-        want = torch.logsumexp(s, -1).reshape(heads)
+        want = torch.logsumexp(s, -1).reshape(1, heads, 1)  # as the kernel lays it out
         torch.testing.assert_close(lse, want, atol=1e-4 if dtype == torch.float32 else 2e-2, rtol=0)
         # The prefill's row has no kernel normaliser: the capture computes the same quantity itself.
         torch.testing.assert_close(sdpa._last_row_lse(q, k, mask, 0.3), want, atol=1e-4, rtol=0)

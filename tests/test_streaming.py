@@ -75,16 +75,19 @@ def test_streamed_scores_equal_the_estimator_on_captured_features(attributor: At
     assert f["topk_drop_oracle"] > f["random_drop"]
 
 
-def test_worker_exception_surfaces_and_stops_generation(
-    attributor: Attributor, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("worker", [False, True], ids=["inline", "worker"])
+def test_event_exception_surfaces_and_stops_generation(
+    attributor: Attributor, monkeypatch: pytest.MonkeyPatch, worker: bool
 ) -> None:
+    """An exception while making an event (inline or on the attribution thread) ends generation and reaches the
+    consumer."""
     ex = make_example("test", 1)
 
     def boom(features: np.ndarray) -> np.ndarray:
         raise RuntimeError("estimator exploded")
 
     monkeypatch.setattr(attributor.estimator, "region_scores", boom)
-    stream = attributor.stream(ex.image(), ex.question.text, max_new_tokens=1500, min_new_tokens=1500)
+    stream = attributor.stream(ex.image(), ex.question.text, max_new_tokens=1500, min_new_tokens=1500, worker=worker)
     t0 = time.perf_counter()
     with pytest.raises(RuntimeError, match="estimator exploded"), stream:
         for _ in stream:
@@ -251,14 +254,16 @@ def _count_forwards(attributor: Attributor, monkeypatch: pytest.MonkeyPatch) -> 
     return calls
 
 
-@pytest.mark.parametrize("model", ["shapes-qwen25vl", "shapes-qwen25vl-v1"])
-def test_streamed_events_identical_to_a_post_hoc_capture(model: str) -> None:
+@pytest.mark.parametrize(
+    ("model", "worker"), [("shapes-qwen25vl", False), ("shapes-qwen25vl", True), ("shapes-qwen25vl-v1", False)]
+)
+def test_streamed_events_identical_to_a_post_hoc_capture(model: str, worker: bool) -> None:
     """Span by span, the stream's events are the estimator applied to a capture of the same generation."""
     from attrib.variants.registry import CaptureRequest
 
     a = Attributor.load(model)
     ex = make_example("test", 5)
-    res = a.stream(ex.image(), ex.question.text).run()
+    res = a.stream(ex.image(), ex.question.text, worker=worker).run()
     x = a.loaded.build(ex.image(), ex.question.text)
     cap = a.variant.capture(a.loaded, CaptureRequest(x, a.assignment(a.partition(ex.image()), x)))
     assert res.generated_ids == cap.generated_ids and len(res.spans) == len(cap.spans) >= 2
@@ -328,6 +333,8 @@ def test_no_thread_outlives_the_stream(attributor: Attributor, monkeypatch: pyte
     ex = make_example("test", 2)
     attributor.stream(ex.image(), ex.question.text).run()
     assert not _attrib_threads()
+    attributor.stream(ex.image(), ex.question.text, worker=True).run()
+    assert not _attrib_threads()
     # Abandoned mid-way without close(): the iterator's finalisation ends everything.
     it = iter(attributor.stream(ex.image(), ex.question.text, max_new_tokens=600, min_new_tokens=600))
     next(it)
@@ -340,8 +347,15 @@ def test_no_thread_outlives_the_stream(attributor: Attributor, monkeypatch: pyte
     assert not _attrib_threads() and not attributor.lock.locked()
     # An exception in the worker.
     monkeypatch.setattr(attributor.estimator, "region_scores", lambda f: 1 / 0)
-    with pytest.raises(ZeroDivisionError), attributor.stream(ex.image(), ex.question.text) as s:
+    with pytest.raises(ZeroDivisionError), attributor.stream(ex.image(), ex.question.text, worker=True) as s:
         list(s)
+    assert not _attrib_threads() and not attributor.lock.locked()
+    # Abandoned mid-way with the worker running.
+    monkeypatch.undo()
+    it = iter(attributor.stream(ex.image(), ex.question.text, max_new_tokens=600, min_new_tokens=600, worker=True))
+    next(it)
+    assert _attrib_threads()  # the attribution thread runs while the stream does
+    del it
     assert not _attrib_threads() and not attributor.lock.locked()
 
 

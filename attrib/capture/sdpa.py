@@ -113,7 +113,7 @@ def _capturing_sdpa(
                 direct = cap._direct[id(module)] = _flash_direct(module, query, key, value, kwargs.get("scaling"))
             if direct:
                 o, lse = _FLASH_CPU(query, key, value, 0.0, False, scale=kwargs.get("scaling"))
-                cap._record(module, query, key, None, kwargs.get("scaling"), lse.view(-1))
+                cap._record(module, query, key, None, kwargs.get("scaling"), lse)
                 return o.transpose(1, 2).contiguous(), None
         got = _decode_with_lse(module, query, key, value, attention_mask, kwargs)
         if got is not None:
@@ -135,7 +135,8 @@ def _capturing_sdpa(
 def _last_row_lse(
     query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None, scaling: float | None
 ) -> torch.Tensor:
-    """``(H,)`` float32 log-normalisers of the last query row's softmax (a prefill's row, which no kernel returns)."""
+    """``(1, H, 1)`` float32 log-normalisers of the last query row's softmax (a prefill's row, which no kernel
+    returns)."""
     h, d = query.shape[1], query.shape[3]
     kv, t = key.shape[1], key.shape[2]
     q = query[0, :, -1].float().reshape(kv, h // kv, d)
@@ -144,7 +145,7 @@ def _last_row_lse(
         m = attention_mask[0, :, -1, :t]
         m = m.reshape(kv, h // kv, t) if m.shape[0] == h else m.reshape(1, 1, t)
         s = s.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else s + m.float()
-    return torch.logsumexp(s, dim=-1).reshape(h)
+    return torch.logsumexp(s, dim=-1).reshape(1, h, 1)
 
 
 #: ``torch.ops.aten._fused_sdp_choice`` -> SDPA's flash kernel (``SDPBackend.FLASH_ATTENTION``).
@@ -223,7 +224,7 @@ def _decode_with_lse(
 
     Returns:
         ``(output, lse)``: the attention output laid out as ``sdpa_attention_forward`` returns it,
-        and the ``(H,)`` float32 log-normalisers; ``None`` wherever SDPA would not run that kernel
+        and the ``(1, H, 1)`` float32 log-normalisers; ``None`` wherever SDPA would not run that kernel
         (another device, a batch, dropout, a soft cap, a position bias, attention weights asked
         for), and the caller takes transformers' own path.
     """
@@ -258,7 +259,7 @@ def _decode_with_lse(
         return None
     out, lse = _FLASH_CPU(q, key, value, 0.0, False, attn_mask=mask, scale=scaling)
     out = out.reshape(out.shape[0], -1, 1, value.shape[-1]).transpose(1, 2).contiguous()
-    return out, lse.reshape(-1)
+    return out, lse.reshape(1, -1, 1)
 
 
 _REGISTERED_NAMES: set[str] = set()
@@ -663,10 +664,10 @@ class AttentionCapture:
         # computed (H, C) row of a layer that computes at each step.
         self._buf: list[list[Any]] = [[] for _ in range(nl)]
         self._qbuf: list[torch.Tensor | None] = [None] * nl  # (1, H, capacity, D): the waiting forwards' queries
-        self._qslots: list[list[torch.Tensor]] = [[] for _ in range(nl)]  # views of _qbuf's slots, (H, D) each
-        self._lslots: list[list[torch.Tensor]] = [[] for _ in range(nl)]  # views of _lbuf's rows, (H,) each
+        self._qslots: list[list[torch.Tensor]] = [[] for _ in range(nl)]  # views of _qbuf's slots, (1, H, 1, D)
+        self._lslots: list[list[torch.Tensor]] = [[] for _ in range(nl)]  # views of _lbuf's rows, (1, H, 1)
         self._qcap = [0] * nl  # slots in _qbuf and _lbuf
-        self._lbuf: list[torch.Tensor | None] = [None] * nl  # (capacity, H) float32: their kernel log-normalisers
+        self._lbuf: list[torch.Tensor | None] = [None] * nl  # (capacity, 1, H, 1) float32: their log-normalisers
         self._rel: tuple[Any, torch.Tensor] | None = None  # key positions that carry region or part mass
         self._direct: dict[int, bool] = {}  # id(attention module) -> its mask-free decode step is the flash kernel
         self._relk: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * nl  # those positions, their float keys
@@ -776,9 +777,7 @@ class AttentionCapture:
             i = len(entries)
             if i >= self._qcap[layer]:
                 self._grow_queries(layer, query, i)
-            self._qslots[layer][i].copy_(
-                query.reshape(query.shape[1], query.shape[3]) if query.shape[2] == 1 else query[0, :, -1]
-            )
+            self._qslots[layer][i].copy_(query if query.shape[2] == 1 else query[:, :, -1:])
             if lse is not None:
                 self._lslots[layer][i].copy_(lse)
             entries.append((seen, attention_mask, lse is not None))
@@ -794,13 +793,14 @@ class AttentionCapture:
         old, old_lse = self._qbuf[layer], self._lbuf[layer]
         size = max(self.chunk + 1, 2 * used, 16)
         buf = query.new_empty(1, query.shape[1], size, query.shape[3])
-        lbuf = torch.empty(size, query.shape[1], dtype=torch.float32, device=query.device)
+        lbuf = torch.empty(size, 1, query.shape[1], 1, dtype=torch.float32, device=query.device)
         if old is not None and used:
             buf[:, :, :used] = old[:, :, :used].to(buf)
         if old_lse is not None and used:
             lbuf[:used] = old_lse[:used].to(lbuf.device)
         self._qbuf[layer], self._lbuf[layer] = buf, lbuf
-        self._qslots[layer] = list(buf[0].unbind(1))  # copying into a ready view costs half of indexing
+        # Slots shaped as a decode step's query and normaliser: copying into a ready view costs half of indexing.
+        self._qslots[layer] = list(buf.split(1, dim=2))
         self._lslots[layer] = list(lbuf.unbind(0))
         self._qcap[layer] = size
         return buf
@@ -893,7 +893,7 @@ class AttentionCapture:
         q = buf[0, :, :n].float().reshape(kv, g * n, d)  # row r = head-in-group * n + token
         scale = self._scale[layer]
         s = torch.bmm(q, keys.transpose(1, 2)).mul_(scale if scale is not None else d**-0.5)
-        s = s.view(kv, g, n, -1).sub_(lbuf[:n].T.reshape(kv, g, n, 1))
+        s = s.view(kv, g, n, -1).sub_(lbuf[:n].reshape(n, h).T.reshape(kv, g, n, 1))
         ends = [e[0] for e in entries]
         if pos.numel() and int(pos.max()) >= min(ends):  # a key part generated after some of these tokens
             late = pos[None, :] >= torch.tensor(ends, device=keys.device)[:, None]  # (n, P)

@@ -1,11 +1,12 @@
 """Stream region attributions while the model thinks.
 
-Generation runs on the thread that iterates the stream; the attribution runs in a worker thread:
+Generation runs on the thread that iterates the stream, as a greenlet; each span's event is made as the
+span ends:
 
 ```text
-your loop (thread A) --next()--> generation (greenlet on thread A) --(span, features)--> attribution worker
-      ^                                     |                                              (thread B)
-      +-------- event (at the next token) --+<------------------ event ----------------------+
+your loop (thread A) --next()--> generation (greenlet on thread A): token, token, ... span ends
+      ^                                     |  capture's batched pass -> (K, L, H) features -> event
+      +-------- event (at the next token) --+
 ```
 
 - **Generation** runs under an attention capture, through the model's variant
@@ -14,22 +15,23 @@ your loop (thread A) --next()--> generation (greenlet on thread A) --(span, feat
   ready for you. On this project's CPU build of torch, ``generate`` called from a thread other than
   the main one runs slower (1.15x measured, docs/streaming.md; where inside torch that goes was not
   isolated), so keeping it on the caller's thread is what makes streaming cost what generation costs.
-  When a reasoning span completes, its ``(K, L, H)`` features (and its key parts, e.g. the via-copy
-  part) go on a queue, and generation waits (at most 5 ms, the interpreter's lock released) until
-  the worker has made the event, so that the event does not wait for the lock behind generation.
-- The **attribution worker** turns each span's features into per-region scores
-  with the estimator (one dot product), picks the top regions, updates the
-  optional failure flagger and emits a [`SpanEvent`][attrib.streaming.stream.SpanEvent].
+- **The event.** When a reasoning span completes, its ``(K, L, H)`` features (and its key parts, e.g.
+  the via-copy part) become per-region scores with the estimator (one dot product), the top regions,
+  the optional failure flagger's update and the trajectory statistics: a
+  [`SpanEvent`][attrib.streaming.stream.SpanEvent], made right there (tens of microseconds). With
+  ``worker=True`` a separate attribution thread makes it instead and generation waits (at most 5 ms,
+  the interpreter's lock released) until the thread has taken the span; that hand-off costs generation
+  more than the event itself, so it is only for an estimator or flagger slow enough to matter.
 - **Iterating** the [`AttributionStream`][attrib.streaming.stream.AttributionStream] yields those events:
   generation checks for ready events once per token and hands them over, then one
   [`FinalEvent`][attrib.streaming.stream.FinalEvent] carrying the answer and the whole
   [`StreamResult`][attrib.streaming.stream.StreamResult].
 
-An exception in generation or in the worker is re-raised by the iterator. Closing the stream
-(``close()``, leaving a ``with`` block, or a web client disconnecting) stops generation: at once on
-the iterating thread (generation is unwound where it was suspended), at the next token from another
-thread. Your loop's body runs while generation is suspended, so a slow body delays generation (it
-never delays the events: they wait for you). No thread outlives the stream.
+An exception in generation or in making an event (on either path) is re-raised by the iterator. Closing
+the stream (``close()``, leaving a ``with`` block, or a web client disconnecting) stops generation: at
+once on the iterating thread (generation is unwound where it was suspended), at the next token from
+another thread. Your loop's body runs while generation is suspended, so a slow body delays generation
+(it never delays the events: they wait for you). No thread outlives the stream.
 
 Example:
     ```python
@@ -307,6 +309,7 @@ class AttributionStream:
         regions: RegionPartition | np.ndarray | dict[str, Any] | None = None,
         on_flag: Callable[[SpanEvent], object] | None = None,
         stop_on_flag: bool = False,
+        worker: bool = False,
     ) -> None:
         if stop_on_flag and flagger is None:
             raise ValueError("stop_on_flag needs a flagger")
@@ -323,6 +326,7 @@ class AttributionStream:
         self._on_flag = on_flag
         self._stop_on_flag = stop_on_flag
         self._stopped_on_flag = False
+        self._use_worker = worker
         self._trajectory = OnlineTrajectory(
             top=getattr(flagger, "top", 32), normalize=getattr(flagger, "normalize", True)
         )
@@ -374,11 +378,17 @@ class AttributionStream:
             )
             res = a.variant.capture(a.loaded, request)
         self.generation_done_s = self._now()
-        self._spans_q.put(("done", res))
+        if self._use_worker:
+            self._spans_q.put(("done", res))
+        else:
+            self._events_q.put(("final", self._final(res)))
 
     def _on_span(self, span: Span, feats: np.ndarray, parts: dict[str, np.ndarray]) -> None:
         cap = active_capture()  # the span ended when its last token arrived, before its batched pass
         end_s = cap.last_token_s - self._t0 if cap is not None else self._now()
+        if not self._use_worker:  # the event is made here, on generation's greenlet (an exception ends generation)
+            self._events_q.put(("span", self._event(span, feats, parts, end_s)))
+            return
         self._taken.clear()
         self._spans_q.put(("span", span, feats, parts, end_s))
         # Generation waits (GIL released) until the worker has made the event: a worker left to win the GIL
@@ -415,46 +425,45 @@ class AttributionStream:
                     self._events_q.put(("final", self._final(item[1])))
                     return
                 _, span, feats, parts, end_s = item
-                est = self._a.estimator
-                scores = est.region_scores(feats[None])[0]
-                part_scores = {
-                    n: est.region_scores(p[None])[0].astype(np.float32) for n, p in parts.items() if p.ndim == 3
-                }
-                shares = {
-                    n: float(latent_share(feats[None], p[None], np.asarray(est.coef_))[0])
-                    for n, p in parts.items()
-                    if p.ndim == 2
-                }
-                order = np.argsort(-scores, kind="stable")[: self.top]
-                flagged = self._flagged_at is not None
-                if self._flagger is not None and not flagged and self._flagger.update(scores):
-                    self._flagged_at = span.index
-                    flagged = True
-                    if self._stop_on_flag:  # generation stops at its next token; the final event follows
-                        self._stopped_on_flag = True
-                        self._stop.set()
-                trajectory = self._trajectory.update(scores)
-                ev = SpanEvent(
-                    index=span.index,
-                    text=span.text,
-                    start=span.start,
-                    end=span.end,
-                    scores=scores.astype(np.float32),
-                    top_regions=[(int(r), float(scores[r])) for r in order],
-                    span_end_s=end_s,
-                    emitted_s=self._now(),
-                    flagged=flagged,
-                    parts=part_scores,
-                    shares=shares,
-                    trajectory=trajectory,
-                )
-                self._events.append(ev)
-                self._events_q.put(("span", ev))
+                self._events_q.put(("span", self._event(span, feats, parts, end_s)))
                 self._taken.set()
         except BaseException as e:  # handed to the consumer, which re-raises it
             self._stop.set()
             self._events_q.put(("error", e))
             self._taken.set()
+
+    def _event(self, span: Span, feats: np.ndarray, parts: dict[str, np.ndarray], end_s: float) -> SpanEvent:
+        """A span's event: region scores, top regions, key parts, the flagger and the trajectory (recorded)."""
+        est = self._a.estimator
+        scores = est.region_scores(feats[None])[0]
+        part_scores = {n: est.region_scores(p[None])[0].astype(np.float32) for n, p in parts.items() if p.ndim == 3}
+        coef = np.asarray(est.coef_)
+        shares = {n: float(latent_share(feats[None], p[None], coef)[0]) for n, p in parts.items() if p.ndim == 2}
+        order = np.argsort(-scores, kind="stable")[: self.top]
+        flagged = self._flagged_at is not None
+        if self._flagger is not None and not flagged and self._flagger.update(scores):
+            self._flagged_at = span.index
+            flagged = True
+            if self._stop_on_flag:  # generation stops at its next token; the final event follows
+                self._stopped_on_flag = True
+                self._stop.set()
+        trajectory = self._trajectory.update(scores)
+        ev = SpanEvent(
+            index=span.index,
+            text=span.text,
+            start=span.start,
+            end=span.end,
+            scores=scores.astype(np.float32),
+            top_regions=[(int(r), float(scores[r])) for r in order],
+            span_end_s=end_s,
+            emitted_s=self._now(),
+            flagged=flagged,
+            parts=part_scores,
+            shares=shares,
+            trajectory=trajectory,
+        )
+        self._events.append(ev)
+        return ev
 
     def _final(self, cap: CaptureResult) -> FinalEvent:
         text = self._a.loaded.decode(cap.generated_ids)
@@ -489,8 +498,9 @@ class AttributionStream:
         self._started = True
         self._owner = threading.get_ident()
         self._t0 = time.perf_counter()
-        self._worker = threading.Thread(target=self._attribute, name="attrib-attribute", daemon=True)
-        self._worker.start()
+        if self._use_worker:
+            self._worker = threading.Thread(target=self._attribute, name="attrib-attribute", daemon=True)
+            self._worker.start()
         self._gen = greenlet(self._generate)
         self._gen.gr_context = contextvars.copy_context()
         try:
@@ -517,12 +527,12 @@ class AttributionStream:
             item = gen.switch()  # generation runs until it hands over an event, or ends (None)
             if item is not None:
                 return item  # type: ignore[no-any-return]
-        while True:  # generation has ended: the worker finishes the last spans, then the final event
+        while True:  # generation has ended: the worker (if any) finishes the last spans, then the final event
             try:
                 return self._events_q.get(timeout=1.0)
             except queue.Empty:
                 if self._worker is None or not self._worker.is_alive():
-                    raise RuntimeError("the attribution worker ended without a result") from None
+                    raise RuntimeError("generation ended without a final event") from None
 
     def _end(self) -> None:
         """Stop generation now (unwinding it: the capture detaches, the model is released) and the worker."""
@@ -774,6 +784,7 @@ class Attributor:
         regions: RegionPartition | np.ndarray | dict[str, Any] | None = None,
         on_flag: Callable[[SpanEvent], object] | None = None,
         stop_on_flag: bool = False,
+        worker: bool = False,
         **generate_kwargs: Any,
     ) -> AttributionStream:
         """Start streaming attributions for one image and prompt.
@@ -794,6 +805,10 @@ class Attributor:
                 ends the stream and reaches the caller). Needs ``flagger``.
             stop_on_flag: End generation when the flag rises: generation stops at its next token and the
                 stream ends with its final event (``result.stopped_on_flag``). Needs ``flagger``.
+            worker: Make each span's event on a separate attribution thread instead of on generation's
+                greenlet as the span ends. The event is a few dot products (tens of microseconds); handing it
+                to a thread costs generation more than that (see docs/streaming.md), so this is for an
+                estimator or flagger slow enough to hold generation back.
             **generate_kwargs: Passed to the model's ``generate`` (e.g. ``do_sample``, ``temperature``,
                 ``top_p``, ``min_new_tokens``; greedy by default).
 
@@ -817,6 +832,7 @@ class Attributor:
             regions=regions,
             on_flag=on_flag,
             stop_on_flag=stop_on_flag,
+            worker=worker,
         )
 
     def verify(self, result: StreamResult, *, topk: int = 5) -> dict[str, Any]:
