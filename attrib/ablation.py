@@ -479,8 +479,9 @@ class AblationRunner:
         A token whose key is masked for every query in every layer contributes nothing to any other
         position, so leaving it out gives the masked forward's log-probs without computing its rows.
         Each removal set's sequence keeps the unablated position ids and the language model's unablated
-        input embeddings; the rows are left-padded to one length (a pad attends only to itself and no
-        real token attends to it), so the trace ends at the same place in every row.
+        input embeddings. Rows are right-padded to one length: every real token comes before every pad,
+        so the model's own causal mask is the whole mask (no 4-D mask is built, and SDPA runs its causal
+        kernel), and each row's trace logits are read at its own offset.
         """
         p = self.prep
         assert p.embeds is not None
@@ -489,25 +490,24 @@ class AblationRunner:
         keep = torch.ones(b, t, dtype=torch.bool)
         keep[:, p.image_pos.cpu()] = ~self._token_mask(rem)
         counts = keep.sum(1)
-        width = int(counts.max())
-        dest = keep.cumsum(1) - 1 + (width - counts)[:, None]
+        width, low = int(counts.max()), int(counts.min())
         index = torch.full((b, width), t, dtype=torch.long)  # index t: the pad (a zero embedding)
         rows, cols = keep.nonzero(as_tuple=True)
-        index[rows, dest[rows, cols]] = cols
+        index[rows, (keep.cumsum(1) - 1)[rows, cols]] = cols
         index = index.to(dev)
-        real = index < t
         emb = torch.cat([p.embeds[0], p.embeds.new_zeros(1, p.embeds.shape[-1])])[index]
         pos = p.position_ids[..., 0, :]
         pos = torch.cat([pos, pos.new_zeros(*pos.shape[:-1], 1)], -1)[..., index]
-        ar = torch.arange(width, device=dev)
-        allowed = (ar[None, :] <= ar[:, None])[None] & (real[:, None, :] | (ar[None, :] == ar[:, None])[None])
-        dtype = p.embeds.dtype
-        mask = torch.zeros(b, 1, width, width, dtype=dtype, device=dev)
-        mask.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
         n = self.generated.numel()
+        # Row r's trace logits sit at positions counts[r] - n - 1 .. counts[r] - 1; the kept logits start at
+        # width - (n + 1 + width - low) = low - n - 1.
+        keep_logits = n + 1 + width - low
         with torch.inference_mode():
-            out = self.model(inputs_embeds=emb, position_ids=pos, attention_mask=mask, logits_to_keep=n + 1)
-        return self._token_logprobs(out.logits, self.generated.to(dev)[None])
+            out = self.model(inputs_embeds=emb, position_ids=pos, logits_to_keep=keep_logits)
+        start = (counts - low).to(dev)
+        offs = start[:, None] + torch.arange(n + 1, device=dev)[None]
+        logits = out.logits.gather(1, offs[..., None].expand(-1, -1, out.logits.shape[-1]))
+        return self._token_logprobs(logits, self.generated.to(dev)[None])
 
     def _mean_embeds(self, ids: torch.Tensor, kw: dict[str, Any], enc: Any, tok_removed: torch.Tensor) -> torch.Tensor:
         inner = self.model.model

@@ -6,8 +6,9 @@ Usage:
 Writes ``{"forwards_per_second", "batched_speedup", "examples_per_hour",
 "projected_hours_2000", ...}``. Batched vs unbatched: the same removal sets
 (M = 32 random subsets of K = 32 regions) scored with ``batch_size`` 16 and 1
-(``batched_speedup``), and 4, 8 and 32 beside them, alternating within each example,
-medians over examples. ``gflops_per_s_by_batch_size`` is the rate each reaches, counting
+(``batched_speedup``), and 4, 8 and 32 beside them, alternating within each example (in
+reverse order on every other example, so a drift cancels), medians over examples (6 with
+``--quick``, 12 otherwise). ``gflops_per_s_by_batch_size`` is the rate each reaches, counting
 2 FLOPs per decoder-layer parameter per token of the (compacted) sequences: a lower bound
 that leaves out attention scores and the LM head, to show how close a batch is to what
 the CPU can do. ``seconds_fixed_per_forward`` is a one-token text forward (the cost a
@@ -40,7 +41,7 @@ def main() -> None:
     ap.add_argument("--json", required=True)
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
-    n_ex = 3 if args.quick else 10
+    n_ex = 6 if args.quick else 12
     import attrib
 
     m = attrib.load()
@@ -57,7 +58,7 @@ def main() -> None:
         assign = segment(ex.image(), 32).assign_tokens(proc.grid_spec())
         res = capture_generate(model, x, assign, decode=proc.tokenizer.decode, max_new_tokens=200)
         subsets = random_subsets(32, 32, seed=i)
-        for bs in sizes:  # alternating within each example
+        for bs in sizes if i % 2 == 0 else sizes[::-1]:  # alternating within each example, order reversed on odd ones
             r = AblationRunner(model, x, res.generated_ids, assign, batch_size=bs)
             t0 = time.perf_counter()
             r.logprobs(subsets)
