@@ -23,6 +23,10 @@ def _f(x: float | None, digits: int = 3, sign: bool = False) -> str:
     return (f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}").replace("-", "−")
 
 
+def _meets(ok: bool) -> str:
+    return "met" if ok else "**not met**"
+
+
 def _ci(m: dict[str, Any] | None, digits: int = 3, ci_digits: int = 2, key: str = "value", sign: bool = False) -> str:
     """``value [low, high]`` of a metric dict (``value``/``ci_low``/``ci_high``)."""
     if not m:
@@ -57,7 +61,7 @@ def bundled_eval(d: dict[str, Any]) -> list[str]:
     fk = ", ".join(f"{v} {k.replace('_', ' ')}s" for k, v in sorted(kinds.items()))
     lines = [
         (f"`{d['model'].rstrip('/').split('/')[-1]}`, " if d.get("model") else "")
-        + f"`shapes:{d['split']}` {d['start']}–{d['start'] + d['n'] - 1} "
+        + f"`{d.get('benchmark', 'shapes')}:{d['split']}` {d['start']}–{d['start'] + d['n'] - 1} "
         f"(n = {_n(d['n'])}): accuracy **{_f(d['accuracy'])}** (95 % CI {_f(lo)}–{_f(hi)}), blank-image "
         f"accuracy **{_f(d['blank_image_accuracy'])}** (CI {_f(blo)}–{_f(bhi)}), a gap of "
         f"**{_f(d['accuracy'] - d['blank_image_accuracy'])}**; failures **{d['n_failures']}**"
@@ -69,6 +73,49 @@ def bundled_eval(d: dict[str, Any]) -> list[str]:
     ]
     for fam, r in sorted(d["per_family"].items()):
         lines.append(f"| {fam} | {r['n']} | {_f(r['accuracy'])} | {_f(r['blank_image_accuracy'])} |")
+    return lines
+
+
+#: The v2 model's acceptance lines (issue "Yardstick v2").
+V2_TARGETS = {"accuracy": (0.60, 0.92), "blank_gap": 0.25, "parse_rate": 0.95, "position": 0.85, "object": 0.85}
+
+
+def v2_eval(d: dict[str, Any]) -> list[str]:
+    """A benchmark v2 evaluation: accuracy, grounding (object and position words), chain lengths, failures."""
+    lines = bundled_eval(d)[:2]
+    t = V2_TARGETS
+    gap = d["accuracy"] - d["blank_image_accuracy"]
+    long = [f for f, r in d["per_family"].items() if r["chain_length_median"] >= 10]
+    kinds = d.get("failure_kinds", {})
+    nf = max(1, d["n_failures"])
+    lines += [
+        f"Grounding: when the model names an object, the object is in the image **{_f(d['object_accuracy'])}** of the "
+        f"time (`object_accuracy`, {_n(d['object_mentions'])} mentions), and when it names a real object its position "
+        f"words are right **{_f(d['position_accuracy'])}** of the time (`position_accuracy`, "
+        f"{_n(d['positioned_mentions'])} mentions). Median chain **{d['chain_length_median']:g}** sentences "
+        f"(reference traces {d['reference_chain_length_median']:g}).",
+        "",
+        "| family | n | accuracy | blank image | object_accuracy | position_accuracy | median chain (reference) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for fam, r in sorted(d["per_family"].items()):
+        lines.append(
+            f"| {fam} | {r['n']} | {_f(r['accuracy'])} | {_f(r['blank_image_accuracy'])} | "
+            f"{_f(r['object_accuracy'])} | {_f(r['position_accuracy'])} | {r['chain_length_median']:g} "
+            f"({r['reference_chain_length_median']:g}) |"
+        )
+    lo, hi = t["accuracy"]
+    lines += [
+        "",
+        f"Targets: accuracy in [{lo}, {hi}]: {_meets(lo <= d['accuracy'] <= hi)}; blank-image accuracy at least "
+        f"{t['blank_gap']} lower: {_meets(gap >= t['blank_gap'])} ({_f(gap)}); parse rate ≥ {t['parse_rate']}: "
+        f"{_meets(d['parse_rate'] >= t['parse_rate'])}; position words ≥ {t['position']}: "
+        f"{_meets(d['position_accuracy'] >= t['position'])}; object descriptions ≥ {t['object']}: "
+        f"{_meets(d['object_accuracy'] >= t['object'])}; median chain ≥ 10 on at least two families: "
+        f"{_meets(len(long) >= 2)} ({', '.join(sorted(long)) or 'none'}); hallucinations and reasoning errors each "
+        f"≥ 10 % of failures: {_meets(all(kinds.get(k, 0) / nf >= 0.1 for k in ('hallucination', 'reasoning_error')))}"
+        f" ({', '.join(f'{k.replace(chr(95), chr(32))} {kinds.get(k, 0) / nf:.0%}' for k in sorted(kinds))}).",
+    ]
     return lines
 
 
@@ -496,7 +543,8 @@ def training(model: str) -> Any:
             f"{c.get('workers', 0)} prefetch worker{'s' if c.get('workers', 0) != 1 else ''}; "
             f"{_n(d['parameters'])} parameters ({d['parameters'] / 1e6:.2f} M).",
             "",
-            f"**{_n(round(d['train_seconds']))} s in the training loop** (compilation included; wall time is not "
+            f"**{_n(round(d['train_seconds']))} s in the training loop** "
+            f"({'compilation included; ' if c.get('compile') else ''}wall time is not "
             f"recorded): {d['train_seconds'] / c['steps']:.2f} s per step on average. Loss {losses[0][1]:.2f} at step "
             f"{losses[0][0]}, **{losses[-1][1]:.3f}** at the last logged step ({_n(losses[-1][0])}; logged every "
             f"{losses[1][0] - losses[0][0]} steps). {len(digests)} checkpoint weight digests, every "
@@ -618,6 +666,8 @@ def trajectories(d: dict[str, Any]) -> list[str]:
 
 BLOCKS = {
     "bundled-eval": ("eval_base.json", bundled_eval),
+    "v2-eval": ("eval_v2.json", v2_eval),
+    "training-v2": ("train_log_v2.json", training("shapes2-qwen25vl")),
     "faithfulness": ("faithfulness.json", faithfulness),
     "regions-faithfulness": ("faithfulness_regions.json", regions_faithfulness),
     "v1-accuracy": (("eval_base.json", "eval_v1.json", "v1_paired.json"), v1_accuracy),

@@ -2,7 +2,9 @@
 parseable text must fail here.
 
 Floors sit well below what the models measured on the same sample (``attrib shapes eval --split test
---start 500 --n 60``): base accuracy 0.85, parse rate 1.0; v1 accuracy 0.90, pointing accuracy 0.975.
+--start 500 --n 60``): base accuracy 0.85, parse rate 1.0; v1 accuracy 0.90, pointing accuracy 0.975; v2
+(``shapes2:test`` 500-559) accuracy 0.733, blank-image accuracy 0.233, object_accuracy 0.918, position_accuracy
+0.867, parse rate 1.0.
 """
 
 from __future__ import annotations
@@ -35,6 +37,16 @@ def test_bundled_v1_model_quality(tmp_path: Path) -> None:
     assert d["n"] == 60 and d["parse_rate"] >= 0.95
     assert d["accuracy"] >= 0.75, d["accuracy"]
     assert d["pointing_accuracy"] >= 0.90, d["pointing_accuracy"]
+
+
+def test_bundled_v2_model_quality(tmp_path: Path) -> None:
+    """The v2 model (its benchmark, shapes2, read from its train_log.json) reads the image and grounds its words."""
+    d = _eval("shapes2-qwen25vl", tmp_path / "v2.json")
+    assert d["benchmark"] == "shapes2" and d["n"] == 60 and d["parse_rate"] >= 0.95
+    assert d["accuracy"] >= 0.55, d["accuracy"]
+    assert d["blank_image_accuracy"] is not None and d["blank_image_accuracy"] <= d["accuracy"] - 0.25
+    assert d["object_accuracy"] >= 0.80, d["object_accuracy"]
+    assert d["position_accuracy"] >= 0.70, d["position_accuracy"]
 
 
 @pytest.mark.parametrize("scale", [0.0])

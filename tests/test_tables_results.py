@@ -136,11 +136,56 @@ def test_ray_block_says_when_and_how_loaded() -> None:
     assert lines[-1].startswith("Scaling efficiency") and "0.51 end to end, 0.68 once" in lines[-1]
 
 
-@pytest.mark.parametrize(("published", "bundled"), [("base", "shapes-qwen25vl"), ("v1", "shapes-qwen25vl-v1")])
+@pytest.mark.parametrize(
+    ("published", "bundled"),
+    [("base", "shapes-qwen25vl"), ("v1", "shapes-qwen25vl-v1"), ("v2", "shapes2-qwen25vl")],
+)
 def test_the_published_train_logs_are_the_bundled_ones(published: str, bundled: str) -> None:
     """docs/results/train_log_*.json are copies of the train_log.json each bundled model ships."""
     copy = json.loads((ROOT / "docs" / "results" / f"train_log_{published}.json").read_text())
     assert copy == json.loads((ROOT / "attrib" / "shapes" / "bundled" / bundled / "train_log.json").read_text())
+
+
+def test_v2_eval_block_by_hand() -> None:
+    fam = {
+        "n": 2,
+        "accuracy": 0.5,
+        "blank_image_accuracy": 0.0,
+        "object_accuracy": 1.0,
+        "position_accuracy": 0.5,
+        "chain_length_median": 12.0,
+        "reference_chain_length_median": 11.0,
+    }
+    d = {
+        "model": "shapes2-qwen25vl",
+        "benchmark": "shapes2",
+        "split": "test",
+        "start": 0,
+        "n": 4,
+        "accuracy": 0.75,
+        "accuracy_ci": [0.5, 1.0],
+        "blank_image_accuracy": 0.25,
+        "blank_image_accuracy_ci": [0.0, 0.5],
+        "n_failures": 1,
+        "failure_kinds": {"hallucination": 1},
+        "parse_rate": 1.0,
+        "seconds_per_example": 0.08,
+        "object_accuracy": 0.9,
+        "position_accuracy": 0.8,
+        "object_mentions": 40,
+        "positioned_mentions": 36,
+        "chain_length_median": 12.0,
+        "reference_chain_length_median": 11.0,
+        "per_family": {"count": fam, "hop": {**fam, "chain_length_median": 8.0}},
+    }
+    text = "\n".join(_tables().v2_eval(d))
+    assert "`shapes2:test` 0–3 (n = 4): accuracy **0.750**" in text
+    assert "| count | 2 | 0.500 | 0.000 | 1.000 | 0.500 | 12 (11) |" in text
+    assert "accuracy in [0.6, 0.92]: met" in text and "blank-image accuracy at least 0.25 lower: met (0.500)" in text
+    assert "position words ≥ 0.85: **not met**" in text and "object descriptions ≥ 0.85: met" in text
+    # One long-chain family of two, and no reasoning errors among the failures.
+    assert "median chain ≥ 10 on at least two families: **not met** (count)" in text
+    assert "each ≥ 10 % of failures: **not met**" in text
 
 
 def test_regions_faithfulness_block_by_hand() -> None:

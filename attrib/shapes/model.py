@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 #: Where the bundled models live inside the package.
 BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
 #: The bundled models' names (each a directory of [`BUNDLED_DIR`][attrib.shapes.model.BUNDLED_DIR]).
-BUNDLED: tuple[str, ...] = ("shapes-qwen25vl", "shapes-qwen25vl-v1")
+BUNDLED: tuple[str, ...] = ("shapes-qwen25vl", "shapes-qwen25vl-v1", "shapes2-qwen25vl")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -202,6 +202,11 @@ def bundled_model_path(name: str = "shapes-qwen25vl") -> Path:
         raise ValueError(f"unknown bundled model {name!r}; bundled: {sorted(BUNDLED)}")
     p = BUNDLED_DIR / name
     if not ((p / "model.safetensors").is_file() or (p / "base" / "model.safetensors").is_file()):
-        how = "attrib shapes train" + (" --variant v1" if name.endswith("-v1") else "") + f" --out {p}"
+        how = (
+            "attrib shapes train"
+            + (" --benchmark shapes2" if name.startswith("shapes2") else "")
+            + (" --variant v1" if name.endswith("-v1") else "")
+            + f" --out {p}"
+        )
         raise FileNotFoundError(f"bundled model files missing at {p}; reinstall attrib or run `{how}`")
     return p

@@ -152,6 +152,12 @@ def _span_info(record: Mapping[str, Any]) -> Any:
     return record_span_info(record)
 
 
+def _span_info2(record: Mapping[str, Any]) -> Any:
+    from attrib.shapes.spans import record_span_info2
+
+    return record_span_info2(record)
+
+
 def _example2(uid: str) -> Any:
     from attrib.shapes.v2.dataset import make_example
 
@@ -220,6 +226,16 @@ def register() -> None:
             description="the bundled v1 point-and-copy model (same data and budget as the base)",
         )
     )
+    register_named_model(
+        NamedModel(
+            "shapes2-qwen25vl",
+            _bundled("shapes2-qwen25vl"),
+            estimator=None,
+            dataset="shapes2:test",
+            description="the v2 thinking VLM (Qwen2.5-VL class, 6 layers x 8 heads, trained on benchmark v2: long "
+            "traces grounded in the image); its estimator and flagger are being rebuilt",
+        )
+    )
     register_dataset(
         DatasetKind(
             "shapes",
@@ -240,5 +256,6 @@ def register() -> None:
             failure_kind=_failure_kind2,
             description="attrib.shapes benchmark v2 (long, grounded traces): shapes2:train, shapes2:validation, "
             "shapes2:test",
+            span_info=_span_info2,
         )
     )

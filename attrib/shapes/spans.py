@@ -25,7 +25,17 @@ from typing import Any
 from attrib.collect.datasets import SpanInfo
 from attrib.shapes.scene import COLOURS, SHAPES, SIZES, Scene
 
-__all__ = ["KINDS", "describe_span", "record_span_info", "span_describer", "span_kind"]
+__all__ = [
+    "KINDS",
+    "KINDS2",
+    "describe_span",
+    "describe_span2",
+    "record_span_info",
+    "record_span_info2",
+    "span_describer",
+    "span_kind",
+    "span_kind2",
+]
 
 #: The span kinds of the benchmark, in the order they are reported.
 KINDS: tuple[str, ...] = ("planning", "object", "summary")
@@ -88,3 +98,57 @@ def record_span_info(record: Mapping[str, Any]) -> Callable[[str], SpanInfo] | N
     if record.get("question") is not None and ex.question.text != record["question"]:
         return None
     return span_describer(ex.scene)
+
+
+# ---------------------------------------------------------------------------- benchmark v2
+#: The span kinds of benchmark v2, in the order they are reported (its reference sentences' kinds).
+KINDS2: tuple[str, ...] = ("planning", "object", "relation", "summary")
+
+_INTRO2 = re.compile(rf"^An? ({'|'.join(SIZES)}) ({'|'.join(COLOURS)}) ({'|'.join(SHAPES)}) at the [a-z ]+\.$")
+_PLANNING2 = ("I need", "First I find", "Now I look")
+_RELATION2 = re.compile(r"^(The [a-z]+ one is the .+|Found it)\.$")
+
+
+def span_kind2(text: str) -> str:
+    """A benchmark v2 span's kind from its text, by the v2 trace grammar.
+
+    ``planning`` (``I need ...``, ``First I find ...``, ``Now I look ...``: the task restated), ``object``
+    (``A <size> <colour> <shape> at the <place>.``: one object read from the image), ``relation``
+    (``The nearest one is the ...``, ``The leftmost one is the ...``, ``Found it.``: an object picked by a
+    relation) and ``summary`` for the rest (counts, tallies, comparisons, conclusions).
+    """
+    t = _clean(text)
+    if t.startswith(_PLANNING2):
+        return "planning"
+    if _INTRO2.match(t):
+        return "object"
+    if _RELATION2.match(t):
+        return "relation"
+    return "summary"
+
+
+def describe_span2(text: str, scene: Scene) -> SpanInfo:
+    """[`describe_span`][attrib.shapes.spans.describe_span] with the v2 kinds
+    ([`span_kind2`][attrib.shapes.spans.span_kind2])."""
+    info = describe_span(text, scene)
+    return SpanInfo(kind=span_kind2(text), object_mask=info.object_mask)
+
+
+def record_span_info2(record: Mapping[str, Any]) -> Callable[[str], SpanInfo] | None:
+    """``span_info(text)`` for a collected ``shapes2:<split>`` record (see
+    [`record_span_info`][attrib.shapes.spans.record_span_info])."""
+    from attrib.shapes.v2.dataset import make_example
+
+    try:
+        split, idx = str(record.get("uid", "")).rsplit("-", 1)
+        ex = make_example(split, int(idx))
+    except ValueError:
+        return None
+    if record.get("question") is not None and ex.question.text != record["question"]:
+        return None
+    scene = ex.scene
+
+    def info(text: str) -> SpanInfo:
+        return describe_span2(text, scene)
+
+    return info
