@@ -689,6 +689,7 @@ BLOCKS = {
     "ray": ("bench_ray.json", ray),
     "norms": ("norms_bundled.json", norms),
     "trajectories": ("trajectories.json", trajectories),
+    "trajectories-v2": ("trajectories_v2.json", trajectories),
     "training-base": ("train_log_base.json", training("shapes-qwen25vl")),
     "training-v1": ("train_log_v1.json", training("shapes-qwen25vl-v1")),
     "reproducibility": ("reproducibility.json", reproducibility),

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The v2 model's collections, estimator, flagger and evaluations (shapes2-qwen25vl on benchmark v2):
+# the first pass of rebuilding every figure on the v2 model. Two single-thread jobs run side by side
+# (two cores; never two 2-thread jobs). Collections resume where they stopped (attrib collect is
+# resumable), so a killed run is restarted by running this script again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+A=".venv/bin/attrib"
+M="--model shapes2-qwen25vl --max-new-tokens 256 --threads 1"
+D=data2
+t() { local s=$(date +%s); "$@"; echo "WALL $(( $(date +%s) - s )) s: $*"; }
+mkdir -p $D out models/v2
+( t $A collect --dataset shapes2:train --n 500 $M --out $D/train-a
+  t $A collect --dataset shapes2:validation --n 800 --subsets 2 $M --out $D/validation ) > out/v2_collect_a.log 2>&1 &
+( t $A collect --dataset shapes2:train --start 500 --n 500 $M --out $D/train-b
+  t $A collect --dataset shapes2:test --n 200 --loo --subsets 64 $M --out $D/test ) > out/v2_collect_b.log 2>&1
+wait
+echo COLLECT DONE
+TRAIN="$D/train-a $D/train-b"
+t $A fit --train $TRAIN --out models/v2/estimator
+t $A trajectories --data $D/validation --estimator models/v2/estimator --json out/trajectories_v2.json \
+    --plots out/trajectories_v2 --save-flagger models/v2/flagger.json
+t $A evaluate --test $D/test --estimator models/v2/estimator --train $TRAIN --sizes 100,250,500,1000 \
+    --json out/faithfulness_v2.json --figures out/figures_v2 --record-validation
+echo V2 DONE
