@@ -10,6 +10,7 @@ from typing import Any
 from rich.markup import escape
 
 from attrib.cli.console import add_generation_options, add_model_options, console, generate_kwargs, progress
+from attrib.collect.datasets import dataset_budget
 
 __all__ = ["register"]
 
@@ -39,7 +40,7 @@ def _cmd_collect(args: argparse.Namespace) -> int:
             loo=args.loo,
             seed=args.seed,
             shard_size=args.shard_size,
-            max_new_tokens=args.max_new_tokens,
+            max_new_tokens=args.max_new_tokens or dataset_budget(args.dataset) or 200,
             batch_size=args.batch_size,
             dtype=args.dtype or "float32",
             device=args.device,
@@ -130,7 +131,7 @@ def register(sub: Any) -> None:
     c.add_argument("--loo", action="store_true", help="also compute leave-one-out targets")
     c.add_argument("--seed", type=int, default=0, help="seed of the regions and removal sets")
     c.add_argument("--shard-size", dest="shard_size", type=int, default=16, help="examples per shard")
-    add_generation_options(c)
+    add_generation_options(c, budget_help="the dataset's own budget where it has one, e.g. 256 for shapes2, else 200")
     c.add_argument("--batch-size", dest="batch_size", type=int, default=16, help="removal sets per forward")
     c.add_argument(
         "--threads", type=int, default=0, help="torch threads (with --backend ray: per worker, and its CPUs; default 1)"

@@ -71,14 +71,21 @@ def add_model_options(
     )
 
 
-def add_generation_options(p: argparse.ArgumentParser, *, max_new_tokens: int = 200) -> None:
-    """``--max-new-tokens``, ``--system``, ``--do-sample``, ``--temperature`` and ``--top-p``."""
+def add_generation_options(
+    p: argparse.ArgumentParser, *, max_new_tokens: int = 200, budget_help: str | None = None
+) -> None:
+    """``--max-new-tokens``, ``--system``, ``--do-sample``, ``--temperature`` and ``--top-p``.
+
+    With ``budget_help``, ``--max-new-tokens`` defaults to ``None`` (the command resolves it) and that text
+    says what the default is.
+    """
     p.add_argument(
         "--max-new-tokens",
         dest="max_new_tokens",
         type=int,
-        default=max_new_tokens,
-        help=f"generation budget in tokens (default {max_new_tokens}; thinking traces often need thousands)",
+        default=None if budget_help else max_new_tokens,
+        help=f"generation budget in tokens (default {budget_help or max_new_tokens}; thinking traces often need "
+        "thousands)",
     )
     p.add_argument("--system", default=None, help="a system prompt before every question")
     p.add_argument("--do-sample", dest="do_sample", action="store_true", help="sample instead of greedy decoding")

@@ -52,6 +52,7 @@ __all__ = [
     "DatasetKind",
     "JsonlDataset",
     "SpanInfo",
+    "dataset_budget",
     "generic_judge",
     "open_dataset",
     "register_dataset",
@@ -161,6 +162,8 @@ class DatasetKind:
         span_info: ``span_info(record) -> SpanDescriber | None`` for a collected record (rebuilds what
             [`CollectItem.span_info`][attrib.collect.datasets.CollectItem] gives, for collections made
             before records stored it).
+        max_new_tokens: The generation budget its traces need (``attrib collect`` uses it when
+            ``--max-new-tokens`` is not given); ``None``: the command's default.
     """
 
     prefix: str
@@ -172,9 +175,22 @@ class DatasetKind:
     description: str = ""
     check: Callable[[str], None] | None = None
     span_info: Callable[[Mapping[str, Any]], SpanDescriber | None] | None = None
+    max_new_tokens: int | None = None
 
 
 DATASETS: dict[str, DatasetKind] = {}
+
+
+def dataset_budget(spec: str) -> int | None:
+    """The generation budget of a registered dataset kind's spec (``shapes2:test`` -> 256), ``None`` otherwise
+    (a file, a folder, an unknown kind, or a kind that sets none)."""
+    head, sep, _ = spec.partition(":")
+    if not sep or Path(spec).exists() or len(head) <= 1:
+        return None
+    if head not in DATASETS:
+        load_plugins()
+    kind = DATASETS.get(head)
+    return kind.max_new_tokens if kind is not None else None
 
 
 def register_dataset(kind: DatasetKind) -> DatasetKind:

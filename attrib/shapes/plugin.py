@@ -257,5 +257,6 @@ def register() -> None:
             description="attrib.shapes benchmark v2 (long, grounded traces): shapes2:train, shapes2:validation, "
             "shapes2:test",
             span_info=_span_info2,
+            max_new_tokens=256,  # as `attrib shapes eval` for v2: the longest reference traces fit
         )
     )
