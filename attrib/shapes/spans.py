@@ -82,6 +82,19 @@ def span_describer(scene: Scene) -> Callable[[str], SpanInfo]:
     return info
 
 
+def _record_scene(record: Mapping[str, Any], make_example: Callable[[str, int], Any]) -> Scene | None:
+    """The scene of a collected record, rebuilt from its uid; ``None`` when the uid names no example or the
+    record's question is not the rebuilt one's (the collection was made from another benchmark version)."""
+    try:
+        split, idx = str(record.get("uid", "")).rsplit("-", 1)
+        ex = make_example(split, int(idx))
+    except ValueError:
+        return None
+    if record.get("question") is not None and ex.question.text != record["question"]:
+        return None
+    return ex.scene  # type: ignore[no-any-return]
+
+
 def record_span_info(record: Mapping[str, Any]) -> Callable[[str], SpanInfo] | None:
     """``span_info(text)`` for a collected ``shapes:<split>`` record (its scene rebuilt from its uid).
 
@@ -90,14 +103,8 @@ def record_span_info(record: Mapping[str, Any]) -> Callable[[str], SpanInfo] | N
     """
     from attrib.shapes.dataset import make_example
 
-    try:
-        split, idx = str(record.get("uid", "")).rsplit("-", 1)
-        ex = make_example(split, int(idx))
-    except ValueError:
-        return None
-    if record.get("question") is not None and ex.question.text != record["question"]:
-        return None
-    return span_describer(ex.scene)
+    scene = _record_scene(record, make_example)
+    return None if scene is None else span_describer(scene)
 
 
 # ---------------------------------------------------------------------------- benchmark v2
@@ -139,14 +146,9 @@ def record_span_info2(record: Mapping[str, Any]) -> Callable[[str], SpanInfo] | 
     [`record_span_info`][attrib.shapes.spans.record_span_info])."""
     from attrib.shapes.v2.dataset import make_example
 
-    try:
-        split, idx = str(record.get("uid", "")).rsplit("-", 1)
-        ex = make_example(split, int(idx))
-    except ValueError:
+    scene = _record_scene(record, make_example)
+    if scene is None:
         return None
-    if record.get("question") is not None and ex.question.text != record["question"]:
-        return None
-    scene = ex.scene
 
     def info(text: str) -> SpanInfo:
         return describe_span2(text, scene)
