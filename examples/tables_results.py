@@ -637,6 +637,45 @@ def trajectories(d: dict[str, Any]) -> list[str]:
             f"failed chains ({100 * fl['flagged_rate_reasoning_error']:.1f} % of reasoning errors, "
             f"{100 * fl['flagged_rate_hallucination']:.1f} % of hallucinations)."
         )
+    pw = d.get("power", {})
+    if pw.get("failure"):
+        labels = {"failure": "all failures", "reasoning_error": "reasoning errors", "hallucination": "hallucinations"}
+        f = pw["failure"]
+        lines += [
+            "",
+            f"Power (two-sided Mann–Whitney at p < {f['alpha']:g}; simulated under a binormal model, "
+            f"{int(f['n_sim'])} samples, beside the normal approximation): the probability of detecting a "
+            f"true AUC of {f['auc']:g}, and the AUC detected with {f['target_power']:.0%} probability.",
+            "",
+            "| successes against | n | power (simulated) | power (normal) | detectable AUC |",
+            "|---|---|---|---|---|",
+        ]
+        for k, lab in labels.items():
+            if k in pw:
+                r = pw[k]
+                lines.append(
+                    f"| {lab} | {int(r['n_success'])} / {int(r['n_failure'])} | {r['power_simulated']:.3f} | "
+                    f"{r['power_normal']:.3f} | {_f(r['detectable_auc'], 3)} |"
+                )
+    adj = d.get("length_adjusted", {})
+    if adj.get("tortuosity"):
+        lines += [
+            "",
+            "At equal chain length (logistic regression of failure on standardised log metric and log span count; "
+            "log-odds per SD, 95 % interval):",
+            "",
+            "| metric | outcome vs success | n | log-odds per SD, length held | p | unadjusted | p (unadjusted) |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for metric in ("tortuosity", "path_length"):
+            for k, r in adj.get(metric, {}).items():
+                if r.get("coef_metric") is None:
+                    continue
+                lines.append(
+                    f"| {metric.replace('_', ' ')} | {k.replace('_', ' ')} | {int(r['n'])} | "
+                    f"{r['coef_metric']:+.2f} [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}] | {_p(r['p_value'])} | "
+                    f"{r['coef_metric_unadjusted']:+.2f} | {_p(r['p_value_unadjusted'])} |"
+                )
     t3 = d["three_outcome"]
     by, tests = t3["by_outcome"], t3["tests"]
     m = sum(len(v) for v in tests.values())

@@ -31,13 +31,15 @@ import logging
 import math
 import os
 import tempfile
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from scipy.optimize import brentq
 from scipy.special import entr
-from scipy.stats import mannwhitneyu
+from scipy.stats import mannwhitneyu, norm
 from sklearn.decomposition import PCA
 from sklearn.metrics import roc_auc_score
 from statsmodels.stats.multitest import multipletests
@@ -58,6 +60,8 @@ __all__ = [
     "concentration",
     "effect_vectors",
     "holm",
+    "length_adjusted",
+    "mann_whitney_power",
     "net_displacement",
     "path_length",
     "persistence",
@@ -520,6 +524,175 @@ def compare_outcomes(
         out["u_statistic"] = float(res.statistic)
         out["p_value"] = float(res.pvalue)
         out["auc"] = 1.0 - float(res.statistic) / (a.size * b.size)
+    return out
+
+
+def _hanley_mcneil_se(auc: float, n_pos: int, n_neg: int) -> float:
+    """Standard error of an empirical AUC (Hanley and McNeil 1982), ``n_pos`` positives over ``n_neg``
+    negatives."""
+    q1, q2 = auc / (2.0 - auc), 2.0 * auc * auc / (1.0 + auc)
+    var = (auc * (1 - auc) + (n_pos - 1) * (q1 - auc * auc) + (n_neg - 1) * (q2 - auc * auc)) / (n_pos * n_neg)
+    return math.sqrt(max(var, 0.0))
+
+
+def mann_whitney_power(
+    n_success: int,
+    n_failure: int,
+    auc: float = 0.6,
+    *,
+    alpha: float = 1e-3,
+    power: float = 0.8,
+    n_sim: int = 2000,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Power of [`compare_outcomes`][metrics.trajectory.compare_outcomes]' two-sided Mann–Whitney test to
+    find that failures exceed successes, when their true AUC is ``auc``.
+
+    Two estimates: a simulation under the equal-variance binormal model (successes ``N(0, 1)``, failures
+    ``N(d, 1)`` with ``Phi(d / sqrt 2) = auc``; the test is run ``n_sim`` times and counts as a detection
+    when ``p < alpha`` and the sample AUC is above 0.5), and the normal approximation with the null
+    standard error ``sqrt((n_s + n_f + 1) / (12 n_s n_f))`` and Hanley and McNeil's standard error under
+    the alternative. Also the smallest AUC the test detects with probability ``power`` (normal
+    approximation).
+
+    Args:
+        n_success: Successful chains.
+        n_failure: Failed chains.
+        auc: The true AUC (probability that a failure's metric exceeds a success's), in (0.5, 1).
+        alpha: Significance level of the two-sided test.
+        power: Target power of the detectable AUC.
+        n_sim: Simulated samples.
+        seed: Seed of the simulation.
+
+    Returns:
+        ``n_success``, ``n_failure``, ``auc``, ``alpha``, ``power_simulated`` (with ``power_simulated_se``,
+        its binomial standard error), ``power_normal``, ``target_power`` and ``detectable_auc``.
+
+    Raises:
+        ValueError: For an empty group, ``auc`` outside (0.5, 1), ``alpha`` or ``power`` outside (0, 1).
+    """
+    if n_success < 1 or n_failure < 1:
+        raise ValueError(f"power needs both groups, got {n_success} successes and {n_failure} failures")
+    if not 0.5 < auc < 1.0:
+        raise ValueError(f"auc must be in (0.5, 1), got {auc}")
+    if not 0.0 < alpha < 1.0 or not 0.0 < power < 1.0:
+        raise ValueError(f"alpha and power must be in (0, 1), got {alpha} and {power}")
+    z = float(norm.isf(alpha / 2))
+    se0 = math.sqrt((n_success + n_failure + 1) / (12.0 * n_success * n_failure))
+
+    def normal_power(a: float) -> float:
+        return float(norm.sf((z * se0 - (a - 0.5)) / _hanley_mcneil_se(a, n_failure, n_success)))
+
+    detectable = (
+        float(brentq(lambda a: normal_power(a) - power, 0.5 + 1e-9, 1.0 - 1e-9))
+        if normal_power(1.0 - 1e-9) > power
+        else float("nan")
+    )
+    rng = np.random.default_rng(seed)
+    d = math.sqrt(2.0) * float(norm.ppf(auc))
+    hits = 0
+    chunk = max(1, min(n_sim, 2_000_000 // (n_success + n_failure)))
+    for start in range(0, n_sim, chunk):
+        m = min(chunk, n_sim - start)
+        s = rng.standard_normal((m, n_success))
+        f = rng.standard_normal((m, n_failure)) + d
+        res = mannwhitneyu(f, s, axis=1, alternative="two-sided", method="asymptotic")
+        hits += int(np.sum((res.pvalue < alpha) & (res.statistic > 0.5 * n_success * n_failure)))
+    p_sim = hits / n_sim
+    return {
+        "n_success": float(n_success),
+        "n_failure": float(n_failure),
+        "auc": float(auc),
+        "alpha": float(alpha),
+        "power_simulated": p_sim,
+        "power_simulated_se": math.sqrt(p_sim * (1 - p_sim) / n_sim),
+        "power_normal": normal_power(auc),
+        "target_power": float(power),
+        "detectable_auc": detectable,
+        "n_sim": float(n_sim),
+    }
+
+
+def length_adjusted(
+    values: Sequence[float] | np.ndarray,
+    n_spans: Sequence[int] | np.ndarray,
+    failed: Sequence[bool] | np.ndarray,
+) -> dict[str, float]:
+    """Does a per-chain metric tell failures from successes once chain length is accounted for?
+
+    A logistic regression (statsmodels ``Logit``) of ``failed`` on the standardised log of the metric and
+    the standardised log of the chain's span count: the metric's coefficient is its association with
+    failure among chains of the same length (a longer chain can wander more, and failure rates differ by
+    length). Chains with a non-finite or non-positive metric are dropped.
+
+    Args:
+        values: The metric per chain (positive, e.g. tortuosity or path length).
+        n_spans: Spans per chain.
+        failed: Whether each chain failed.
+
+    Returns:
+        ``n``, ``n_failure``, ``coef_metric`` (log-odds of failure per standard deviation of the log metric,
+        length held fixed), ``se_metric``, ``ci_low``, ``ci_high`` (95 %), ``p_value``, ``coef_length``,
+        ``p_value_length``, and ``coef_metric_unadjusted`` / ``p_value_unadjusted`` (without the length
+        term). NaN when a group is empty or the fit does not converge.
+    """
+    import statsmodels.api as sm
+    from statsmodels.tools.sm_exceptions import ConvergenceWarning, PerfectSeparationWarning
+
+    v = np.asarray(values, dtype=np.float64).ravel()
+    n = np.asarray(n_spans, dtype=np.float64).ravel()
+    y = np.asarray(failed, dtype=bool).ravel()
+    if not v.shape == n.shape == y.shape:
+        raise ValueError(f"values, n_spans and failed differ in length: {v.shape}, {n.shape}, {y.shape}")
+    keep = np.isfinite(v) & (v > 0) & (n > 0)
+    v, n, y = v[keep], n[keep], y[keep]
+    keys = (
+        "coef_metric",
+        "se_metric",
+        "ci_low",
+        "ci_high",
+        "p_value",
+        "coef_length",
+        "p_value_length",
+        "coef_metric_unadjusted",
+        "p_value_unadjusted",
+    )
+    out: dict[str, float] = {"n": float(y.size), "n_failure": float(y.sum())} | {k: float("nan") for k in keys}
+    if y.all() or not y.any() or y.size < 4:
+        return out
+
+    def z(x: np.ndarray) -> np.ndarray:
+        lx = np.log(x)
+        sd = lx.std()
+        return (lx - lx.mean()) / sd if sd > 0 else lx - lx.mean()
+
+    zm, zn = z(v), z(n)
+    try:
+        with warnings.catch_warnings():
+            # perfect separation (tiny or planted samples) shows as non-convergence below and returns NaN
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            warnings.simplefilter("ignore", PerfectSeparationWarning)
+            full = sm.Logit(y.astype(float), sm.add_constant(np.column_stack([zm, zn]), has_constant="add")).fit(
+                disp=0, maxiter=200
+            )
+            plain = sm.Logit(y.astype(float), sm.add_constant(zm[:, None], has_constant="add")).fit(disp=0, maxiter=200)
+    except (np.linalg.LinAlgError, ValueError) as e:
+        logger.warning("length-adjusted logistic regression failed: %s", e)
+        return out
+    if not (full.mle_retvals.get("converged", False) and plain.mle_retvals.get("converged", False)):
+        return out
+    ci = full.conf_int()
+    out.update(
+        coef_metric=float(full.params[1]),
+        se_metric=float(full.bse[1]),
+        ci_low=float(ci[1, 0]),
+        ci_high=float(ci[1, 1]),
+        p_value=float(full.pvalues[1]),
+        coef_length=float(full.params[2]),
+        p_value_length=float(full.pvalues[2]),
+        coef_metric_unadjusted=float(plain.params[1]),
+        p_value_unadjusted=float(plain.pvalues[1]),
+    )
     return out
 
 

@@ -34,6 +34,8 @@ from metrics import (
     concentration,
     effect_vectors,
     holm,
+    length_adjusted,
+    mann_whitney_power,
     net_displacement,
     path_length,
     persistence,
@@ -259,6 +261,51 @@ def test_auc_by_progress_planted_wandering_failures() -> None:
     assert one[1.0]["n_failure"] == 1 and one[1.0]["ci_low"] <= one[1.0]["auc"] <= one[1.0]["ci_high"]
     with pytest.raises(ValueError, match="labels"):
         auc_by_progress(succ, [True])
+
+
+def test_mann_whitney_power_hand_values_and_null() -> None:
+    # Normal approximation by hand: n_s = 588, n_f = 212, AUC 0.6, two-sided alpha 1e-3.
+    ns, nf, a = 588, 212, 0.6
+    se0 = math.sqrt((ns + nf + 1) / (12 * ns * nf))
+    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+    se1 = math.sqrt((a * (1 - a) + (nf - 1) * (q1 - a * a) + (ns - 1) * (q2 - a * a)) / (ns * nf))
+    z = 3.2905267314919255  # norm.isf(5e-4)
+    expected = 0.5 * math.erfc((z * se0 - 0.1) / se1 / math.sqrt(2))
+    pw = mann_whitney_power(ns, nf, a, alpha=1e-3, n_sim=1000, seed=1)
+    assert pw["power_normal"] == pytest.approx(expected, rel=1e-9)
+    assert abs(pw["power_simulated"] - pw["power_normal"]) < 4 * pw["power_simulated_se"] + 0.01
+    # the detectable AUC has exactly the target power, and power grows with AUC and with n
+    at = mann_whitney_power(ns, nf, pw["detectable_auc"], n_sim=10)
+    assert at["power_normal"] == pytest.approx(0.8, abs=1e-6)
+    assert mann_whitney_power(ns, nf, 0.65, n_sim=10)["power_normal"] > pw["power_normal"]
+    assert mann_whitney_power(60, 20, 0.6, n_sim=400)["power_simulated"] < 0.1  # a small sample must score low
+    # near the null, a two-sided test at alpha detects "failures higher" about alpha / 2 of the time
+    null = mann_whitney_power(100, 100, 0.5 + 1e-9, alpha=0.1, n_sim=4000, seed=2)
+    assert null["power_simulated"] == pytest.approx(0.05, abs=0.015)
+    with pytest.raises(ValueError, match="auc"):
+        mann_whitney_power(10, 10, 0.5)
+    with pytest.raises(ValueError, match="both groups"):
+        mann_whitney_power(10, 0, 0.6)
+
+
+def test_length_adjusted_separates_length_from_the_metric() -> None:
+    rng = np.random.default_rng(0)
+    n = rng.integers(3, 26, 1200)
+    # failures are the short chains; the metric only grows with length: unadjusted it looks protective,
+    # adjusted it carries nothing
+    failed = rng.random(1200) < np.where(n < 10, 0.6, 0.1)
+    metric = np.exp(np.log(n) + rng.normal(0, 0.3, 1200))
+    r = length_adjusted(metric, n, failed)
+    assert r["n"] == 1200 and r["p_value_unadjusted"] < 1e-6 and r["coef_metric_unadjusted"] < 0
+    assert r["p_value"] > 0.01 and r["p_value_length"] < 1e-6 and r["coef_length"] < 0
+    # a metric that truly rises with failure at every length is found
+    metric2 = np.exp(np.log(n) + 0.8 * failed + rng.normal(0, 0.3, 1200))
+    r2 = length_adjusted(metric2, n, failed)
+    assert r2["coef_metric"] > 0 and r2["p_value"] < 1e-10
+    # degenerate input: NaN, not a crash
+    assert math.isnan(length_adjusted([1.0, 2.0, 3.0, 4.0], [3, 4, 5, 6], [False] * 4)["coef_metric"])
+    with pytest.raises(ValueError, match="differ in length"):
+        length_adjusted([1.0, 2.0], [3], [True, False])
 
 
 def test_three_outcome_fixation_vs_wandering() -> None:
@@ -519,6 +566,12 @@ def test_analyse_on_collection(collection_dir: Path) -> None:
     assert 0 <= fl["flagged_rate_failure"] <= 1 and fl["n_reference"] == 12
     assert TortuosityFlagger.from_dict(fl["state"]).threshold_ == fl["threshold"]
     assert len(res["chains"]) == 36 and res["pca"]["n_components"] == 3
+    pw = res["power"]["failure"]
+    assert pw["n_success"] == 12 and pw["n_failure"] == 24 and pw["auc"] == 0.6 and pw["alpha"] == 1e-3
+    assert pw["power_simulated"] < 0.1  # 36 chains cannot find AUC 0.6 at p < 1e-3
+    assert set(res["power"]) == {"failure", "reasoning_error", "hallucination"}
+    adj = res["length_adjusted"]["tortuosity"]["failure"]
+    assert adj["n"] == 36 and adj["n_failure"] == 24
     # An estimator with w = 1 on L = H = 1 features reproduces the leave-one-out scores.
     est = LinearHeadEstimator()
     est.coef_, est.intercept_ = np.ones((1, 1)), 0.0

@@ -48,6 +48,8 @@ from metrics.trajectory import (
     concentration,
     effect_vectors,
     holm,
+    length_adjusted,
+    mann_whitney_power,
     path_length,
     progress_curve,
     three_outcome,
@@ -264,6 +266,9 @@ def analyse_chains(
     n_bins: int = 10,
     n_components: int = 3,
     eps: float = EPS,
+    power_auc: float = 0.6,
+    power_alpha: float = 1e-3,
+    n_sim: int = 2000,
 ) -> dict[str, Any]:
     """The trajectory analysis of labelled chains, as a JSON-ready dict.
 
@@ -280,6 +285,10 @@ def analyse_chains(
         n_bins: Progress bins of the concentration curves.
         n_components: PCA components stored for the pictures.
         eps: See [`metrics.trajectory.tortuosity`][metrics.trajectory.tortuosity].
+        power_auc: The AUC whose detection probability ``power`` reports
+            ([`metrics.trajectory.mann_whitney_power`][metrics.trajectory.mann_whitney_power]).
+        power_alpha: The two-sided significance level of that power.
+        n_sim: Simulated samples of the power.
 
     Returns:
         See ``docs/trajectories.md`` for the schema. NaN is written as ``null``.
@@ -306,6 +315,23 @@ def analyse_chains(
     progress = curves["success"]["progress"]
     for cv in curves.values():
         cv.pop("progress")
+    n_spans = np.array([c.n_spans for c in known])
+    outcomes = np.array([c.outcome for c in known])
+    kinds = {
+        "failure": failed,
+        "reasoning_error": outcomes == "reasoning_error",
+        "hallucination": outcomes == "hallucination",
+    }
+    success = outcomes == "success"
+    power = {
+        k: mann_whitney_power(int(success.sum()), int(m.sum()), power_auc, alpha=power_alpha, n_sim=n_sim, seed=seed)
+        for k, m in kinds.items()
+        if m.any() and success.any()
+    }
+    adjusted = {
+        metric: {k: length_adjusted(v[success | m], n_spans[success | m], m[success | m]) for k, m in kinds.items()}
+        for metric, v in (("tortuosity", tt), ("path_length", pl))
+    }
     flag, flagged_at = _flagger_block(
         known, fpr=fpr, min_spans=min_spans, top=top, normalize=normalize, eps=eps, seed=seed
     )
@@ -319,6 +345,8 @@ def analyse_chains(
             "seed": seed,
             "eps": eps,
             "concentration": "1 - H(|s|/sum|s|) / log K",
+            "power_auc": power_auc,
+            "power_alpha": power_alpha,
         },
         "n_chains": len(chains),
         "n_unknown": len(chains) - len(known),
@@ -334,6 +362,8 @@ def analyse_chains(
         "three_outcome": three_outcome(
             [c.scores for c in known], [c.outcome for c in known], top=top, normalize=normalize, eps=eps
         ),
+        "power": power,
+        "length_adjusted": adjusted,
         "flagger": flag,
         "chains": [
             {

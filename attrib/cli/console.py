@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import time
 from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.text import Text
 
 __all__ = [
     "add_generation_options",
@@ -30,8 +32,61 @@ out = Console()
 split_choices = ("train", "validation", "test")
 
 
-def progress() -> Progress:
-    """A progress bar with counts, elapsed time and an ETA, on stderr."""
+class _LoggedProgress(Progress):
+    """A :class:`~rich.progress.Progress` that, when stderr is not a terminal (a log file, a pipe, CI), also
+    writes one plain line per task every ``interval`` seconds and when the task completes: rich's live bar
+    draws nothing there until the job ends, and a long job must show its progress and ETA."""
+
+    def __init__(self, *columns: Any, interval: float = 30.0, **kw: Any) -> None:
+        super().__init__(*columns, **kw)
+        self._interval = interval
+        self._last: dict[Any, float] = {}
+
+    def _log(self, task_id: Any) -> None:
+        task = self._tasks.get(task_id)
+        if task is None or task.total is None:
+            return
+        now = time.monotonic()
+        done = task.completed >= task.total
+        if not done and now - self._last.get(task_id, task.start_time or now) < self._interval:
+            return
+        if done and self._last.get(task_id) == float("inf"):
+            return
+        self._last[task_id] = float("inf") if done else now
+        elapsed = task.elapsed or 0.0
+        eta = task.time_remaining
+        eta_s = "done" if done else ("unknown" if eta is None else f"{eta:.0f} s")
+        self.console.print(
+            f"{Text.from_markup(str(task.description)).plain}: {task.completed:g}/{task.total:g} "
+            f"({elapsed:.0f} s elapsed, ETA {eta_s})",
+            markup=False,
+            highlight=False,
+        )
+
+    def update(self, task_id: Any, **kw: Any) -> None:  # type: ignore[override]
+        super().update(task_id, **kw)
+        self._log(task_id)
+
+    def advance(self, task_id: Any, advance: float = 1) -> None:
+        super().advance(task_id, advance)
+        self._log(task_id)
+
+
+def progress(*, interval: float = 30.0) -> Progress:
+    """A progress bar with counts, elapsed time and an ETA, on stderr; where stderr is not a terminal,
+    one plain progress line (counts, elapsed, ETA) every ``interval`` seconds and one at completion."""
+    if not console.is_terminal:
+        return _LoggedProgress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+            interval=interval,
+        )
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),

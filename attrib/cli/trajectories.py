@@ -32,6 +32,20 @@ def register(subparsers: Any) -> None:
     p.add_argument("--min-spans", dest="min_spans", type=int, default=3, help="spans before the flagger may raise")
     p.add_argument("--n-boot", dest="n_boot", type=int, default=1000, help="bootstrap resamples of the AUC intervals")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and of the flagger's cross-fitting")
+    p.add_argument(
+        "--power-auc",
+        dest="power_auc",
+        type=float,
+        default=0.6,
+        help="the AUC whose detection probability is reported (power of the Mann-Whitney test; default 0.6)",
+    )
+    p.add_argument(
+        "--power-alpha",
+        dest="power_alpha",
+        type=float,
+        default=1e-3,
+        help="two-sided significance level of that power (default 1e-3)",
+    )
     p.add_argument("--limit", type=int, default=None, help="read at most this many examples")
     p.add_argument(
         "--save-flagger",
@@ -63,6 +77,10 @@ def run(args: argparse.Namespace) -> int:
     from attrib.io import atomic_write_json
     from attrib.plots import trajectory_plots
 
+    if not 0.5 < args.power_auc < 1.0:
+        raise ValueError(f"--power-auc must be in (0.5, 1), got {args.power_auc}")
+    if not 0.0 < args.power_alpha < 1.0:
+        raise ValueError(f"--power-alpha must be in (0, 1), got {args.power_alpha}")
     coll = Collection.open(args.data)
     est = None
     if args.estimator:
@@ -80,7 +98,14 @@ def run(args: argparse.Namespace) -> int:
     if not chains:
         raise ValueError(f"collection {args.data} holds no chains with spans")
     res = analyse_chains(
-        chains, fpr=args.fpr, top=args.top, min_spans=args.min_spans, n_boot=args.n_boot, seed=args.seed
+        chains,
+        fpr=args.fpr,
+        top=args.top,
+        min_spans=args.min_spans,
+        n_boot=args.n_boot,
+        seed=args.seed,
+        power_auc=args.power_auc,
+        power_alpha=args.power_alpha,
     )
     res["collection"] = str(args.data)
     res["scores"] = f"estimator {args.estimator}" if args.estimator else "leave-one-out drops"
@@ -121,6 +146,22 @@ def run(args: argparse.Namespace) -> int:
         f"threshold {_fmt(fl.get('threshold'))}, held-out FPR {_fmt(fl.get('fpr_heldout'))}, "
         f"failures flagged {_fmt(fl.get('flagged_rate_failure'))}"
     )
+    pw = res.get("power", {}).get("failure")
+    if pw:
+        console.print(
+            f"power: the sample ({int(pw['n_success'])} successes, {int(pw['n_failure'])} failures) detects a "
+            f"failure AUC of {pw['auc']:g} at p < {pw['alpha']:g} with probability {pw['power_simulated']:.2f} "
+            f"(normal approximation {pw['power_normal']:.2f}); detectable at {pw['target_power']:.0%}: "
+            f"AUC {_fmt(pw['detectable_auc'])}"
+        )
+    adj = res.get("length_adjusted", {}).get("tortuosity", {})
+    parts = [
+        f"{k.replace('_', ' ')} {v['coef_metric']:+.2f} (p {_fmt(v['p_value'])})"
+        for k, v in adj.items()
+        if v.get("coef_metric") is not None and v["coef_metric"] == v["coef_metric"]
+    ]
+    if parts:
+        console.print("tortuosity vs failure at equal chain length (log-odds per SD): " + ", ".join(parts))
     if args.json:
         console.print(f"wrote {args.json}")
     if args.plots:
