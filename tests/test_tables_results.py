@@ -225,3 +225,16 @@ def test_copy_attention_in_the_decay_block_by_hand() -> None:
     assert "1,078 tokens generated after at least one copy (`shapes:test` 0–29," in lines[0]
     assert "| 0 | 0.010 | 0.020 | 0.50 |" in lines and "| 1 | 0.050 | 0.040 | 1.25 |" in lines
     assert lines[-1] == "More attention to the copies than to their sources in layer 1; less in layer 0."
+
+
+def test_trajectories_block_shows_power_and_length_adjusted_from_the_published_json() -> None:
+    d = json.loads((ROOT / "docs" / "results" / "trajectories_v2.json").read_text())
+    text = "\n".join(_tables().trajectories(d))
+    pw = d["power"]["failure"]
+    assert f"| all failures | {int(pw['n_success'])} / {int(pw['n_failure'])} | {pw['power_simulated']:.3f} |" in text
+    adj = d["length_adjusted"]["tortuosity"]["reasoning_error"]
+    assert f"| tortuosity | reasoning error | {int(adj['n'])} | {adj['coef_metric']:+.2f}" in text
+    # an older JSON without the blocks still renders, without them
+    old = {k: v for k, v in d.items() if k not in ("power", "length_adjusted")}
+    text_old = "\n".join(_tables().trajectories(old))
+    assert "Power" not in text_old and "equal chain length" not in text_old and "tortuosity" in text_old
