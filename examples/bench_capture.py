@@ -50,7 +50,7 @@ from attrib.regions import segment
 
 def build_model(name: str, device: str) -> tuple[Any, dict[str, torch.Tensor], Any]:
     """(model, inputs, decode) for ``bundled``, ``30m`` (random Qwen2.5-VL) or ``7b`` (random, bf16)."""
-    from attrib.shapes import make_example
+    from attrib.shapes.v2 import make_example  # the bundled model's benchmark (v2)
 
     ex = make_example("test", 0)
     if name == "bundled":

@@ -32,8 +32,9 @@ from attrib.ablation import AblationRunner, random_subsets
 from attrib.capture import capture_generate
 from attrib.collect import CollectConfig, collect
 from attrib.io import atomic_write_json
+from attrib.models import default_model_name
 from attrib.regions import segment
-from attrib.shapes import make_example
+from attrib.shapes.v2 import make_example  # the bundled model's benchmark (v2)
 
 
 def main() -> None:
@@ -56,7 +57,7 @@ def main() -> None:
         ex = make_example("test", i)
         x = proc.build(ex.image(), ex.question.text)
         assign = segment(ex.image(), 32).assign_tokens(proc.grid_spec())
-        res = capture_generate(model, x, assign, decode=proc.tokenizer.decode, max_new_tokens=200)
+        res = capture_generate(model, x, assign, decode=proc.tokenizer.decode, max_new_tokens=256)
         subsets = random_subsets(32, 32, seed=i)
         for bs in sizes if i % 2 == 0 else sizes[::-1]:  # alternating within each example, order reversed on odd ones
             r = AblationRunner(model, x, res.generated_ids, assign, batch_size=bs)
@@ -82,7 +83,7 @@ def main() -> None:
     tokens = statistics.median(tokens_per_set)
     fb, fs = statistics.median(per_batched), statistics.median(per_single)
     out = {
-        "model": "bundled shapes-qwen25vl",
+        "model": f"bundled {default_model_name()}",
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "quick": args.quick,
@@ -117,7 +118,7 @@ def main() -> None:
     n_col = 8 if args.quick else 32
     for loo in (False, True):
         with tempfile.TemporaryDirectory() as d:
-            cfg = CollectConfig(dataset="shapes:validation", n=n_col, loo=loo, shard_size=8)
+            cfg = CollectConfig(dataset="shapes2:validation", n=n_col, loo=loo, shard_size=8)
             t0 = time.perf_counter()
             coll = collect(cfg, d)
             dt = time.perf_counter() - t0

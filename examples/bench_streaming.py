@@ -73,7 +73,7 @@ from scipy import stats
 from attrib.ablation import AblationRunner, loo_subsets
 from attrib.capture.sdpa import AttentionCapture
 from attrib.io import atomic_write_json
-from attrib.shapes import make_example
+from attrib.shapes.v2 import make_example  # the bundled model's benchmark (v2)
 from attrib.streaming import Attributor, SpanEvent
 
 

@@ -54,7 +54,7 @@ def check_stream(n: int) -> list[str]:
     from attrib.streaming.stream import Attributor
 
     ref = json.loads(REFERENCE.read_text())["stream"][:n]
-    a = Attributor.load()
+    a = Attributor.load("shapes-qwen25vl")  # the model the reference was recorded on
     errors: list[str] = []
     for r, item in zip(ref, open_dataset("shapes:test").items(len(ref), 0), strict=True):
         res = a.stream(item.load_image(), item.question, truth=item.answer).run()

@@ -38,9 +38,11 @@ def shapes_processor():  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="session")
 def bundled_path() -> Path:
+    """The first bundled model (benchmark v1, 4 layers x 6 heads): small and fast, for tests of mechanics on
+    ``shapes:`` examples. Tests of the default model name it (``shapes2-qwen25vl``)."""
     from attrib.shapes.model import bundled_model_path
 
-    return bundled_model_path()
+    return bundled_model_path("shapes-qwen25vl")
 
 
 # The browser tests (tests/test_browser.py) skip when selenium, chromium or chromedriver is missing.

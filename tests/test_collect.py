@@ -15,7 +15,15 @@ import pytest
 
 from attrib.collect import CollectConfig, Collection, collect
 
-SMALL = {"n": 6, "k": 8, "n_subsets": 4, "shard_size": 2, "max_new_tokens": 120, "dataset": "shapes:test"}
+SMALL = {
+    "model": "shapes-qwen25vl",
+    "n": 6,
+    "k": 8,
+    "n_subsets": 4,
+    "shard_size": 2,
+    "max_new_tokens": 120,
+    "dataset": "shapes:test",
+}
 
 
 def _arrays(path: Path) -> list[dict]:  # type: ignore[type-arg]

@@ -345,11 +345,20 @@ def test_collections_record_what_the_protocol_needs_and_evaluate_uses_it(tmp_pat
     from attrib.collect import CollectConfig, Collection, collect_many
     from attrib.evaluation import ExampleModel
 
-    cfg = CollectConfig(dataset="shapes:test", n=2, k=8, n_subsets=8, loo=True, shard_size=2, max_new_tokens=120)
+    cfg = CollectConfig(
+        model="shapes-qwen25vl",
+        dataset="shapes:test",
+        n=2,
+        k=8,
+        n_subsets=8,
+        loo=True,
+        shard_size=2,
+        max_new_tokens=120,
+    )
     collect_many([cfg], [tmp_path / "c"])
     coll = Collection.open(tmp_path / "c")
     exs = list(coll.examples())
-    loaded = attrib.load()
+    loaded = attrib.load("shapes-qwen25vl")
     for ex in exs:
         n = len(ex["spans"])
         assert ex["all_deltas"].shape == (n,) and len(ex["span_kinds"]) == n == len(ex["span_object_regions"])

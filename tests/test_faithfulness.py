@@ -17,7 +17,7 @@ from estimators.baselines import BASELINES, best_layer_index, contextcite_scores
 @pytest.fixture(scope="module")
 def colls(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     d = tmp_path_factory.mktemp("faith")
-    base = {"k": 8, "shard_size": 4, "max_new_tokens": 120}
+    base = {"model": "shapes-qwen25vl", "k": 8, "shard_size": 4, "max_new_tokens": 120}  # the v1-benchmark model: small
     for split, extra, name in (("train", {"n": 8}, "train"), ("test", {"n": 3, "loo": True}, "test")):
         cfgs = [
             CollectConfig(dataset=f"shapes:{split}", n_subsets=8, region_method=m, **base, **extra)  # type: ignore[arg-type]
@@ -52,7 +52,7 @@ def test_evaluate_all_methods(colls: tuple[Path, Path]) -> None:
     import attrib
 
     est, _ = fit_estimator(Collection.open(colls[0]), loss="ridge", only_correct=False)
-    res = evaluate_methods(Collection.open(colls[1]), est, loaded=attrib.load())
+    res = evaluate_methods(Collection.open(colls[1]), est, loaded=attrib.load("shapes-qwen25vl"))
     assert res["n_examples"] == 3
     for name in ("estimator", "raw_attention", "leave_one_out", "contextcite", "integrated_gradients"):
         r = res["methods"][name]

@@ -192,7 +192,7 @@ def test_eval_refuses_a_vocabulary_without_the_benchmark_words() -> None:
     from attrib.shapes.model import bundled_model_path
     from attrib.shapes.processor import ShapesProcessor
 
-    v1 = ShapesProcessor.from_pretrained(bundled_model_path())  # the bundled model, trained on benchmark v1
+    v1 = ShapesProcessor.from_pretrained(bundled_model_path("shapes-qwen25vl"))  # trained on benchmark v1
     with pytest.raises(ValueError, match=r"lacks words of benchmark 'shapes2'.*--benchmark shapes"):
         evaluate(object(), v1, examples=[make_example("test", i) for i in range(5)], benchmark="shapes2")  # type: ignore[arg-type]
     evaluate_mod._check_vocabulary(v1, list(iter_split1("test", 20)), "shapes")  # its own benchmark passes

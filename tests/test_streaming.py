@@ -118,12 +118,12 @@ def test_bad_inputs(attributor: Attributor, tmp_path: Path) -> None:
     other = LinearHeadEstimator(layer_head_shape=(7, 3))
     other.coef_, other.intercept_ = np.ones((7, 3)), 0.0
     other.save(tmp_path / "other", model_id="some-7b")
-    with pytest.raises(ValueError, match=r"7 x 3 .*some-7b.*4 layers x 6 heads"):
+    with pytest.raises(ValueError, match=r"7 x 3 .*some-7b.*6 layers x 8 heads"):
         Attributor.load(estimator=tmp_path / "other")
     # Same shape, but a recorded signature of another model.
-    same = LinearHeadEstimator(layer_head_shape=(4, 6))
-    same.coef_, same.intercept_ = np.ones((4, 6)), 0.0
-    sig = {"class": "Qwen2_5_VLForConditionalGeneration", "L": 4, "H": 6, "config_sha": "x", "embeddings_sha": "y"}
+    same = LinearHeadEstimator(layer_head_shape=(6, 8))  # the default model's shape
+    same.coef_, same.intercept_ = np.ones((6, 8)), 0.0
+    sig = {"class": "Qwen2_5_VLForConditionalGeneration", "L": 6, "H": 8, "config_sha": "x", "embeddings_sha": "y"}
     same.save(tmp_path / "same", model_id="other-model", model_signature=sig)
     with pytest.raises(ValueError, match="fit on another model"):
         Attributor.load(estimator=tmp_path / "same")

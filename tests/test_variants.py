@@ -39,8 +39,8 @@ def test_plugins_register_the_benchmark_and_both_variants() -> None:
     assert load_plugins() == ["latent", "pointcopy", "shapes"]
     assert {"plain", "pointcopy", "latent"} <= set(VARIANTS)
     assert {"pointcopy", "latent"} <= set(MODEL_KINDS) and "ShapesProcessor" in PROCESSOR_KINDS
-    assert {"shapes-qwen25vl", V1} <= set(NAMED_MODELS) and "shapes" in DATASETS
-    assert attrib.models.default_model_name() == "shapes-qwen25vl"
+    assert {"shapes2-qwen25vl", "shapes-qwen25vl", V1} <= set(NAMED_MODELS) and {"shapes", "shapes2"} <= set(DATASETS)
+    assert attrib.models.default_model_name() == "shapes2-qwen25vl"
 
 
 def test_registries_refuse_duplicates() -> None:
@@ -103,11 +103,15 @@ def test_a_broken_plugin_is_logged_and_skipped(
 
 
 def test_load_reports_each_kind_of_model() -> None:
-    base, v = attrib.load(), attrib.load(V1)
+    base, v = attrib.load("shapes-qwen25vl"), attrib.load(V1)
     assert (base.variant, v.variant) == ("plain", "pointcopy")
     assert base.family == v.family == "qwen2_5_vl" and base.dims == v.dims == (4, 6)
     assert base.default_dataset == v.default_dataset == "shapes:test"
     assert base.default_flagger() is not None and v.default_flagger() is None
+    default = attrib.load()  # the bundled model: v2, 6 layers x 8 heads, its own benchmark, estimator and flagger
+    assert default.name == "shapes2-qwen25vl" and default.dims == (6, 8) and default.variant == "plain"
+    assert default.default_dataset == "shapes2:test" and default.default_flagger() is not None
+    assert default.default_estimator() is not None
     assert v.signature["class"] == "PointCopyModel" and base.signature["class"] != v.signature["class"]
 
 

@@ -15,6 +15,17 @@ from attrib.collect.datasets import dataset_budget
 __all__ = ["register"]
 
 
+def default_train_dataset(model: str) -> str:
+    """The train split of a named model's own benchmark (``shapes2-qwen25vl`` -> ``shapes2:train``); for any
+    other model, the default model's."""
+    from attrib.models import default_model_name
+    from attrib.models.loading import get_named_model
+
+    named = get_named_model(model) or get_named_model(default_model_name())
+    spec = named.dataset if named is not None else None
+    return f"{spec.partition(':')[0]}:train" if spec else "shapes2:train"
+
+
 def _cmd_collect(args: argparse.Namespace) -> int:
     from attrib.collect.pipeline import CollectConfig, collect_many, preflight
     from attrib.models import default_model_name
@@ -27,10 +38,12 @@ def _cmd_collect(args: argparse.Namespace) -> int:
     if not methods or not ks:
         raise ValueError("--regions and --k need at least one value each")
     gen = generate_kwargs(args)
+    model = args.model or default_model_name()
+    dataset = args.dataset or default_train_dataset(model)
     cfgs = [
         CollectConfig(
-            model=args.model or default_model_name(),
-            dataset=args.dataset,
+            model=model,
+            dataset=dataset,
             n=args.n,
             start=args.start,
             k=k,
@@ -40,7 +53,7 @@ def _cmd_collect(args: argparse.Namespace) -> int:
             loo=args.loo,
             seed=args.seed,
             shard_size=args.shard_size,
-            max_new_tokens=args.max_new_tokens or dataset_budget(args.dataset) or 200,
+            max_new_tokens=args.max_new_tokens or dataset_budget(dataset) or 200,
             batch_size=args.batch_size,
             dtype=args.dtype or "float32",
             device=args.device,
@@ -101,8 +114,10 @@ def register(sub: Any) -> None:
     add_model_options(c)
     c.add_argument(
         "--dataset",
-        default="shapes:train",
-        help="shapes:<split>; a JSONL file of image, question[, answer][, regions]; folder:DIR (images with "
+        default=None,
+        help="default: the train split of the model's own benchmark (shapes2:train for the bundled model); "
+        "shapes2:<split> or shapes:<split> (benchmark v1); "
+        "a JSONL file of image, question[, answer][, regions]; folder:DIR (images with "
         "questions.jsonl or question.txt); hf:DIR[?image=COL&question=COL&answer=COL&split=NAME] (a Hugging Face "
         "datasets dataset saved with save_to_disk)",
     )

@@ -35,10 +35,15 @@ def _difficulty(args: argparse.Namespace) -> Any:
 def _add_benchmark(p: argparse.ArgumentParser, *, from_model: bool = False) -> None:
     p.add_argument(
         "--benchmark",
-        default=None if from_model else "shapes",
+        default=None if from_model else "shapes2",
         choices=["shapes", "shapes2"],
-        help="benchmark version: shapes (v1) or shapes2 (v2: long traces grounded in the image, canvas mix)"
-        + ("; default: the one the model was trained on (its train_log.json), else shapes" if from_model else ""),
+        help="benchmark version: shapes2 (v2, the bundled model's: long traces grounded in the image, canvas mix) "
+        "or shapes (v1)"
+        + (
+            "; default: the one the model was trained on (its train_log.json), else shapes"
+            if from_model
+            else "; default shapes2"
+        ),
     )
 
 
@@ -129,7 +134,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         overrides["size"] = ModelSize.tiny()
     if args.benchmark == "shapes2":
         if args.variant != "base":
-            raise ValueError("--benchmark shapes2 trains the plain model only (no --variant v1 yet)")
+            raise ValueError(
+                "--variant v1 is trained on benchmark v1 only for now: pass --benchmark shapes "
+                "(benchmark v2 trains the plain model)"
+            )
         cfg = TrainConfig.v2(**overrides)
     else:
         cfg = TrainConfig(size=overrides.pop("size", ModelSize()), variant=args.variant, **overrides)

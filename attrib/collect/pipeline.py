@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from attrib.ablation import loo_subsets, random_subsets
-from attrib.collect.datasets import CollectItem, Dataset, open_dataset
+from attrib.collect.datasets import CollectItem, Dataset, dataset_budget, open_dataset
 from attrib.collect.store import Collection, check_writable, open_manifest, write_shard
 from attrib.io import atomic_write_json
 from attrib.models.loading import LoadedModel, check_model, detect_model_kind, load, parse_device
@@ -67,7 +67,8 @@ class CollectConfig:
         loo: Also compute leave-one-out targets.
         seed: Seed of the removal sets (mixed with the example index).
         shard_size: Examples per shard.
-        max_new_tokens: Generation budget.
+        max_new_tokens: Generation budget (``None``: the dataset kind's own where it sets one, e.g. 256 for
+            ``shapes2``, else 200).
         batch_size: Removal sets per ablation forward.
         dtype: Parameter dtype (``float32``, ``bfloat16``, ``float16``, ``auto``).
         device: Where the model runs (``cpu``, ``cuda``, ``cuda:N``; ``None``: CPU).
@@ -78,8 +79,8 @@ class CollectConfig:
         dinov3: The DINOv3 model (directory or hub id) of ``region_method="dinov3"``.
     """
 
-    model: str = "shapes-qwen25vl"
-    dataset: str = "shapes:train"
+    model: str = "shapes2-qwen25vl"
+    dataset: str = "shapes2:train"
     n: int = 100
     start: int = 0
     k: int = 32
@@ -89,7 +90,7 @@ class CollectConfig:
     loo: bool = False
     seed: int = 0
     shard_size: int = 16
-    max_new_tokens: int = 200
+    max_new_tokens: int | None = None
     batch_size: int = 16
     dtype: str = "float32"
     device: str | None = None
@@ -100,6 +101,8 @@ class CollectConfig:
     dinov3: str | None = None
 
     def __post_init__(self) -> None:
+        if self.max_new_tokens is None:
+            object.__setattr__(self, "max_new_tokens", dataset_budget(self.dataset) or 200)
         if self.shard_size < 1 or self.n < 0 or self.k < 1 or self.n_subsets < 1:
             raise ValueError("shard_size, k and n_subsets must be >= 1 and n >= 0")
         if self.max_new_tokens < 1 or self.batch_size < 1:

@@ -191,7 +191,7 @@ def load_model(
     return loaded.model, loaded.processor
 
 
-def bundled_model_path(name: str = "shapes-qwen25vl") -> Path:
+def bundled_model_path(name: str = "shapes2-qwen25vl") -> Path:
     """Path of a bundled model.
 
     Raises:

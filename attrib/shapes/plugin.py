@@ -208,13 +208,25 @@ def register() -> None:
     register_processor_kind(ProcessorKind("ShapesProcessor", _processor, parse_answer, dataset="shapes:test"))
     register_named_model(
         NamedModel(
+            "shapes2-qwen25vl",
+            _bundled("shapes2-qwen25vl"),
+            estimator="estimator",
+            flagger="flagger.json",
+            dataset="shapes2:test",
+            default=True,
+            description="the bundled thinking VLM (Qwen2.5-VL class, 6 layers x 8 heads, trained on benchmark v2: "
+            "long traces grounded in the image)",
+        )
+    )
+    register_named_model(
+        NamedModel(
             "shapes-qwen25vl",
             _bundled("shapes-qwen25vl"),
             estimator="estimator",
             flagger="flagger.json",
             dataset="shapes:test",
-            default=True,
-            description="the bundled thinking VLM (Qwen2.5-VL class, trained on attrib.shapes)",
+            description="the first bundled model (4 layers x 6 heads, benchmark v1: short templated traces), kept "
+            "for its published comparisons and old collections",
         )
     )
     register_named_model(
@@ -223,17 +235,7 @@ def register() -> None:
             _bundled("shapes-qwen25vl-v1"),
             estimator="estimator",
             dataset="shapes:test",
-            description="the bundled v1 point-and-copy model (same data and budget as the base)",
-        )
-    )
-    register_named_model(
-        NamedModel(
-            "shapes2-qwen25vl",
-            _bundled("shapes2-qwen25vl"),
-            estimator=None,
-            dataset="shapes2:test",
-            description="the v2 thinking VLM (Qwen2.5-VL class, 6 layers x 8 heads, trained on benchmark v2: long "
-            "traces grounded in the image); its estimator and flagger are being rebuilt",
+            description="the v1 point-and-copy model on benchmark v1 (same data and budget as shapes-qwen25vl)",
         )
     )
     register_dataset(
