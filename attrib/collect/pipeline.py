@@ -105,12 +105,17 @@ class CollectConfig:
             object.__setattr__(self, "max_new_tokens", dataset_budget(self.dataset) or 200)
         if self.shard_size < 1 or self.n < 0 or self.k < 1 or self.n_subsets < 1:
             raise ValueError("shard_size, k and n_subsets must be >= 1 and n >= 0")
-        if self.max_new_tokens < 1 or self.batch_size < 1:
+        if self.budget < 1 or self.batch_size < 1:
             raise ValueError("max_new_tokens and batch_size must be >= 1")
         if self.dtype not in ("float32", "bfloat16", "float16", "auto"):
             raise ValueError(f"dtype must be float32, bfloat16, float16 or auto, got {self.dtype!r}")
         if self.temperature <= 0 or not 0 < self.top_p <= 1:
             raise ValueError("temperature must be > 0 and top_p in (0, 1]")
+
+    @property
+    def budget(self) -> int:
+        """The generation budget in tokens (``max_new_tokens``, resolved when the config was made)."""
+        return int(self.max_new_tokens) if self.max_new_tokens is not None else 200
 
     def identity(self) -> dict[str, Any]:
         """What a resume must match: every setting that changes results (not the batch size or the device).
@@ -423,7 +428,7 @@ def example_results(
         parts.append(part)
         assigns.append(part.assign_tokens(grid))
     stacked = np.concatenate([a.matrix for a in assigns]) if len(assigns) > 1 else assigns[0]
-    request = CaptureRequest(x, stacked, max_new_tokens=base.max_new_tokens, generate_kwargs=base.generate_kwargs())
+    request = CaptureRequest(x, stacked, max_new_tokens=base.budget, generate_kwargs=base.generate_kwargs())
     if base.do_sample:
         # Sampled traces are reproducible (and a resumed collection equal to an uninterrupted one): each
         # example draws from its own seed, without touching the caller's random state.
