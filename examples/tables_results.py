@@ -589,6 +589,36 @@ def reproducibility(d: dict[str, Any]) -> list[str]:
     return lines
 
 
+# --- a saved flagger applied to another split (attrib trajectories --check-flagger) ---------------------
+
+
+def flagger_check(d: dict[str, Any]) -> list[str]:
+    """The shipped flagger on chains it was not calibrated on: false-positive rate and recall, with Wilson
+    intervals (chains are independent examples)."""
+    from statsmodels.stats.proportion import proportion_confint
+
+    ck = d["flagger_check"]
+
+    def ci(rate: float, n: int) -> str:
+        if not n or rate is None:
+            return "—"
+        lo, hi = proportion_confint(round(rate * n), n, method="wilson")
+        return f"{rate:.3f} [{lo:.2f}, {hi:.2f}]"
+
+    return [
+        f"`{ck['file']}` ({ck['statistic']}, threshold {ck['threshold']:.3g}) applied unchanged to "
+        f"{d.get('collection', '?')}: {ck['n_success']} successful and {ck['n_failure']} failed chains; "
+        "95 % Wilson intervals.",
+        "",
+        "| false-positive rate | failures flagged | reasoning errors flagged | hallucinations flagged | "
+        "median progress at the flag |",
+        "|---|---|---|---|---|",
+        f"| {ci(ck['fpr'], ck['n_success'])} | {ci(ck['recall'], ck['n_failure'])} | "
+        f"{ci(ck['recall_reasoning_error'], ck['n_reasoning_error'])} | "
+        f"{ci(ck['recall_hallucination'], ck['n_hallucination'])} | {_f(ck.get('median_flag_progress'), 2)} |",
+    ]
+
+
 # --- trajectories (attrib trajectories --json) ----------------------------------------------------------
 
 
@@ -629,6 +659,30 @@ def trajectories(d: dict[str, Any]) -> list[str]:
         + ".",
     ]
     fl = d.get("flagger", {})
+    fls = d.get("flaggers")
+    if fls:
+        rules = {
+            "tortuosity": "prefix tortuosity above the threshold (wandering)",
+            "stillness": "prefix mean step size below the threshold (stillness)",
+        }
+        lines += [
+            "",
+            f"Flaggers calibrated on the successful chains at a {fl.get('fpr_target', 0.1):.0%} per-chain "
+            "false-positive rate (held-out false-positive rate by 2-fold cross-fitting; failures never enter calibration):",
+            "",
+            "| flag when | threshold | held-out FPR | failures flagged | reasoning errors | hallucinations | "
+            "median progress at the flag |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for st, b in fls.items():
+            if "threshold" not in b:
+                continue
+            lines.append(
+                f"| {rules.get(st, st)} | {b['threshold']:.3g} | {b['fpr_heldout']:.3f} | "
+                f"{100 * b['flagged_rate_failure']:.1f} % | {100 * b['flagged_rate_reasoning_error']:.1f} % | "
+                f"{100 * b['flagged_rate_hallucination']:.1f} % | {_f(b.get('median_flag_progress'), 2)} |"
+            )
+        fl = {}
     if "threshold" in fl:
         lines[-1] += (
             f" The flagger calibrated at a {fl['fpr_target']:.0%} false-positive rate "
@@ -729,6 +783,7 @@ BLOCKS = {
     "norms": ("norms_bundled.json", norms),
     "trajectories": ("trajectories.json", trajectories),
     "trajectories-v2": ("trajectories_v2.json", trajectories),
+    "flagger-check-v2": ("trajectories_v2_test.json", flagger_check),
     "training-base": ("train_log_base.json", training("shapes-qwen25vl")),
     "training-v1": ("train_log_v1.json", training("shapes-qwen25vl-v1")),
     "reproducibility": ("reproducibility.json", reproducibility),

@@ -34,7 +34,8 @@ import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from types import MappingProxyType
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from scipy.optimize import brentq
@@ -951,14 +952,21 @@ class OnlineTrajectory:
 
 # ---------------------------------------------------------------------------- online flagging
 class TortuosityFlagger:
-    """Online early-failure flag: raise when a chain's prefix tortuosity crosses a calibrated threshold.
+    """Online early-failure flag: raise when a chain's trajectory so far crosses a calibrated threshold.
+
+    Two statistics of the prefix seen so far (from ``min_spans`` spans on):
+
+    - ``"tortuosity"`` (the vSTREAM rule): flag when the prefix tortuosity rises *above* the threshold
+      (the chain wanders);
+    - ``"stillness"``: flag when the prefix's mean step size (path length over steps, on the effect
+      vectors) falls *below* the threshold (the attribution barely moves; on the v2 benchmark, the mark
+      of a hallucinating chain).
 
     Calibration ([`fit`][metrics.trajectory.TortuosityFlagger.fit]) runs every reference chain (successful chains)
-    through the same online rule and records, per chain, the largest prefix
-    tortuosity seen from ``min_spans`` spans on; the threshold is the
-    ``1 - fpr`` quantile of those maxima. So about a fraction ``fpr`` of
-    reference chains would be flagged at some point: ``fpr`` is a per-chain
-    false-positive rate, not a per-span one.
+    through the same online rule and records, per chain, its most extreme prefix value (the largest
+    tortuosity, or the smallest mean step); the threshold is the quantile of those extremes that
+    a fraction ``fpr`` of reference chains crosses. So about a fraction ``fpr`` of reference chains would
+    be flagged at some point: ``fpr`` is a per-chain false-positive rate, not a per-span one.
 
     Online use: [`update`][metrics.trajectory.TortuosityFlagger.update] takes one span's raw region scores at a time,
     maps it to its effect vector ([`effect_vectors`][metrics.trajectory.effect_vectors] with the same ``top``
@@ -969,6 +977,7 @@ class TortuosityFlagger:
         fpr: Target per-chain false-positive rate on the reference, in (0, 1).
         min_spans: Spans needed before a flag can be raised (>= 3; two points
             always have tortuosity 1).
+        statistic: ``"tortuosity"`` (default) or ``"stillness"``.
         top: See [`effect_vectors`][metrics.trajectory.effect_vectors].
         normalize: See [`effect_vectors`][metrics.trajectory.effect_vectors].
         eps: See [`tortuosity`][metrics.trajectory.tortuosity].
@@ -984,11 +993,25 @@ class TortuosityFlagger:
             ([`OnlineTrajectory.update`][metrics.trajectory.OnlineTrajectory.update]).
     """
 
+    #: The statistics a flagger can watch, and the direction that raises the flag (+1: above, -1: below).
+    STATISTICS: ClassVar[Mapping[str, int]] = MappingProxyType({"tortuosity": 1, "stillness": -1})
+
     def __init__(
-        self, *, fpr: float = 0.1, min_spans: int = 3, top: int = 32, normalize: bool = True, eps: float = EPS
+        self,
+        *,
+        fpr: float = 0.1,
+        min_spans: int = 3,
+        top: int = 32,
+        normalize: bool = True,
+        eps: float = EPS,
+        statistic: str = "tortuosity",
     ) -> None:
         if not 0 < fpr < 1:
             raise ValueError(f"fpr must be in (0, 1), got {fpr}")
+        if statistic not in self.STATISTICS:
+            raise ValueError(f"statistic must be one of {', '.join(self.STATISTICS)}, got {statistic!r}")
+        self.statistic = statistic
+        self._sign = self.STATISTICS[statistic]
         if min_spans < 3:
             raise ValueError(f"min_spans must be >= 3 (two points always have tortuosity 1), got {min_spans}")
         self.fpr = fpr
@@ -1011,6 +1034,45 @@ class TortuosityFlagger:
         m = np.arange(self.min_spans - 1, n)
         return max(_ratio(float(cum[i]), float(disp[i]), self.eps) for i in m)
 
+    def prefix_values(self, scores: np.ndarray) -> np.ndarray:
+        """The watched statistic after each span from ``min_spans`` on (empty if the chain is shorter):
+        prefix tortuosity, or prefix mean step size (``"stillness"``)."""
+        e = effect_vectors(scores, self.top, normalize=self.normalize)
+        n = e.shape[0]
+        if n < self.min_spans:
+            return np.zeros(0)
+        cum = np.concatenate([[0.0], np.cumsum(step_lengths(e))])
+        m = np.arange(self.min_spans - 1, n)
+        if self.statistic == "stillness":
+            return cum[m] / m
+        disp = np.linalg.norm(e - e[0], axis=1)
+        return np.array([_ratio(float(cum[i]), float(disp[i]), self.eps) for i in m])
+
+    def extreme_prefix_value(self, scores: np.ndarray) -> float:
+        """The chain's most flag-ward prefix value (largest tortuosity, smallest mean step; NaN if shorter than
+        ``min_spans``): the chain is flagged exactly when this crosses the threshold."""
+        v = self.prefix_values(scores)
+        if v.size == 0:
+            return float("nan")
+        return float(v.max() if self._sign > 0 else v.min())
+
+    def rule(self) -> str:
+        """What the flag watches, in words (for reports)."""
+        if self.statistic == "stillness":
+            return "prefix mean step size below threshold: the attribution barely moves"
+        return "prefix tortuosity above threshold: the attribution wanders"
+
+    def _crosses(self, value: float) -> bool:
+        return bool(value > self.threshold_ if self._sign > 0 else value < self.threshold_)
+
+    @property
+    def current_value(self) -> float:
+        """The watched statistic of the spans seen so far (NaN before 2 spans)."""
+        if self.statistic == "stillness":
+            n = self.n_seen
+            return self.trajectory_.get("path_length", float("nan")) / (n - 1) if n >= 2 else float("nan")
+        return self.current_tortuosity
+
     def fit(self, reference: Sequence[np.ndarray]) -> TortuosityFlagger:
         """Calibrate the threshold on reference (successful) chains of raw scores ``(n_spans, K)``.
 
@@ -1020,12 +1082,10 @@ class TortuosityFlagger:
         Raises:
             ValueError: If no reference chain has at least ``min_spans`` spans.
         """
-        vals = _finite([self.max_prefix_tortuosity(s) for s in reference])
+        vals = _finite([self.extreme_prefix_value(s) for s in reference])
         if vals.size == 0:
-            raise ValueError(
-                f"no reference chain has >= {self.min_spans} spans; cannot calibrate the tortuosity flagger"
-            )
-        self.threshold_ = float(np.quantile(vals, 1 - self.fpr))
+            raise ValueError(f"no reference chain has >= {self.min_spans} spans; cannot calibrate the flagger")
+        self.threshold_ = float(np.quantile(vals, 1 - self.fpr if self._sign > 0 else self.fpr))
         self.n_reference_ = int(vals.size)
         if vals.size < 1 / self.fpr:
             logger.warning(
@@ -1065,7 +1125,7 @@ class TortuosityFlagger:
         """
         self._check()
         self.trajectory_ = self._path.update(score_vector)
-        if self.flagged_at is None and self.n_seen >= self.min_spans and self.current_tortuosity > self.threshold_:
+        if self.flagged_at is None and self.n_seen >= self.min_spans and self._crosses(self.current_value):
             self.flagged_at = self.n_seen - 1
         return self.flagged_at is not None
 
@@ -1091,6 +1151,7 @@ class TortuosityFlagger:
             "top": self.top,
             "normalize": self.normalize,
             "eps": self.eps,
+            "statistic": self.statistic,
             "threshold": self.threshold_,
             "n_reference": self.n_reference_,
         }
@@ -1123,6 +1184,7 @@ class TortuosityFlagger:
             top=int(d["top"]),
             normalize=bool(d["normalize"]),
             eps=float(d["eps"]),
+            statistic=str(d.get("statistic", "tortuosity")),  # files saved before stillness existed
         )
         f.threshold_ = float(d["threshold"])
         f.n_reference_ = int(d["n_reference"])

@@ -48,8 +48,20 @@ def test_default_flagger_needs_held_out_figures(tmp_path: Path, capsys: pytest.C
         load_flagger(str(bad), SimpleNamespace(default_flagger=lambda: None))
 
 
-def test_bundled_flagger_is_off_by_default(capsys: pytest.CaptureFixture[str]) -> None:
+def test_v1_benchmark_flagger_is_off_by_default(capsys: pytest.CaptureFixture[str]) -> None:
     import attrib
 
-    assert load_flagger(None, attrib.load()) is None  # held-out recall 0.055 at FPR 0.10: under twice the FPR
+    # held-out recall 0.055 at FPR 0.10: under twice the FPR
+    assert load_flagger(None, attrib.load("shapes-qwen25vl")) is None
     assert "--flagger" in capsys.readouterr().err
+
+
+def test_bundled_flagger_is_on_by_default_and_says_what_it_watches(capsys: pytest.CaptureFixture[str]) -> None:
+    import attrib
+
+    fl = load_flagger(None, attrib.load())  # v2, stillness: held-out recall 0.448 at FPR 0.092
+    assert fl is not None and fl.works() and fl.statistic == "stillness"
+    h = fl.heldout_figures()
+    assert h is not None and h["recall"] >= 2 * max(h["fpr"], fl.fpr)
+    assert "failure flag off" not in capsys.readouterr().err
+    assert flag_label(fl).startswith("FLAG (catches 45% of failures, 10% false alarms")

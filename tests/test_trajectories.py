@@ -412,6 +412,39 @@ def test_flagger_calibration_and_online_use() -> None:
     assert back.threshold_ == fl.threshold_ and [back.run(x) for x in fail[:20]] == [fl.run(x) for x in fail[:20]]
 
 
+def test_stillness_flagger_catches_fixation() -> None:
+    rng = np.random.default_rng(6)
+    ref = [_directed(rng, int(rng.integers(4, 12)), noise=0.1) for _ in range(400)]
+    fresh = [_directed(rng, int(rng.integers(4, 12)), noise=0.1) for _ in range(400)]
+    fixated = [_fixated(rng, int(rng.integers(4, 12))) for _ in range(100)]
+    still = TortuosityFlagger(fpr=0.1, min_spans=3, top=K, statistic="stillness").fit(ref)
+    wander = TortuosityFlagger(fpr=0.1, min_spans=3, top=K).fit(ref)
+    assert np.mean([still.run(c) is not None for c in ref]) == pytest.approx(0.1, abs=0.01)
+    assert np.mean([still.run(c) is not None for c in fresh]) == pytest.approx(0.1, abs=0.05)
+    assert np.mean([still.run(c) is not None for c in fixated]) > 0.9  # barely moving: caught
+    # the online value is the prefix mean step, equal to the whole-chain function at every prefix
+    c = fresh[0]
+    still.reset()
+    online = []
+    for row in c:
+        still.update(row)
+        online.append(still.current_value)
+    assert np.allclose(online[2:], still.prefix_values(c)) and np.isnan(online[0])
+    e = effect_vectors(c, K)
+    assert online[-1] == pytest.approx(path_length(e) / (len(c) - 1))
+    # hand value: unit steps along one axis, then none: mean step after 3 spans = (1 + 0) / 2
+    hand = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    assert TortuosityFlagger(top=2, statistic="stillness").prefix_values(hand)[0] == pytest.approx(math.sqrt(2) / 2)
+    # saved and loaded with its statistic; files saved before the option load as tortuosity
+    back = TortuosityFlagger.from_dict(json.loads(json.dumps(still.to_dict())))
+    assert back.statistic == "stillness" and [back.run(x) for x in fixated[:20]] == [still.run(x) for x in fixated[:20]]
+    old = {k: v for k, v in wander.to_dict().items() if k != "statistic"}
+    assert TortuosityFlagger.from_dict(old).statistic == "tortuosity"
+    assert "barely moves" in still.rule() and "wanders" in wander.rule()
+    with pytest.raises(ValueError, match="statistic must be one of"):
+        TortuosityFlagger(statistic="speed")
+
+
 def test_flagger_bad_input() -> None:
     with pytest.raises(ValueError, match="calibrated"):
         TortuosityFlagger().update(np.ones(4))
@@ -566,6 +599,8 @@ def test_analyse_on_collection(collection_dir: Path) -> None:
     assert 0 <= fl["flagged_rate_failure"] <= 1 and fl["n_reference"] == 12
     assert TortuosityFlagger.from_dict(fl["state"]).threshold_ == fl["threshold"]
     assert len(res["chains"]) == 36 and res["pca"]["n_components"] == 3
+    assert set(res["flaggers"]) == {"tortuosity", "stillness"} and res["flagger"] == res["flaggers"]["tortuosity"]
+    assert res["flaggers"]["stillness"]["state"]["statistic"] == "stillness"
     pw = res["power"]["failure"]
     assert pw["n_success"] == 12 and pw["n_failure"] == 24 and pw["auc"] == 0.6 and pw["alpha"] == 1e-3
     assert pw["power_simulated"] < 0.1  # 36 chains cannot find AUC 0.6 at p < 1e-3

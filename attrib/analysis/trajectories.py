@@ -63,6 +63,7 @@ __all__ = [
     "RegionScorer",
     "analyse",
     "analyse_chains",
+    "check_flagger",
     "load_chains",
     "outcome_of",
 ]
@@ -201,16 +202,24 @@ def _mean_conc(scores: np.ndarray) -> float:
 
 
 def _flagger_block(
-    chains: Sequence[Chain], *, fpr: float, min_spans: int, top: int, normalize: bool, eps: float, seed: int
+    chains: Sequence[Chain],
+    *,
+    fpr: float,
+    min_spans: int,
+    top: int,
+    normalize: bool,
+    eps: float,
+    seed: int,
+    statistic: str = "tortuosity",
 ) -> tuple[dict[str, Any], list[int | None]]:
     """Calibrate on all successes; held-out FPR by 2-fold cross-fitting; flag rates on failures."""
     flagged: list[int | None] = [None] * len(chains)
     succ = [i for i, c in enumerate(chains) if c.outcome == "success" and c.n_spans >= min_spans]
-    out: dict[str, Any] = {"fpr_target": fpr, "min_spans": min_spans, "n_reference": len(succ)}
+    out: dict[str, Any] = {"statistic": statistic, "fpr_target": fpr, "min_spans": min_spans, "n_reference": len(succ)}
     if len(succ) < 2:
         out["error"] = f"need >= 2 successful chains with >= {min_spans} spans to calibrate; got {len(succ)}"
         return out, flagged
-    fl = TortuosityFlagger(fpr=fpr, min_spans=min_spans, top=top, normalize=normalize, eps=eps)
+    fl = TortuosityFlagger(fpr=fpr, min_spans=min_spans, top=top, normalize=normalize, eps=eps, statistic=statistic)
     fl.fit([chains[i].scores for i in succ])
     for i, c in enumerate(chains):
         if c.n_spans >= min_spans and c.outcome != "unknown":
@@ -220,7 +229,7 @@ def _flagger_block(
     folds = [[succ[j] for j in perm[: len(succ) // 2]], [succ[j] for j in perm[len(succ) // 2 :]]]
     held = []
     for a, b in ((0, 1), (1, 0)):
-        fa = TortuosityFlagger(fpr=fpr, min_spans=min_spans, top=top, normalize=normalize, eps=eps)
+        fa = TortuosityFlagger(fpr=fpr, min_spans=min_spans, top=top, normalize=normalize, eps=eps, statistic=statistic)
         fa.fit([chains[i].scores for i in folds[a]])
         held += [fa.run(chains[i].scores) is not None for i in folds[b]]
 
@@ -253,6 +262,40 @@ def _flagger_block(
     return out, flagged
 
 
+def check_flagger(chains: Sequence[Chain], flagger: TortuosityFlagger) -> dict[str, Any]:
+    """A calibrated flagger applied, unchanged, to other chains (e.g. a split it was not calibrated on).
+
+    Args:
+        chains: Labelled chains; ``unknown`` outcomes and chains shorter than the flagger's ``min_spans`` are
+            left out.
+        flagger: A calibrated flagger.
+
+    Returns:
+        ``statistic``, ``threshold``, ``fpr`` (successful chains flagged) with ``n_success``, ``recall`` (failed
+        chains flagged) with ``n_failure``, ``recall_reasoning_error`` / ``recall_hallucination`` with their
+        counts, and ``median_flag_progress`` over flagged failures. NaN where a group is empty.
+    """
+    rows = [(c, flagger.run(c.scores)) for c in chains if c.outcome != "unknown" and c.n_spans >= flagger.min_spans]
+
+    def rate(kinds: Iterable[str]) -> tuple[float, int]:
+        hits = [f is not None for c, f in rows if c.outcome in kinds]
+        return (float(np.mean(hits)) if hits else float("nan")), len(hits)
+
+    prog = [(f + 1) / c.n_spans for c, f in rows if c.failed and f is not None]
+    out: dict[str, Any] = {"statistic": flagger.statistic, "threshold": flagger.threshold_}
+    for key, kinds in (
+        ("fpr", ["success"]),
+        ("recall", FAILURES),
+        ("recall_reasoning_error", ["reasoning_error"]),
+        ("recall_hallucination", ["hallucination"]),
+    ):
+        r, n = rate(kinds)
+        out[key] = r
+        out["n_" + {"fpr": "success", "recall": "failure"}.get(key, key.removeprefix("recall_"))] = n
+    out["median_flag_progress"] = float(np.median(prog)) if prog else float("nan")
+    return dict(jsonable(out))
+
+
 def analyse_chains(
     chains: Sequence[Chain],
     *,
@@ -269,6 +312,7 @@ def analyse_chains(
     power_auc: float = 0.6,
     power_alpha: float = 1e-3,
     n_sim: int = 2000,
+    flag_statistic: str = "tortuosity",
 ) -> dict[str, Any]:
     """The trajectory analysis of labelled chains, as a JSON-ready dict.
 
@@ -289,6 +333,8 @@ def analyse_chains(
             ([`metrics.trajectory.mann_whitney_power`][metrics.trajectory.mann_whitney_power]).
         power_alpha: The two-sided significance level of that power.
         n_sim: Simulated samples of the power.
+        flag_statistic: The statistic of the flagger in ``flagger`` (and of ``chains[].flagged_at``):
+            ``tortuosity`` or ``stillness``; ``flaggers`` holds both.
 
     Returns:
         See ``docs/trajectories.md`` for the schema. NaN is written as ``null``.
@@ -332,9 +378,17 @@ def analyse_chains(
         metric: {k: length_adjusted(v[success | m], n_spans[success | m], m[success | m]) for k, m in kinds.items()}
         for metric, v in (("tortuosity", tt), ("path_length", pl))
     }
-    flag, flagged_at = _flagger_block(
-        known, fpr=fpr, min_spans=min_spans, top=top, normalize=normalize, eps=eps, seed=seed
-    )
+    if flag_statistic not in TortuosityFlagger.STATISTICS:
+        raise ValueError(
+            f"flag_statistic must be one of {', '.join(TortuosityFlagger.STATISTICS)}, got {flag_statistic!r}"
+        )
+    blocks = {
+        st: _flagger_block(
+            known, fpr=fpr, min_spans=min_spans, top=top, normalize=normalize, eps=eps, seed=seed, statistic=st
+        )
+        for st in TortuosityFlagger.STATISTICS
+    }
+    flag, flagged_at = blocks[flag_statistic]
     result: dict[str, Any] = {
         "config": {
             "top": top,
@@ -365,6 +419,7 @@ def analyse_chains(
         "power": power,
         "length_adjusted": adjusted,
         "flagger": flag,
+        "flaggers": {st: b[0] for st, b in blocks.items()},
         "chains": [
             {
                 "uid": c.uid,

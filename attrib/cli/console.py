@@ -55,6 +55,9 @@ class _LoggedProgress(Progress):
         self._last[task_id] = float("inf") if done else now
         elapsed = task.elapsed or 0.0
         eta = task.time_remaining
+        if eta is None and task.completed > 0 and elapsed > 0:
+            # rich's estimate needs updates within its 30 s window; slower steps use the average rate so far
+            eta = elapsed / task.completed * (task.total - task.completed)
         eta_s = "done" if done else ("unknown" if eta is None else f"{eta:.0f} s")
         self.console.print(
             f"{Text.from_markup(str(task.description)).plain}: {task.completed:g}/{task.total:g} "

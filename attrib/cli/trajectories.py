@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 from typing import Any
 
 from rich.table import Table
@@ -32,6 +34,22 @@ def register(subparsers: Any) -> None:
     p.add_argument("--min-spans", dest="min_spans", type=int, default=3, help="spans before the flagger may raise")
     p.add_argument("--n-boot", dest="n_boot", type=int, default=1000, help="bootstrap resamples of the AUC intervals")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and of the flagger's cross-fitting")
+    p.add_argument(
+        "--check-flagger",
+        dest="check_flagger",
+        default=None,
+        metavar="FILE",
+        help="also apply this saved flagger, unchanged, to the collection's chains and report its false-positive "
+        "rate and recall there (a held-out check of a flagger calibrated elsewhere)",
+    )
+    p.add_argument(
+        "--flag-statistic",
+        dest="flag_statistic",
+        default="tortuosity",
+        choices=["tortuosity", "stillness"],
+        help="what the failure flagger watches (and --save-flagger saves): prefix tortuosity above a threshold "
+        "(wandering; default) or prefix mean step size below one (stillness); the JSON reports both",
+    )
     p.add_argument(
         "--power-auc",
         dest="power_auc",
@@ -81,6 +99,14 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--power-auc must be in (0.5, 1), got {args.power_auc}")
     if not 0.0 < args.power_alpha < 1.0:
         raise ValueError(f"--power-alpha must be in (0, 1), got {args.power_alpha}")
+    checked = None
+    if args.check_flagger:
+        from metrics.trajectory import TortuosityFlagger
+
+        try:
+            checked = TortuosityFlagger.from_dict(json.loads(Path(args.check_flagger).read_text()))
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"--check-flagger {args.check_flagger} is not a saved flagger: {e}") from e
     coll = Collection.open(args.data)
     est = None
     if args.estimator:
@@ -106,7 +132,12 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         power_auc=args.power_auc,
         power_alpha=args.power_alpha,
+        flag_statistic=args.flag_statistic,
     )
+    if checked is not None:
+        from attrib.analysis.trajectories import check_flagger
+
+        res["flagger_check"] = {"file": str(args.check_flagger), **check_flagger(chains, checked)}
     res["collection"] = str(args.data)
     res["scores"] = f"estimator {args.estimator}" if args.estimator else "leave-one-out drops"
     if args.json:
@@ -142,10 +173,23 @@ def run(args: argparse.Namespace) -> int:
     fl = res["flagger"]
     console.print(
         f"failure AUC at 30 % of the reasoning: {_fmt(a30.get('auc'))} "
-        f"[{_fmt(a30.get('ci_low'))}, {_fmt(a30.get('ci_high'))}]; flagger at FPR {args.fpr}: "
-        f"threshold {_fmt(fl.get('threshold'))}, held-out FPR {_fmt(fl.get('fpr_heldout'))}, "
-        f"failures flagged {_fmt(fl.get('flagged_rate_failure'))}"
+        f"[{_fmt(a30.get('ci_low'))}, {_fmt(a30.get('ci_high'))}]"
     )
+    for st, b in res.get("flaggers", {"tortuosity": fl}).items():
+        mark = " (saved with --save-flagger)" if st == args.flag_statistic and args.save_flagger else ""
+        console.print(
+            f"{st} flagger at FPR {args.fpr}{mark}: threshold {_fmt(b.get('threshold'))}, held-out FPR "
+            f"{_fmt(b.get('fpr_heldout'))}, failures flagged {_fmt(b.get('flagged_rate_failure'))} "
+            f"(reasoning errors {_fmt(b.get('flagged_rate_reasoning_error'))}, "
+            f"hallucinations {_fmt(b.get('flagged_rate_hallucination'))})"
+        )
+    ck = res.get("flagger_check")
+    if ck:
+        console.print(
+            f"{args.check_flagger} ({ck['statistic']}) applied unchanged: false-positive rate {_fmt(ck['fpr'])} "
+            f"({ck['n_success']} successful chains), recall {_fmt(ck['recall'])} ({ck['n_failure']} failed; "
+            f"reasoning errors {_fmt(ck['recall_reasoning_error'])}, hallucinations {_fmt(ck['recall_hallucination'])})"
+        )
     pw = res.get("power", {}).get("failure")
     if pw:
         console.print(

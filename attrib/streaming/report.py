@@ -240,7 +240,8 @@ DATA.results.forEach(function (r, ri) {
       el("span", r.correct ? "right" : "wrong (truth: " + r.truth + ")", r.correct ? "ok" : "bad")); }
   right.appendChild(ans);
   if (r.flagged_at !== null && r.flagged_at !== undefined) right.appendChild(
-      el("p", "Failure flag raised at span " + r.flagged_at + " (prefix tortuosity above threshold)", "bad"));
+      el("p", "Failure flag raised at span " + r.flagged_at + " ("
+        + (r.flag_rule || "prefix tortuosity above threshold") + ")", "bad"));
   const f = r.faithfulness;
   right.appendChild(el("h3", "Faithfulness"));
   const ft = el("table"); right.appendChild(ft);

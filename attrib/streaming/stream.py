@@ -172,6 +172,7 @@ class StreamResult:
         faithfulness: Optional per-example check against ablation (see
             [`Attributor.verify`][attrib.streaming.stream.Attributor.verify]).
         flagged_at: Span index at which the flagger first fired, if it did.
+        flag_rule: What the flagger watches, in words (``None`` without a flagger).
         stopped_on_flag: Whether generation was ended early because the flag rose (``stop_on_flag``).
         generated_ids: The generated token ids.
         token_sources: Per generated token, the image token it copies (v1 models; ``None`` otherwise).
@@ -192,6 +193,7 @@ class StreamResult:
     estimator: dict[str, Any] = field(default_factory=dict)
     faithfulness: dict[str, Any] | None = None
     flagged_at: int | None = None
+    flag_rule: str | None = None
     stopped_on_flag: bool = False
     generated_ids: list[int] = field(default_factory=list)
     token_sources: list[int] | None = None
@@ -232,6 +234,7 @@ class StreamResult:
             "estimator": self.estimator,
             "faithfulness": self.faithfulness,
             "flagged_at": self.flagged_at,
+            "flag_rule": self.flag_rule,
             "stopped_on_flag": self.stopped_on_flag,
             "spans": [s.to_dict() for s in self.spans],
         }
@@ -480,6 +483,7 @@ class AttributionStream:
             model=self._a.name,
             estimator=dict(getattr(self._a.estimator, "metadata_", {})),
             flagged_at=self._flagged_at,
+            flag_rule=getattr(self._flagger, "rule", lambda: None)() if self._flagger is not None else None,
             stopped_on_flag=self._stopped_on_flag,
             generated_ids=list(cap.generated_ids),
             token_sources=cap.token_sources,
