@@ -12,7 +12,7 @@ M="attrib/shapes/bundled/shapes-qwen25vl-v1"
 t() { local s=$(date +%s); "$@"; echo "WALL $(( $(date +%s) - s )) s: $*"; }
 mkdir -p data out runs/v1
 if [ ! -f "$M/pointcopy.json" ]; then
-    t $A shapes train --variant v1 --out runs/v1/shapes-qwen25vl-v1 > runs/v1/train.log 2>&1
+    t $A shapes train --benchmark shapes --variant v1 --out runs/v1/shapes-qwen25vl-v1 > runs/v1/train.log 2>&1
     rm -rf "$M" && cp -r runs/v1/shapes-qwen25vl-v1 "$M"
 fi
 # answer and pointing accuracy, beside the base model's on the same 1,000 test examples

@@ -19,7 +19,12 @@ def register(sub: Any) -> None:
     ls = p.add_subparsers(dest="latent_command", required=True)
 
     s = ls.add_parser("select", help="base sampled accuracy on the training pool (capacity-guided selection)")
-    s.add_argument("--base", default=None, help="bundled name or directory of the base model (default: bundled)")
+    s.add_argument(
+        "--base",
+        default="shapes-qwen25vl",
+        help="bundled name or directory of the base model (default: shapes-qwen25vl, the benchmark-v1 model: "
+        "the latent experiment draws benchmark-v1 examples)",
+    )
     s.add_argument("--pool-start", type=int, default=0, help="first training example of the pool")
     s.add_argument("--pool-n", type=int, default=800, help="training examples in the pool")
     s.add_argument("--samples", type=int, default=4, help="sampled answers per example (temperature 1)")
@@ -30,7 +35,12 @@ def register(sub: Any) -> None:
     s.set_defaults(fn=_cmd_select)
 
     t = ls.add_parser("train", help="fine-tune one latent variant from the base model")
-    t.add_argument("--base", default=None, help="bundled name or directory of the base model (default: bundled)")
+    t.add_argument(
+        "--base",
+        default="shapes-qwen25vl",
+        help="bundled name or directory of the base model (default: shapes-qwen25vl, the benchmark-v1 model: "
+        "the latent experiment draws benchmark-v1 examples)",
+    )
     t.add_argument("--selection", required=True, help="JSON written by `attrib latent select`")
     t.add_argument(
         "--mode",
