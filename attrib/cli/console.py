@@ -78,28 +78,17 @@ class _LoggedProgress(Progress):
 def progress(*, interval: float = 30.0) -> Progress:
     """A progress bar with counts, elapsed time and an ETA, on stderr; where stderr is not a terminal,
     one plain progress line (counts, elapsed, ETA) every ``interval`` seconds and one at completion."""
-    if not console.is_terminal:
-        return _LoggedProgress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-            console=console,
-            transient=False,
-            interval=interval,
-        )
-    return Progress(
+    columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TextColumn("ETA"),
         TimeRemainingColumn(),
-        console=console,
-        transient=False,
     )
+    if not console.is_terminal:
+        return _LoggedProgress(*columns, console=console, transient=False, interval=interval)
+    return Progress(*columns, console=console, transient=False)
 
 
 def add_model_options(
