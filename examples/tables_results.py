@@ -197,6 +197,87 @@ def faithfulness(d: dict[str, Any]) -> list[str]:
     return lines
 
 
+def faithfulness_protocol(d: dict[str, Any]) -> list[str]:
+    """The rest of the evaluation protocol: LDS by span population, insertion and deletion areas, the
+    estimator's paired differences against every method, its spread over seeds and its data efficiency."""
+    ms = list(d["methods"])
+    pops = d.get("populations", {})
+    order = [p for p in ("all", "image_dependent", "planning", "object", "relation", "summary") if p in pops]
+    order += [p for p in pops if p not in order]
+    lines: list[str] = []
+    if pops:
+        rule = pops.get("image_dependent", {}).get("rule", "")
+        lines += [
+            "LDS by span population (spans of the same held-out examples; "
+            + (f"image-dependent: {rule}" if rule else "")
+            + "; 95 % intervals resampling examples):",
+            "",
+            "| method | " + " | ".join(f"{p.replace('_', '-')} (n = {_n(pops[p]['n_spans'])})" for p in order) + " |",
+            "|---|" + "---|" * len(order),
+        ]
+        for name in ms:
+            cells = [_ci(pops[p]["methods"].get(name, {}).get("lds")) for p in order]
+            lines.append(f"| {_label(name, d)} | " + " | ".join(cells) + " |")
+    allm = d["methods"]
+    if any("deletion_auc" in allm[n] for n in ms):
+        lines += [
+            "",
+            f"Deletion and insertion curves ({d.get('protocol', {}).get('auc_steps', '?')} steps; mean log-prob of "
+            "the span along the curve: remove the method's top regions first, lower is better; keep only its top "
+            "regions, higher is better), all spans:",
+            "",
+            "| method | deletion area ↓ | insertion area ↑ |",
+            "|---|---|---|",
+        ]
+        for name in ms:
+            lines.append(
+                f"| {_label(name, d)} | {_ci(allm[name].get('deletion_auc'), 2)} | "
+                f"{_ci(allm[name].get('insertion_auc'), 2)} |"
+            )
+    paired = d.get("paired", {})
+    if paired.get("all"):
+        ppops = [p for p in ("all", "image_dependent") if p in paired]
+        lines += [
+            "",
+            "The estimator minus each method on the same spans (paired; 95 % intervals resampling examples):",
+            "",
+            "| method | " + " | ".join(f"ΔLDS, {p.replace('_', '-')}" for p in ppops) + " | ΔR², all |",
+            "|---|" + "---|" * (len(ppops) + 1),
+        ]
+        for name in paired["all"]:
+            cells = [_ci(paired[p].get(name), sign=True) for p in ppops]
+            cells.append(_ci(paired["all"][name].get("r2"), sign=True))
+            lines.append(f"| {_label(name, d)} | " + " | ".join(cells) + " |")
+    seeds = d.get("estimator_seeds", {})
+    if seeds.get("populations"):
+        sp = seeds["populations"]
+        parts = [
+            f"{p.replace('_', '-')} {sp[p]['lds']['mean']:.3f} (SD {sp[p]['lds']['sd']:.1e})" for p in order if p in sp
+        ]
+        lines += [
+            "",
+            f"Estimator refit with seeds {', '.join(str(x) for x in seeds['seeds'])} "
+            f"({_n(seeds['n_train'])} training examples): LDS " + ", ".join(parts) + ".",
+        ]
+    eff = [r for r in d.get("data_efficiency", []) if "lds" in r]
+    if eff:
+        lines += [
+            "",
+            "Data efficiency (the estimator refit on n correctly answered training examples, "
+            f"{eff[0].get('n_resamples', '?')} random draws per size; mean over draws, interval the mean of the draws' "
+            "intervals, SD across draws):",
+            "",
+            "| n train | LDS | SD over draws | LDS, image-dependent | top-5 drop / LOO |",
+            "|---|---|---|---|---|",
+        ]
+        for r in eff:
+            lines.append(
+                f"| {_n(r['n_train'])} | {_ci(r['lds'])} | {r['lds'].get('sd_resamples', 0.0):.3f} | "
+                f"{_ci(r.get('lds_image_dependent'))} | {_ci(r.get('top5_drop_normalized'))} |"
+            )
+    return lines
+
+
 REGION_NAMES = {"color": "colour (semantic)", "voronoi": "Voronoi", "blocks": "random blocks", "grid": "grid"}
 
 
@@ -668,7 +749,8 @@ def trajectories(d: dict[str, Any]) -> list[str]:
         lines += [
             "",
             f"Flaggers calibrated on the successful chains at a {fl.get('fpr_target', 0.1):.0%} per-chain "
-            "false-positive rate (held-out false-positive rate by 2-fold cross-fitting; failures never enter calibration):",
+            "false-positive rate (held-out false-positive rate by 2-fold cross-fitting; failures never enter "
+            "calibration):",
             "",
             "| flag when | threshold | held-out FPR | failures flagged | reasoning errors | hallucinations | "
             "median progress at the flag |",
@@ -762,6 +844,7 @@ BLOCKS = {
     "v2-eval": ("eval_v2.json", v2_eval),
     "training-v2": ("train_log_v2.json", training("shapes2-qwen25vl")),
     "faithfulness": ("faithfulness.json", faithfulness),
+    "faithfulness-protocol": ("faithfulness.json", faithfulness_protocol),
     "regions-faithfulness": ("faithfulness_regions.json", regions_faithfulness),
     "v1-accuracy": (("eval_base.json", "eval_v1.json", "v1_paired.json"), v1_accuracy),
     "v1-copy-feed": (

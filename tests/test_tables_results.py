@@ -238,3 +238,17 @@ def test_trajectories_block_shows_power_and_length_adjusted_from_the_published_j
     old = {k: v for k, v in d.items() if k not in ("power", "length_adjusted")}
     text_old = "\n".join(_tables().trajectories(old))
     assert "Power" not in text_old and "equal chain length" not in text_old and "tortuosity" in text_old
+
+
+def test_faithfulness_protocol_block_from_the_published_json() -> None:
+    d = json.loads((ROOT / "docs" / "results" / "faithfulness.json").read_text())
+    text = "\n".join(_tables().faithfulness_protocol(d))
+    obj = d["populations"]["object"]
+    est = obj["methods"]["estimator"]["lds"]["value"]
+    assert f"object (n = {obj['n_spans']:,})" in text and f"{est:.3f} [" in text
+    pr = d["paired"]["all"]["leave_one_out"]
+    assert "| leave-one-out | " + f"{pr['value']:+.3f}".replace("-", "−") in text
+    assert "deletion area" in text and "Estimator refit with seeds" in text
+    # a JSON without the protocol's extras renders nothing rather than failing
+    bare = {"methods": d["methods"], "n_examples": 1, "n_spans": 1}
+    assert _tables().faithfulness_protocol({**bare, "methods": {}}) == []
