@@ -39,6 +39,7 @@ from attrib.collect.datasets import Dataset, open_dataset
 from attrib.collect.pipeline import mask_regions
 from attrib.collect.store import Collection
 from attrib.models.loading import LoadedModel
+from attrib.models.signature import same_model
 from attrib.regions.partition import RegionPartition
 from attrib.variants.registry import AblationRequest, get_variant
 from estimators.baselines import BASELINES, MethodContext, contextcite_fit
@@ -378,7 +379,8 @@ def evaluate_methods(
 
     Raises:
         ValueError: For an unknown method or rule, a collection without leave-one-out targets, a method that
-            needs the model when none is given, or fit and scored removal sets that overlap (scores would leak).
+            needs the model when none is given, a model that is not the collection's (by its recorded
+            signature), or fit and scored removal sets that overlap (scores would leak).
     """
     unknown = [m for m in methods if m not in BASELINES]
     if unknown:
@@ -389,6 +391,15 @@ def evaluate_methods(
         needy = [m for m in methods if BASELINES[m].needs_model]
         if needy:
             raise ValueError(f"{', '.join(needy)} need(s) the model")
+    recorded = (getattr(test, "manifest", None) or {}).get("model_signature")
+    if loaded is not None and recorded:
+        diff = same_model(recorded, loaded.model, loaded.path)
+        if diff:
+            made = (getattr(test, "config", None) or {}).get("model", "?")
+            raise ValueError(
+                f"the model given ({loaded.name}) is not the one the test collection was made with ({made}; "
+                f"differs in {', '.join(diff)}): ablations and gradients would score another model's spans"
+            )
     exs = list(test.examples())[:limit]
     if not exs:
         raise ValueError("the test collection holds no example")

@@ -64,6 +64,14 @@ def test_evaluate_all_methods(colls: tuple[Path, Path]) -> None:
     assert res["methods"]["estimator"]["seconds_per_token"] < loo["seconds_per_token"]
 
 
+def test_evaluate_refuses_a_model_that_did_not_make_the_collection(colls: tuple[Path, Path]) -> None:
+    import attrib
+
+    est, _ = fit_estimator(Collection.open(colls[0]), loss="ridge", only_correct=False)
+    with pytest.raises(ValueError, match=r"not the one the test collection was made with \(shapes-qwen25vl"):
+        evaluate_methods(Collection.open(colls[1]), est, loaded=attrib.load("shapes2-qwen25vl"), methods=["estimator"])
+
+
 def test_cli_fit_evaluate(colls: tuple[Path, Path], tmp_path: Path) -> None:
     assert (
         main(["fit", "--train", str(colls[0]), "--out", str(tmp_path / "est"), "--loss", "ridge", "--all-examples"])
