@@ -19,7 +19,11 @@ echo COLLECT DONE
 TRAIN="$D/train-a $D/train-b"
 t $A fit --train $TRAIN --out models/v2/estimator
 t $A trajectories --data $D/validation --estimator models/v2/estimator --json out/trajectories_v2.json \
-    --plots out/trajectories_v2 --save-flagger models/v2/flagger.json
-t $A evaluate --test $D/test --estimator models/v2/estimator --train $TRAIN --sizes 100,250,500,1000 \
+    --plots out/trajectories_v2 --flag-statistic stillness --save-flagger models/v2/flagger.json
+t $A trajectories --data $D/test --estimator models/v2/estimator --check-flagger models/v2/flagger.json \
+    --json out/trajectories_v2_test.json
+# 100 of the 200 held-out examples: all 200 take about 2 h on the 2 cores
+t $A evaluate --test $D/test --estimator models/v2/estimator --train $TRAIN --sizes 100,250,500,700 --limit 100 \
     --json out/faithfulness_v2.json --figures out/figures_v2 --record-validation
+cp models/v2/estimator.safetensors models/v2/estimator.json models/v2/flagger.json attrib/shapes/bundled/shapes2-qwen25vl/
 echo V2 DONE

@@ -252,7 +252,7 @@ def faithfulness_protocol(d: dict[str, Any]) -> list[str]:
     if seeds.get("populations"):
         sp = seeds["populations"]
         parts = [
-            f"{p.replace('_', '-')} {sp[p]['lds']['mean']:.3f} (SD {sp[p]['lds']['sd']:.1e})" for p in order if p in sp
+            f"{p.replace('_', '-')} {_f(sp[p]['lds']['mean'])} (SD {sp[p]['lds']['sd']:.1e})" for p in order if p in sp
         ]
         lines += [
             "",
@@ -375,7 +375,7 @@ def v1_copy_feed(data: dict[str, Any]) -> list[str]:
 
 def v1_faithfulness(data: dict[str, Any]) -> list[str]:
     """The estimator and baselines on the v1 model, beside the base model's figures."""
-    v, b = data["faithfulness_v1.json"], data["faithfulness.json"]
+    v, b = data["faithfulness_v1.json"], data["faithfulness_first.json"]
     lines = [
         f"v1 held out: {v['n_examples']} examples, {_n(v['n_spans'])} spans; base: {b['n_examples']} examples, "
         f"{_n(b['n_spans'])} spans; {_interval_note(v)}.",
@@ -845,6 +845,8 @@ BLOCKS = {
     "training-v2": ("train_log_v2.json", training("shapes2-qwen25vl")),
     "faithfulness": ("faithfulness.json", faithfulness),
     "faithfulness-protocol": ("faithfulness.json", faithfulness_protocol),
+    "faithfulness-first": ("faithfulness_first.json", faithfulness),
+    "faithfulness-first-protocol": ("faithfulness_first.json", faithfulness_protocol),
     "regions-faithfulness": ("faithfulness_regions.json", regions_faithfulness),
     "v1-accuracy": (("eval_base.json", "eval_v1.json", "v1_paired.json"), v1_accuracy),
     "v1-copy-feed": (
@@ -857,7 +859,7 @@ BLOCKS = {
         ),
         v1_copy_feed,
     ),
-    "v1-faithfulness": (("faithfulness_v1.json", "faithfulness.json"), v1_faithfulness),
+    "v1-faithfulness": (("faithfulness_v1.json", "faithfulness_first.json"), v1_faithfulness),
     "v1-direct-only": (("v1_analysis.json", "v1_analysis_validation.json"), v1_direct_only),
     "v1-decay": (("v1_analysis.json", "v1_analysis_validation.json"), v1_decay),
     "v1-late-chain-checks": (("v1_analysis.json", "v1_analysis_validation.json"), v1_late_chain_checks),
