@@ -52,7 +52,7 @@ def build_model(name: str, device: str) -> tuple[Any, dict[str, torch.Tensor], A
     """(model, inputs, decode) for ``bundled``, ``30m`` (random Qwen2.5-VL) or ``7b`` (random, bf16)."""
     from attrib.shapes.v2 import make_example  # the bundled model's benchmark (v2)
 
-    ex = make_example("test", 0)
+    ex = make_example("test", 1)  # 224x224: 64 visual tokens, so 4,000 generated tokens fit the 4,096 context
     if name == "bundled":
         import attrib
 

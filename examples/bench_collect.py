@@ -14,6 +14,9 @@ that leaves out attention scores and the LM head, to show how close a batch is t
 the CPU can do. ``seconds_fixed_per_forward`` is a one-token text forward (the cost a
 batch shares), and ``batched_speedup_ceiling`` the speed-up that batching would give if it
 removed that whole fixed cost and made nothing else faster: unbatched / (unbatched - fixed).
+``gflops_per_s_matmul`` is what this CPU reaches on one large float32 matrix product (the same
+threads; a practical peak), and ``batched_speedup_ceiling_compute`` the speed-up batching would give
+if it brought the unbatched rate up to that peak: peak / unbatched rate.
 Examples per hour is measured end to end with ``attrib.collect`` at the default settings
 (32 subsets, no leave-one-out), and with leave-one-out as used for evaluation splits.
 """
@@ -78,6 +81,17 @@ def main() -> None:
             model(input_ids=one)
             fixed.append(time.perf_counter() - t0)
     fixed_s = statistics.median(fixed)
+    # A practical compute peak of this CPU: a large float32 matrix product (median of 7).
+    a, b = torch.randn(1536, 1536), torch.randn(1536, 1536)
+    mm = []
+    with torch.inference_mode():
+        for _ in range(3):
+            a @ b
+        for _ in range(7):
+            t0 = time.perf_counter()
+            a @ b
+            mm.append(time.perf_counter() - t0)
+    gflops_peak = 2 * 1536**3 / statistics.median(mm) / 1e9
     per_batched, per_single = per_size[16], per_size[1]
     med_size = {b: statistics.median(v) for b, v in per_size.items()}
     tokens = statistics.median(tokens_per_set)
@@ -97,6 +111,7 @@ def main() -> None:
         "seconds_fixed_per_forward": fixed_s,
         # If batching removed the whole fixed cost of a forward and nothing else: unbatched / (unbatched - fixed).
         "batched_speedup_ceiling": fs / max(fs - fixed_s, 1e-12),
+        "gflops_per_s_matmul": gflops_peak,
         "n_layers": len(layers),
         "dense_params_lm": dense,
         "tokens_per_removal_set": tokens,
@@ -105,7 +120,13 @@ def main() -> None:
         # 2 FLOPs per dense parameter per token (attention scores and the LM head left out: a lower bound).
         "gflops_per_s_by_batch_size": {str(b): 2 * dense * tokens / v / 1e9 for b, v in med_size.items()},
     }
+    out["batched_speedup_ceiling_compute"] = gflops_peak / out["gflops_per_s_by_batch_size"]["1"]
     print(f"ablation forwards/s: batched {1 / fb:.1f}, unbatched {1 / fs:.1f}, speed-up x{fs / fb:.2f}")
+    print(
+        f"  this CPU's matrix-product peak {gflops_peak:.0f} GFLOP/s: bringing the unbatched forward "
+        f"({out['gflops_per_s_by_batch_size']['1']:.0f} GFLOP/s) up to it would give at most "
+        f"x{out['batched_speedup_ceiling_compute']:.2f}"
+    )
     print(
         f"  fixed cost of a forward {fixed_s * 1e3:.2f} ms: batching that away alone gives at most "
         f"x{out['batched_speedup_ceiling']:.2f}"

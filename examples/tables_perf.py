@@ -224,6 +224,11 @@ def collection(d: dict[str, Any]) -> list[str]:
             f"| fixed cost of a forward (a one-token text forward) | {d['seconds_fixed_per_forward'] * 1e3:.2f} ms "
             f"(batching all of it away alone: ×{d['batched_speedup_ceiling']:.2f}) |"
         )
+    if "gflops_per_s_matmul" in d:
+        lines.append(
+            f"| this CPU's float32 matrix-product rate (1536², the same threads) | {d['gflops_per_s_matmul']:.0f} "
+            f"GFLOP/s (an unbatched forward brought up to it: ×{d['batched_speedup_ceiling_compute']:.2f}) |"
+        )
     for key, label in (("examples_per_hour", "32 subsets"), ("examples_per_hour_with_loo", "32 subsets + LOO")):
         if key in d:
             lines.append(f"| examples per hour ({label}, n = {d['collect_examples_timed']}) | {_n(d[key])} |")
