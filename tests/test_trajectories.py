@@ -708,3 +708,29 @@ def test_attrib_cli_saves_a_flagger_usable_online(collection_dir: Path, tmp_path
     fl2 = TortuosityFlagger.from_dict(json.loads(fl_path.read_text()))
     at = fl2.run(chain)
     assert (at is None and not any(online)) or (at is not None and online.index(True) == at)
+
+
+def test_new_trajectory_options_refuse_bad_input_before_work(collection_dir: Path, tmp_path: Path) -> None:
+    from attrib.cli import main
+
+    base = ["trajectories", "--data", str(collection_dir), "--json", str(tmp_path / "t.json")]
+    assert main([*base, "--power-auc", "0.4"]) == 2
+    assert main([*base, "--power-alpha", "0"]) == 2
+    (tmp_path / "bad.json").write_text('{"not": "a flagger"}')
+    assert main([*base, "--check-flagger", str(tmp_path / "bad.json")]) == 2
+    assert not (tmp_path / "t.json").exists()  # refused before any output was written
+    with pytest.raises(ValueError, match="flag_statistic must be one of"):
+        analyse_chains([], flag_statistic="speed")
+
+
+def test_check_flagger_applies_a_saved_flagger_unchanged(collection_dir: Path, tmp_path: Path) -> None:
+    from attrib.analysis.trajectories import check_flagger
+    from attrib.collect import Collection
+
+    chains = load_chains(Collection.open(collection_dir))
+    fl = TortuosityFlagger(fpr=0.1, statistic="stillness").fit([c.scores for c in chains if c.outcome == "success"])
+    ck = check_flagger(chains, fl)
+    succ = [c for c in chains if c.outcome == "success" and c.n_spans >= 3]
+    assert ck["n_success"] == len(succ) and ck["statistic"] == "stillness" and ck["threshold"] == fl.threshold_
+    assert ck["fpr"] == pytest.approx(np.mean([fl.run(c.scores) is not None for c in succ]))
+    assert ck["n_failure"] == ck["n_reasoning_error"] + ck["n_hallucination"] == 24

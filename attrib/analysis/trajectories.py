@@ -201,6 +201,28 @@ def _mean_conc(scores: np.ndarray) -> float:
     return float(c.mean()) if c.size else float("nan")
 
 
+def _flag_rates(rows: Sequence[tuple[Chain, int | None]]) -> dict[str, Any]:
+    """Flag rates of ``(chain, flagged_at)`` pairs: ``fpr`` over successes, ``recall`` over failures and per
+    failure kind, each with its count, and ``median_flag_progress`` ((flagged_at + 1) / n_spans) over flagged
+    failures. NaN where a group is empty."""
+
+    def rate(kinds: Iterable[str]) -> tuple[float, int]:
+        hits = [f is not None for c, f in rows if c.outcome in kinds]
+        return (float(np.mean(hits)) if hits else float("nan")), len(hits)
+
+    out: dict[str, Any] = {}
+    for key, count, kinds in (
+        ("fpr", "n_success", ["success"]),
+        ("recall", "n_failure", FAILURES),
+        ("recall_reasoning_error", "n_reasoning_error", ["reasoning_error"]),
+        ("recall_hallucination", "n_hallucination", ["hallucination"]),
+    ):
+        out[key], out[count] = rate(kinds)
+    prog = [(f + 1) / c.n_spans for c, f in rows if c.failed and f is not None]
+    out["median_flag_progress"] = float(np.median(prog)) if prog else float("nan")
+    return out
+
+
 def _flagger_block(
     chains: Sequence[Chain],
     *,
@@ -233,29 +255,23 @@ def _flagger_block(
         fa.fit([chains[i].scores for i in folds[a]])
         held += [fa.run(chains[i].scores) is not None for i in folds[b]]
 
-    def rate(kinds: Iterable[str]) -> tuple[float, int]:
-        idx = [i for i, c in enumerate(chains) if c.outcome in kinds and c.n_spans >= min_spans]
-        if not idx:
-            return float("nan"), 0
-        return float(np.mean([flagged[i] is not None for i in idx])), len(idx)
-
-    progress = [(f + 1) / c.n_spans for f, c in zip(flagged, chains, strict=True) if c.failed and f is not None]
+    r = _flag_rates([(c, f) for c, f in zip(chains, flagged, strict=True) if c.n_spans >= min_spans])
     fl.heldout_ = {
         "fpr": float(np.mean(held)),
-        "recall": rate(FAILURES)[0],
+        "recall": r["recall"],
         "n_reference": float(len(succ)),
-        "n_failure": float(rate(FAILURES)[1]),
+        "n_failure": float(r["n_failure"]),
     }
     out.update(
         {
             "threshold": fl.threshold_,
-            "fpr_reference": rate(["success"])[0],
+            "fpr_reference": r["fpr"],
             "fpr_heldout": float(np.mean(held)),
-            "flagged_rate_failure": rate(FAILURES)[0],
-            "n_failure": rate(FAILURES)[1],
-            "flagged_rate_reasoning_error": rate(["reasoning_error"])[0],
-            "flagged_rate_hallucination": rate(["hallucination"])[0],
-            "median_flag_progress": float(np.median(progress)) if progress else float("nan"),
+            "flagged_rate_failure": r["recall"],
+            "n_failure": r["n_failure"],
+            "flagged_rate_reasoning_error": r["recall_reasoning_error"],
+            "flagged_rate_hallucination": r["recall_hallucination"],
+            "median_flag_progress": r["median_flag_progress"],
             "state": fl.to_dict(),
         }
     )
@@ -276,23 +292,7 @@ def check_flagger(chains: Sequence[Chain], flagger: TortuosityFlagger) -> dict[s
         counts, and ``median_flag_progress`` over flagged failures. NaN where a group is empty.
     """
     rows = [(c, flagger.run(c.scores)) for c in chains if c.outcome != "unknown" and c.n_spans >= flagger.min_spans]
-
-    def rate(kinds: Iterable[str]) -> tuple[float, int]:
-        hits = [f is not None for c, f in rows if c.outcome in kinds]
-        return (float(np.mean(hits)) if hits else float("nan")), len(hits)
-
-    prog = [(f + 1) / c.n_spans for c, f in rows if c.failed and f is not None]
-    out: dict[str, Any] = {"statistic": flagger.statistic, "threshold": flagger.threshold_}
-    for key, kinds in (
-        ("fpr", ["success"]),
-        ("recall", FAILURES),
-        ("recall_reasoning_error", ["reasoning_error"]),
-        ("recall_hallucination", ["hallucination"]),
-    ):
-        r, n = rate(kinds)
-        out[key] = r
-        out["n_" + {"fpr": "success", "recall": "failure"}.get(key, key.removeprefix("recall_"))] = n
-    out["median_flag_progress"] = float(np.median(prog)) if prog else float("nan")
+    out: dict[str, Any] = {"statistic": flagger.statistic, "threshold": flagger.threshold_, **_flag_rates(rows)}
     return dict(jsonable(out))
 
 
@@ -339,6 +339,10 @@ def analyse_chains(
     Returns:
         See ``docs/trajectories.md`` for the schema. NaN is written as ``null``.
     """
+    if flag_statistic not in TortuosityFlagger.STATISTICS:
+        raise ValueError(
+            f"flag_statistic must be one of {', '.join(TortuosityFlagger.STATISTICS)}, got {flag_statistic!r}"
+        )
     known = [c for c in chains if c.outcome != "unknown"]
     evs = [c.effect_vectors(top, normalize=normalize) for c in known]
     failed = np.array([c.failed for c in known], dtype=bool)
@@ -378,10 +382,6 @@ def analyse_chains(
         metric: {k: length_adjusted(v[success | m], n_spans[success | m], m[success | m]) for k, m in kinds.items()}
         for metric, v in (("tortuosity", tt), ("path_length", pl))
     }
-    if flag_statistic not in TortuosityFlagger.STATISTICS:
-        raise ValueError(
-            f"flag_statistic must be one of {', '.join(TortuosityFlagger.STATISTICS)}, got {flag_statistic!r}"
-        )
     blocks = {
         st: _flagger_block(
             known, fpr=fpr, min_spans=min_spans, top=top, normalize=normalize, eps=eps, seed=seed, statistic=st
