@@ -188,11 +188,13 @@ class LinearHeadEstimator(RegressorMixin, BaseEstimator):  # type: ignore[misc]
 
     def region_scores(self, features: np.ndarray) -> np.ndarray:
         """Per-region scores ``<w, f_{S,k}>`` for features ``(n_spans, K, L, H)`` -> ``(n_spans, K)``."""
-        check_is_fitted(self, "coef_")
+        if getattr(self, "coef_", None) is None:  # called once per streamed span: sklearn's full check costs more
+            check_is_fitted(self, "coef_")  # raises sklearn's NotFittedError
+        coef = np.asarray(self.coef_)
         f = np.asarray(features, dtype=np.float64)
-        if f.shape[2:] != tuple(self.coef_.shape):
-            raise ValueError(f"features have L x H = {f.shape[2:]}, the estimator expects {tuple(self.coef_.shape)}")
-        return np.einsum("sklh,lh->sk", f, self.coef_)
+        if f.ndim != 4 or f.shape[2:] != coef.shape:
+            raise ValueError(f"features have L x H = {f.shape[2:]}, the estimator expects {tuple(coef.shape)}")
+        return f.reshape(f.shape[0], f.shape[1], -1) @ coef.reshape(-1)
 
     # ------------------------------------------------------------ persistence
     def save(self, path: str | Path, **metadata: Any) -> None:

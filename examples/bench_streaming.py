@@ -27,11 +27,20 @@ Leave-one-out against the streamed path, per span: LOO pays ``K`` teacher-forced
 ablation forwards per example (all spans scored at once), divided by the number of
 spans. The streamed path pays the estimator's dot product (``loo_speedup`` counts
 only that) and, counting everything (``loo_speedup_incl_capture``): what the streamed
-path adds to each of the span's tokens plus the whole event (scores, top regions,
-event object). The per-token cost is the net one, measured: ``--paired-reps`` (31;
-quick 21) short ABBA pairs of plain generation and a fully consumed stream at the
-first length, the median of the paired differences (at least 0), with a 95 %
-percentile-bootstrap interval over the pairs (``capture_s_per_token_difference_ci``);
+path adds to each of the span's tokens plus the span's close. The per-token cost is
+the net one, measured: ``--paired-reps`` (31; quick 21) short ABBA pairs of plain
+generation and a fully consumed stream at the first length, the median of the paired
+differences (at least 0), with a 95 % percentile-bootstrap interval over the pairs
+(``capture_s_per_token_difference_ci``). Those streams close spans too: each close's
+cost is its event latency (the span's batched pass, its features to the host, scores,
+trajectory and event object, on the generation path); the paired streams' closes are
+taken out of the difference, and a close is counted once per span at its cost for a
+span of the leave-one-out examples' length (``span_close_s``: latency against span
+length, a Theil-Sen line over the paired streams' spans, ``span_close_fit``; or the
+event measured apart, ``event_s_per_span``, if larger). What a stream costs once
+(``stream_fixed_s``: capture set-up, prefill, final event, teardown; the same paired
+design at 2 generated tokens) is taken out of the difference too and spread over the
+spans of one stream of the leave-one-out examples (``spans_per_example``);
 ``loo_speedup_incl_capture_low`` is the speed-up with the interval's upper end in
 its place. The time spent inside the capture's own code (``_record`` and
 ``push_token`` wrapped in separate instrumented streams) is reported beside
@@ -86,9 +95,18 @@ def plain(attributor: Attributor, x: dict[str, torch.Tensor], n: int) -> float:
 
 
 def streamed(
-    attributor: Attributor, ex: Any, n: int, latencies: list[float], delivery: list[float], setup: list[float]
+    attributor: Attributor,
+    ex: Any,
+    n: int,
+    latencies: list[float],
+    delivery: list[float],
+    setup: list[float],
+    lengths: list[int] | None = None,
 ) -> float:
-    """Seconds per token of a consumed stream; the per-image set-up (inputs, regions) is timed apart."""
+    """Seconds per token of a consumed stream; the per-image set-up (inputs, regions) is timed apart.
+
+    Each span event's latency (ms) goes to ``latencies``, and its span's token count to ``lengths`` if given.
+    """
     t0 = time.perf_counter()
     s = attributor.stream(ex.image(), ex.question.text, max_new_tokens=n, min_new_tokens=n)
     setup.append(time.perf_counter() - t0)
@@ -98,6 +116,8 @@ def streamed(
             if isinstance(ev, SpanEvent):
                 delivery.append(1000.0 * (time.perf_counter() - s._t0 - ev.span_end_s))
                 latencies.append(ev.latency_ms)
+                if lengths is not None:
+                    lengths.append(ev.end - ev.start)
     return (time.perf_counter() - t0) / n
 
 
@@ -152,7 +172,7 @@ def event_seconds(attributor: Attributor, ex: Any, reps: int = 2000) -> float:
 
 
 def loo_vs_estimator(attributor: Attributor, n_examples: int) -> dict[str, Any]:
-    loo_per_span, est_per_span, tokens_per_span = [], [], []
+    loo_per_span, est_per_span, tokens_per_span, spans_per_example = [], [], [], []
     for i in range(n_examples):
         ex = make_example("test", 100 + i)
         res = attributor.stream(ex.image(), ex.question.text).run()
@@ -173,10 +193,12 @@ def loo_vs_estimator(attributor: Attributor, n_examples: int) -> dict[str, Any]:
                 attributor.estimator.region_scores(f[j : j + 1])
         est_per_span.append((time.perf_counter() - t0) / reps / len(spans))
         tokens_per_span.append(res.generated_tokens / len(spans))
+        spans_per_example.append(len(spans))
     return {
         "loo_s_per_span": statistics.median(loo_per_span),
         "estimator_s_per_span": statistics.median(est_per_span),
         "tokens_per_span": statistics.median(tokens_per_span),
+        "spans_per_example": statistics.median(spans_per_example),
         "n_examples": len(loo_per_span),
     }
 
@@ -329,18 +351,49 @@ def main() -> None:
     # at the first length, the median of the paired differences with a bootstrap interval over repeats.
     pp: list[float] = []
     sp: list[float] = []
+    paired_events: list[float] = []  # one entry per span event of the paired streams: its latency (ms)
+    paired_lengths: list[int] = []  # and its span's token count
     for r in range(args.paired_reps):
-        pair = [lambda: plain(attributor, x, n0), lambda: streamed(attributor, ex, n0, [], [], [])]
+        pair = [
+            lambda: plain(attributor, x, n0),
+            lambda: streamed(attributor, ex, n0, paired_events, [], [], paired_lengths),
+        ]
         got = [f() for f in (pair if r % 2 == 0 else pair[::-1])]
         a_, b_ = got if r % 2 == 0 else got[::-1]
         pp.append(a_)
         sp.append(b_)
     diffs = np.asarray(sp) - np.asarray(pp)
+    # What a stream costs once, whatever its length (capture set-up, prefill, final event, teardown): the same
+    # paired ABBA design at 2 generated tokens, seconds per stream.
+    fp: list[float] = []
+    fs: list[float] = []
+    for r in range(args.paired_reps):
+        pair = [lambda: plain(attributor, x, 2), lambda: streamed(attributor, ex, 2, [], [], [])]
+        got = [f() for f in (pair if r % 2 == 0 else pair[::-1])]
+        a_, b_ = got if r % 2 == 0 else got[::-1]
+        fp.append(2 * a_)
+        fs.append(2 * b_)
+    fixed_s = max(0.0, float(np.median(np.asarray(fs) - np.asarray(fp))))
     ci = stats.bootstrap((diffs,), np.median, confidence_level=0.95, method="percentile", random_state=0)
     diff = max(0.0, float(np.median(diffs)))
-    capture_s_per_token = diff
     event_s = event_seconds(attributor, ex)
-    per_span = capture_s_per_token * loo["tokens_per_span"] + max(event_s, loo["estimator_s_per_span"])
+    # The paired streams made their own events: what a span's close costs in them (its event latency: the last
+    # batched pass, the features to the host, the event) is taken out of the per-token cost once per span and
+    # counted once per span below. (The last pass covers a longer span there than the average: conservative.)
+    # A span's close runs the batched pass over the span's tokens, then the event: its cost grows with the span's
+    # length. Fitted on the paired streams' spans (Theil-Sen: robust to a preempted one) and read at the leave-one-
+    # out examples' tokens per span; the paired streams' own closes (their measured latencies) come out of the
+    # per-token difference.
+    fit = stats.theilslopes(np.asarray(paired_events) / 1e3, np.asarray(paired_lengths, dtype=float))
+    span_close_s = max(0.0, float(fit.intercept + fit.slope * loo["tokens_per_span"]))
+    spans_per_token = len(paired_events) / (args.paired_reps * n0)
+    closes_per_token = sum(paired_events) / 1e3 / (args.paired_reps * n0)
+    # The per-stream cost is spread over a stream's spans on the leave-one-out examples (their median count),
+    # and taken out of the per-token difference, where it was spread over n0 tokens.
+    capture_s_per_token = max(0.0, diff - closes_per_token - fixed_s / n0)
+    fixed_per_span = fixed_s / max(1.0, loo["spans_per_example"])
+    close = max(span_close_s, event_s, loo["estimator_s_per_span"])
+    per_span = capture_s_per_token * loo["tokens_per_span"] + close + fixed_per_span
     loo |= {
         "capture_s_per_token_instrumented": direct,
         "capture_s_per_token_difference": diff,
@@ -348,6 +401,17 @@ def main() -> None:
         "paired_reps": args.paired_reps,
         "paired_tokens": n0,
         "capture_s_per_token": capture_s_per_token,
+        "paired_spans_per_token": spans_per_token,
+        "span_close_s": span_close_s,
+        "span_close_fit": {
+            "intercept_s": float(fit.intercept),
+            "s_per_token": float(fit.slope),
+            "n_spans": len(paired_events),
+            "median_tokens": statistics.median(paired_lengths),
+            "median_latency_s": statistics.median(paired_events) / 1e3,
+        },
+        "stream_fixed_s": fixed_s,
+        "stream_fixed_s_per_span": fixed_per_span,
         "event_s_per_span": event_s,
         "streamed_s_per_span_incl_capture": per_span,
     }
@@ -355,14 +419,15 @@ def main() -> None:
     out["loo_speedup"] = loo["loo_s_per_span"] / loo["estimator_s_per_span"]
     out["loo_speedup_incl_capture"] = loo["loo_s_per_span"] / per_span
     # The same with the interval's upper end as the per-token cost: the speed-up the data cannot rule out being.
-    high = max(0.0, float(ci.confidence_interval.high))
-    worst = high * loo["tokens_per_span"] + max(event_s, loo["estimator_s_per_span"])
+    high = max(0.0, float(ci.confidence_interval.high) - closes_per_token - fixed_s / n0)
+    worst = high * loo["tokens_per_span"] + close + fixed_per_span
     out["loo_speedup_incl_capture_low"] = loo["loo_s_per_span"] / worst
     print(
         f"leave-one-out {loo['loo_s_per_span'] * 1e3:.2f} ms/span vs estimator "
         f"{loo['estimator_s_per_span'] * 1e6:.1f} us/span: x{out['loo_speedup']:.0f}; streamed path incl. capture "
         f"{per_span * 1e6:.0f} us/span (capture {capture_s_per_token * 1e6:.1f} us/token x "
-        f"{loo['tokens_per_span']:.1f} tokens + event {event_s * 1e6:.1f} us): x{out['loo_speedup_incl_capture']:.0f}"
+        f"{loo['tokens_per_span']:.1f} tokens + span close {close * 1e6:.0f} us + per-stream {fixed_s * 1e3:.2f} ms / "
+        f"{loo['spans_per_example']:.0f} spans): x{out['loo_speedup_incl_capture']:.0f}"
     )
     out["memory"] = memory(args.mem_tokens, 1 if args.quick else 2)
     m = out["memory"]

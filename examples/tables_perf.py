@@ -125,6 +125,28 @@ def _per_token_rows(loo: dict[str, Any]) -> list[str]:
             f"| the worker's whole event (scores, top regions, event) | {loo['event_s_per_span'] * us:.1f} µs |",
         ]
     lo, hi = loo["capture_s_per_token_difference_ci"]
+    if "span_close_s" in loo:  # runs from 2026-12-01: the span closes are taken out of the paired difference
+        return [
+            f"| streamed path per token, net: median paired difference (streamed − plain, {loo['paired_reps']} ABBA "
+            f"pairs of {loo['paired_tokens']:,} tokens) [95 % interval] | "
+            f"{loo['capture_s_per_token_difference'] * us:.1f} µs [{lo * us:.1f}, {hi * us:.1f}] |",
+            _close_row(loo),
+            *(
+                [
+                    f"| a stream's one-off cost (set-up, prefill, final event; paired at 2 tokens), spread over "
+                    f"{loo['spans_per_example']:.0f} spans (median of the leave-one-out examples) | "
+                    f"{loo['stream_fixed_s'] * 1e3:.2f} ms, {loo['stream_fixed_s_per_span'] * us:.0f} µs per span |"
+                ]
+                if "stream_fixed_s" in loo
+                else []
+            ),
+            f"| per token without the span closes{' and the one-off cost' if 'stream_fixed_s' in loo else ''}, used | "
+            f"{loo['capture_s_per_token'] * us:.1f} µs |",
+            f"| time inside the capture's own code per token (instrumented; not net of the attention code it "
+            f"replaces) | {loo['capture_s_per_token_instrumented'] * us:.1f} µs |",
+            f"| the whole event made apart (scores, top regions, trajectory, event) | "
+            f"{loo['event_s_per_span'] * us:.1f} µs |",
+        ]
     return [
         f"| streamed path per token, net: median paired difference (streamed − plain, {loo['paired_reps']} ABBA "
         f"pairs of {loo['paired_tokens']:,} tokens) [95 % interval], used | {loo['capture_s_per_token'] * us:.1f} µs "
@@ -133,6 +155,23 @@ def _per_token_rows(loo: dict[str, Any]) -> list[str]:
         f"replaces) | {loo['capture_s_per_token_instrumented'] * us:.1f} µs |",
         f"| the whole event (scores, top regions, trajectory, event) | {loo['event_s_per_span'] * us:.1f} µs |",
     ]
+
+
+def _close_row(loo: dict[str, Any]) -> str:
+    """The span-close row: the median latency, or the fitted line read at the leave-one-out span length."""
+    us = 1e6
+    fit = loo.get("span_close_fit")
+    if fit is None:
+        return (
+            f"| a span's close in those streams (median event latency: last batched pass, features to the host, "
+            f"event), {loo['paired_spans_per_token'] * 1e3:.1f} per 1,000 tokens | {loo['span_close_s'] * us:.1f} µs |"
+        )
+    return (
+        f"| a span's close (event latency: its batched pass, features to the host, event), fitted on the paired "
+        f"streams' {fit['n_spans']} spans ({fit['intercept_s'] * us:.0f} µs + {fit['s_per_token'] * us:.1f} µs per "
+        f"token; median {fit['median_latency_s'] * us:.0f} µs at {fit['median_tokens']:.0f} tokens), at "
+        f"{loo['tokens_per_span']:.1f} tokens | {loo['span_close_s'] * us:.0f} µs |"
+    )
 
 
 def _low(d: dict[str, Any]) -> str:

@@ -915,8 +915,8 @@ class OnlineTrajectory:
     def reset(self) -> None:
         """Start a new chain."""
         self.n_spans = 0
-        self._first: np.ndarray | None = None
-        self._last: np.ndarray | None = None
+        self._first: list[float] | None = None  # effect vectors of the first and the latest span
+        self._last: list[float] | None = None
         self._length = 0.0
 
     def update(self, score_vector: np.ndarray) -> dict[str, float]:
@@ -928,26 +928,53 @@ class OnlineTrajectory:
         Raises:
             ValueError: If ``K`` changes within a chain.
         """
-        raw = np.asarray(score_vector, dtype=np.float64).reshape(1, -1)
-        e = effect_vectors(raw, self.top, normalize=self.normalize)[0]
+        # One short vector per span, on the streaming path: plain floats, no array per step (the same arithmetic
+        # as effect_vectors, concentration, path_length and net_displacement on the prefix; tested equal).
+        raw = np.asarray(score_vector, dtype=np.float64).reshape(-1)
+        if not np.isfinite(raw).all():
+            raise ValueError(f"scores hold {int((~np.isfinite(raw)).sum())} NaN/inf values")
+        v = raw.tolist()
+        k = len(v)
+        if self._last is not None and k != len(self._last):
+            raise ValueError(f"span has K = {k}, earlier spans of this chain had {len(self._last)}")
+        if self.top < k:  # keep the top largest |score| (ties: lower index kept), as effect_vectors
+            e = [0.0] * k
+            for i in sorted(range(k), key=lambda j: -abs(v[j]))[: self.top]:
+                e[i] = v[i]
+        else:
+            e = list(v)
+        if self.normalize:
+            size = math.hypot(*e)
+            if size > 0:
+                e = [x / size for x in e]
         if self._first is None:
             self._first = e
         else:
             assert self._last is not None
-            if e.shape != self._last.shape:
-                raise ValueError(f"span has K = {e.shape[0]}, earlier spans of this chain had {self._last.shape[0]}")
-            self._length += float(np.linalg.norm(e - self._last))
+            self._length += math.dist(e, self._last)
         self._last = e
         self.n_spans += 1
-        disp = float(np.linalg.norm(e - self._first))
+        disp = math.dist(e, self._first)
         tort = _ratio(self._length, disp, self.eps) if self.n_spans >= 2 else float("nan")
         return {
             "n_spans": float(self.n_spans),
             "path_length": self._length,
             "displacement": disp,
             "tortuosity": tort,
-            "concentration": float(concentration(raw)[0]),
+            "concentration": _concentration_one(v),
         }
+
+
+def _concentration_one(v: list[float]) -> float:
+    """[`concentration`][metrics.trajectory.concentration] (entropy) of one span's scores, on plain floats."""
+    a = [abs(x) for x in v]
+    total = math.fsum(a)
+    if not total > 0:
+        return float("nan")
+    if len(a) == 1:
+        return 1.0
+    h = -math.fsum(p * math.log(p) for p in (x / total for x in a) if p > 0)
+    return min(1.0, max(0.0, 1.0 - h / math.log(len(a))))
 
 
 # ---------------------------------------------------------------------------- online flagging

@@ -96,6 +96,33 @@ def test_streaming_block_by_hand() -> None:
     assert "×42, target ≥ 100: **not met**" in bad
     quick = tp.streaming_quick(_streaming(1.2, 0.75, 150.0))[0]
     assert "overhead ×1.200 (**not met**)" in quick and "p95 0.75 ms (met)" in quick and "×150 (met; n = 20)" in quick
+    # The layout that takes the span closes out of the paired difference shows each part.
+    d = _streaming(1.0426, 0.75, 0.05 / 1.2e-4)
+    d["loo"] |= {
+        "capture_s_per_token_difference": 1.4e-5,
+        "capture_s_per_token_difference_ci": [5e-6, 3e-5],
+        "paired_reps": 31,
+        "paired_tokens": 256,
+        "paired_spans_per_token": 0.05,
+        "span_close_s": 8e-5,
+        "stream_fixed_s": 2e-3,
+        "stream_fixed_s_per_span": 2e-4,
+        "spans_per_example": 10,
+    }
+    rows = "\n".join(tp.streaming(d))
+    assert "(streamed − plain, 31 ABBA pairs of 256 tokens) [95 % interval] | 14.0 µs [5.0, 30.0] |" in rows
+    assert "event), 50.0 per 1,000 tokens | 80.0 µs |" in rows
+    d["loo"]["span_close_fit"] = {
+        "intercept_s": 5e-5,
+        "s_per_token": 3e-6,
+        "n_spans": 120,
+        "median_tokens": 20,
+        "median_latency_s": 1.1e-4,
+    }
+    rows = "\n".join(tp.streaming(d))
+    assert "paired streams' 120 spans (50 µs + 3.0 µs per token; median 110 µs at 20 tokens), at 10.0 tokens" in rows
+    assert "| per token without the span closes and the one-off cost, used | 10.0 µs |" in rows
+    assert "spread over 10 spans (median of the leave-one-out examples) | 2.00 ms, 200 µs per span |" in rows
 
 
 def test_capture_block_by_hand() -> None:

@@ -42,7 +42,15 @@ def test_sdpa_capture_equals_eager(family: str, kernel_lse: bool, monkeypatch: p
         passes["lse"] += 1
         return lse_pass(self, layer)
 
+    fused_pass = AttentionCapture._fused_rows
+
+    def fused(self: AttentionCapture, *, total: bool = False) -> torch.Tensor | None:
+        rows = fused_pass(self, total=total)
+        passes["lse"] += self.n_layers if rows is not None else 0  # every layer's rows at once
+        return rows
+
     monkeypatch.setattr(AttentionCapture, "_layer_rows_lse", counted)
+    monkeypatch.setattr(AttentionCapture, "_fused_rows", fused)
     with AttentionCapture(model, x, assign, decode=_decode, per_token=True, kernel_lse=kernel_lse) as cap:
         assert adapter_for(model).text_config(model)._attn_implementation == IMPLEMENTATION
         out = model.generate(**x, streamer=cap.streamer, max_new_tokens=8, min_new_tokens=8, do_sample=False)
@@ -58,6 +66,13 @@ def test_sdpa_capture_equals_eager(family: str, kernel_lse: bool, monkeypatch: p
     # Span features are the mean of their tokens' rows.
     for span, f in zip(res.spans, res.features, strict=True):
         np.testing.assert_allclose(f, res.per_token[span.start : span.end].mean(0), atol=1e-6)
+    # Without per-token rows (the streaming case: only each span's total is computed), the same features.
+    with AttentionCapture(model, x, assign, decode=_decode, kernel_lse=kernel_lse) as cap2:
+        out2 = model.generate(**x, streamer=cap2.streamer, max_new_tokens=8, min_new_tokens=8, do_sample=False)
+    assert out2.tolist() == out.tolist()
+    res2 = cap2.result()
+    assert res2.per_token is None and [s.end for s in res2.spans] == [s.end for s in res.spans]
+    np.testing.assert_allclose(res2.features, res.features, atol=1e-5)
 
 
 def test_sampling_and_capture_are_compatible() -> None:

@@ -55,6 +55,32 @@ def test_decode_kernel_output_is_transformers_sdpa_bit_for_bit(heads: int, kv: i
         torch.testing.assert_close(sdpa._last_row_lse(q, k, mask, 0.3), want, atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("heads", "kv"), [(4, 4), (6, 2), (8, 1)])
+def test_prefill_kernel_output_is_transformers_sdpa_bit_for_bit(heads: int, kv: int, dtype: torch.dtype) -> None:
+    """A mask-free causal prefill: exactly what ``sdpa`` returns, and the last row's true log-normaliser."""
+    torch.manual_seed(1)
+    d, t = 16, 29
+    q = torch.randn(1, heads, t, d, dtype=dtype)
+    k = torch.randn(1, kv, t, d, dtype=dtype)
+    v = torch.randn(1, kv, t, d, dtype=dtype)
+    mod = _Attn(heads // kv)
+    kw = {"dropout": 0.0, "scaling": 0.3}
+    ref, _ = sdpa_attention_forward(mod, q, k, v, None, **kw)
+    got = sdpa._prefill_with_lse(mod, q, k, v, kw)
+    assert got is not None
+    out, lse = got
+    assert out.shape == ref.shape and torch.equal(out, ref)
+    want = sdpa._last_row_lse(q, k, None, 0.3)  # the last row sees every key
+    assert lse.shape == (1, heads, 1) and lse.dtype == torch.float32
+    torch.testing.assert_close(lse, want, atol=1e-4 if dtype == torch.float32 else 2e-2, rtol=0)
+    # Declined: a cache prefix (keys longer than the queries), a mask's caller, a non-causal module, a batch.
+    assert sdpa._prefill_with_lse(mod, q[:, :, 1:], k, v, kw) is None
+    assert sdpa._prefill_with_lse(mod, q, k, v, {**kw, "is_causal": False}) is None
+    assert sdpa._prefill_with_lse(mod, q.expand(2, -1, -1, -1), k.expand(2, -1, -1, -1), v, kw) is None
+    assert sdpa._prefill_with_lse(mod, q, k, v, {**kw, "dropout": 0.1}) is None
+
+
 def test_decode_fast_path_declines_what_sdpa_would_not_run_as_flash() -> None:
     """A batch, dropout, a soft cap, a position bias or attention weights: transformers' own path is taken."""
     q, k, v = torch.randn(1, 4, 1, 8), torch.randn(1, 4, 5, 8), torch.randn(1, 4, 5, 8)

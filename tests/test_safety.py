@@ -83,6 +83,15 @@ def test_online_trajectory_equals_the_whole_chain_functions() -> None:
     third = tr.update(a)  # back to the start: length 2 * sqrt 2, displacement 0 -> floored
     assert third["path_length"] == pytest.approx(2 * np.sqrt(2)) and third["displacement"] == 0.0
     assert third["tortuosity"] > 1e5
+    # Ties at the top-k cut keep the lower index, as effect_vectors: [1, -1, 1, .5] keeps regions 0 and 1.
+    tied = np.array([[1.0, -1.0, 1.0, 0.5], [0.5, 1.0, -1.0, 1.0]])
+    tr = OnlineTrajectory(top=2)
+    tr.update(tied[0])
+    assert tr.update(tied[1])["path_length"] == pytest.approx(path_length(effect_vectors(tied, 2)), abs=1e-12)
+    with pytest.raises(ValueError, match="K = 3"):
+        tr.update(np.ones(3))
+    with pytest.raises(ValueError, match="NaN"):
+        OnlineTrajectory().update(np.array([1.0, np.nan]))
 
 
 def test_on_flag_fires_once_on_the_iterating_thread_before_its_event(attributor: Attributor) -> None:

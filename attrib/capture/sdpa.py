@@ -119,6 +119,11 @@ def _capturing_sdpa(
         if got is not None:
             cap._record(module, query, key, attention_mask, kwargs.get("scaling"), got[1])
             return got[0], None
+    elif cap is not None and cap.kernel_lse and attention_mask is None:
+        got = _prefill_with_lse(module, query, key, value, kwargs)
+        if got is not None:  # the prefill's last row's normaliser comes with its output: no second pass over it
+            cap._record(module, query, key, None, kwargs.get("scaling"), got[1])
+            return got[0], None
     if _SDPA is None:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -190,8 +195,12 @@ def _flash_direct(
         if not rules[0](None, key, value):
             return False  # transformers packs the heads: the general path handles it
         gqa = True
-    choice = torch.ops.aten._fused_sdp_choice(query, key, value, None, 0.0, False, scale=scaling, enable_gqa=gqa)
-    return bool(choice == _FLASH_CHOICE)
+    sig = ("decode", query.dtype, tuple(query.shape), key.shape[1], key.shape[3], value.shape[3], None, gqa)
+    ok = _FLASH_OK.get(sig)  # the same answer for every layer and capture of one shape: asked once
+    if ok is None:
+        choice = torch.ops.aten._fused_sdp_choice(query, key, value, None, 0.0, False, scale=scaling, enable_gqa=gqa)
+        ok = _FLASH_OK[sig] = bool(choice == _FLASH_CHOICE)
+    return ok
 
 
 def _gqa_rules() -> tuple[Callable[..., Any], Callable[..., Any]] | None:
@@ -260,6 +269,40 @@ def _decode_with_lse(
     out, lse = _FLASH_CPU(q, key, value, 0.0, False, attn_mask=mask, scale=scaling)
     out = out.reshape(out.shape[0], -1, 1, value.shape[-1]).transpose(1, 2).contiguous()
     return out, lse.reshape(1, -1, 1)
+
+
+def _prefill_with_lse(
+    module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, kwargs: dict[str, Any]
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """A mask-free causal prefill as transformers' ``sdpa`` computes it, and its last row's log-normalisers.
+
+    Where SDPA would run the CPU flash kernel on these very tensors (a causal prefill with no mask, no prefix in
+    the cache, heads not repeated by transformers), calling the kernel directly returns the same output and every
+    row's normaliser; the capture keeps the last row's, ``(1, H, 1)``. ``None`` elsewhere (the caller takes
+    transformers' own path).
+    """
+    t = query.shape[2]
+    if query.device.type != "cpu" or query.shape[0] != 1 or key.shape[2] != t or not _plain_step(kwargs):
+        return None
+    causal = kwargs.get("is_causal")
+    if not (causal if causal is not None else getattr(module, "is_causal", True)):
+        return None
+    rules = _gqa_rules()
+    if rules is None:
+        return None
+    gqa = getattr(module, "num_key_value_groups", 1) > 1
+    if gqa and not rules[0](None, key, value):
+        return None  # transformers repeats the heads: its own path
+    scaling = kwargs.get("scaling")
+    sig = ("prefill", query.dtype, query.shape[1], key.shape[1], key.shape[3], value.shape[3], gqa)
+    ok = _FLASH_OK.get(sig)
+    if ok is None:
+        choice = torch.ops.aten._fused_sdp_choice(query, key, value, None, 0.0, True, scale=scaling, enable_gqa=gqa)
+        ok = _FLASH_OK[sig] = choice == _FLASH_CHOICE
+    if not ok:
+        return None
+    out, lse = _FLASH_CPU(query, key, value, 0.0, True, scale=scaling)
+    return out.transpose(1, 2).contiguous(), lse[:, :, -1:].float()
 
 
 _REGISTERED_NAMES: set[str] = set()
@@ -659,24 +702,22 @@ class AttentionCapture:
 
     def _reset_buffers(self) -> None:
         nl = self.n_layers
-        # Per layer, one entry per buffered forward: (key length, mask, has a kernel log-normaliser) while the
-        # layer's rows wait for the batched pass (the queries are in _qbuf, the normalisers in _lbuf), or the
-        # computed (H, C) row of a layer that computes at each step.
+        # Per layer, one entry per buffered forward while the layer's rows wait for the batched pass:
+        # (key length, mask, the newest query (1, H, 1, D), the kernel's (1, H, 1) log-normaliser or None);
+        # or the computed (H, C) row of a layer that computes at each step. The query and normaliser are the
+        # forward's own tensors, held, not copied (a prefill's last query row is copied once).
         self._buf: list[list[Any]] = [[] for _ in range(nl)]
-        self._qbuf: list[torch.Tensor | None] = [None] * nl  # (1, H, capacity, D): the waiting forwards' queries
-        self._qslots: list[list[torch.Tensor]] = [[] for _ in range(nl)]  # views of _qbuf's slots, (1, H, 1, D)
-        self._lslots: list[list[torch.Tensor]] = [[] for _ in range(nl)]  # views of _lbuf's rows, (1, H, 1)
-        self._qcap = [0] * nl  # slots in _qbuf and _lbuf
-        self._lbuf: list[torch.Tensor | None] = [None] * nl  # (capacity, 1, H, 1) float32: their log-normalisers
         self._rel: tuple[Any, torch.Tensor] | None = None  # key positions that carry region or part mass
         self._direct: dict[int, bool] = {}  # id(attention module) -> its mask-free decode step is the flash kernel
         self._relk: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * nl  # those positions, their float keys
+        self._fused: tuple[torch.Tensor, torch.Tensor] | None = None  # all layers' keys, values (_fused_rows)
         self._keys: list[torch.Tensor | None] = [None] * nl  # the latest key cache of each waiting layer
         self._scale: list[float | None] = [None] * nl
         self._stepwise = [False] * nl  # the layer's cache drops keys: rows are computed at each step
         self._seen = [0] * nl  # sequence length each layer has seen
         self._forwards = 0  # forward passes recorded (by the last layer)
         self._buffered = 0  # tokens whose rows wait for the batched pass
+        self._unfusable = False  # a waiting forward had a mask or no kernel normaliser
         self._discard = False  # no further span can complete and no per-token rows are kept
         self._values: dict[tuple[torch.device, torch.dtype], _ValueTable] = {}
         self._mask_cache: dict[tuple[int, int, torch.device], torch.Tensor] = {}
@@ -729,11 +770,7 @@ class AttentionCapture:
             self._drop()
             self._keys = [None] * self.n_layers
             self._relk = [None] * self.n_layers
-            self._qbuf = [None] * self.n_layers
-            self._qslots = [[] for _ in range(self.n_layers)]
-            self._lslots = [[] for _ in range(self.n_layers)]
-            self._qcap = [0] * self.n_layers
-            self._lbuf = [None] * self.n_layers
+            self._fused = None
             self._values = {}
             self._span_sum = None
 
@@ -765,45 +802,23 @@ class AttentionCapture:
         if self._discard:
             return
         if t == seen and not self._stepwise[layer]:
-            # Copy the newest query into the layer's buffer, keep a reference to the keys: the row is computed
-            # in the next batched pass.
-            # (This runs for every layer at every token: it is kept to a few operations.)
+            # Hold the newest query (and the kernel's normaliser), keep a reference to the keys: the row is
+            # computed in the next batched pass. (This runs for every layer at every token: a few operations.)
             if lse is None:
                 self._keys[layer] = key
             elif self.parts or self._relk[layer] is None:  # copy the relevant keys (once for a plain model)
                 self._snapshot_keys(layer, key, seen)  # and the growing cache is not held
             self._scale[layer] = scaling
-            entries = self._buf[layer]
-            i = len(entries)
-            if i >= self._qcap[layer]:
-                self._grow_queries(layer, query, i)
-            self._qslots[layer][i].copy_(query if query.shape[2] == 1 else query[:, :, -1:])
-            if lse is not None:
-                self._lslots[layer][i].copy_(lse)
-            entries.append((seen, attention_mask, lse is not None))
+            q = query if query.shape[2] == 1 else query[:, :, -1:].clone()  # a prefill's whole query is not held
+            self._buf[layer].append((seen, attention_mask, q, lse))
+            if lse is None or attention_mask is not None:
+                self._unfusable = True  # this batch of forwards takes the per-layer passes (_fused_rows)
             return
         if not self._stepwise[layer]:  # the cache has started dropping keys: compute what waits, then step by step
             self._buf[layer] = list(self._layer_rows(layer).unbind(1)) if self._buf[layer] else []
             self._stepwise[layer] = True
             self._keys[layer] = None
         self._buf[layer].append(self._row_now(query, key, attention_mask, scaling, seen))
-
-    def _grow_queries(self, layer: int, query: torch.Tensor, used: int) -> torch.Tensor:
-        """The layer's query buffer with room past ``used`` entries (allocated once per capture, then doubled)."""
-        old, old_lse = self._qbuf[layer], self._lbuf[layer]
-        size = max(self.chunk + 1, 2 * used, 16)
-        buf = query.new_empty(1, query.shape[1], size, query.shape[3])
-        lbuf = torch.empty(size, 1, query.shape[1], 1, dtype=torch.float32, device=query.device)
-        if old is not None and used:
-            buf[:, :, :used] = old[:, :, :used].to(buf)
-        if old_lse is not None and used:
-            lbuf[:used] = old_lse[:used].to(lbuf.device)
-        self._qbuf[layer], self._lbuf[layer] = buf, lbuf
-        # Slots shaped as a decode step's query and normaliser: copying into a ready view costs half of indexing.
-        self._qslots[layer] = list(buf.split(1, dim=2))
-        self._lslots[layer] = list(lbuf.unbind(0))
-        self._qcap[layer] = size
-        return buf
 
     def _table(self, like: torch.Tensor) -> _ValueTable:
         return self._table_for(like.device, like.dtype)
@@ -835,16 +850,16 @@ class AttentionCapture:
         entries = self._buf[layer]
         if self._stepwise[layer]:
             return torch.stack(entries, 1)
-        if all(e[2] for e in entries):
+        if all(e[3] is not None for e in entries):
             return self._layer_rows_lse(layer)
         key = self._keys[layer]
-        buf = self._qbuf[layer]
-        assert key is not None and buf is not None
+        assert key is not None
         n = len(entries)
-        h, d = buf.shape[1], buf.shape[3]
+        q = torch.cat([e[2] for e in entries], 2)  # (1, H, n, D)
+        h, d = q.shape[1], q.shape[3]
         kv, t = key.shape[1], key.shape[2]
         g = h // kv
-        q = buf[:, :, :n].reshape(1, kv, g * n, d)  # row r = head-in-group * n + token
+        q = q.reshape(1, kv, g * n, d)  # row r = head-in-group * n + token
         vals = self._table(key).rows(t)
         if any(e[1] is not None for e in entries):
             mask = self._causal_mask(entries, t, kv, g, key.device)
@@ -881,24 +896,26 @@ class AttentionCapture:
         full pass, without reading the rest of the cache.
         """
         entries = self._buf[layer]
-        snap, buf, lbuf = self._relk[layer], self._qbuf[layer], self._lbuf[layer]
-        assert snap is not None and buf is not None and lbuf is not None
+        snap = self._relk[layer]
+        assert snap is not None
         pos, keys = snap  # (P,), (KV, P, D) float32
         n = len(entries)
-        h, d = buf.shape[1], buf.shape[3]
+        q = torch.cat([e[2] for e in entries], 2)[0].float()  # (H, n, D)
+        h, d = q.shape[0], q.shape[2]
         kv = keys.shape[0]
         g = h // kv
         t = entries[-1][0]
         vals = self._table_for(keys.device, torch.float32).rows(t).index_select(0, pos)  # (P, C)
-        q = buf[0, :, :n].float().reshape(kv, g * n, d)  # row r = head-in-group * n + token
+        q = q.reshape(kv, g * n, d)  # row r = head-in-group * n + token
+        lse = torch.cat([e[3] for e in entries], 2).to(keys.device, torch.float32).reshape(kv, g, n, 1)  # (1, H, n)
         scale = self._scale[layer]
         s = torch.bmm(q, keys.transpose(1, 2)).mul_(scale if scale is not None else d**-0.5)
-        s = s.view(kv, g, n, -1).sub_(lbuf[:n].reshape(n, h).T.reshape(kv, g, n, 1))
+        s = s.view(kv, g, n, -1).sub_(lse)
         ends = [e[0] for e in entries]
         if pos.numel() and int(pos.max()) >= min(ends):  # a key part generated after some of these tokens
             late = pos[None, :] >= torch.tensor(ends, device=keys.device)[:, None]  # (n, P)
             s.masked_fill_(late, float("-inf"))
-        for i, (_end, m, _) in enumerate(entries):
+        for i, (_end, m, _, _) in enumerate(entries):
             if m is None:
                 continue
             row = m[0, :, -1].index_select(-1, pos.clamp(max=m.shape[-1] - 1))  # (1 or H, P)
@@ -911,6 +928,53 @@ class AttentionCapture:
         out = torch.matmul(p, vals)  # (KV, G * n, C)
         return out.reshape(h, n, vals.shape[1])
 
+    def _fused_rows(self, *, total: bool = False) -> torch.Tensor | None:
+        """Every layer's rows in one pass, for the usual case: ``(L, H, n, C)``, or with ``total`` their sum
+        over the buffered tokens, ``(L, H, C)``; ``None`` outside the usual case.
+
+        The usual case: a model without key parts whose every layer took the kernel's normaliser at every
+        buffered forward, with no mask, on one device, with one head layout. Each layer's relevant keys were
+        copied once per capture, so the stacked keys (scaled by their layer's softmax scale) and their value
+        rows are built once and reused; a pass is then a handful of batched operations for all layers
+        instead of a handful per layer, and a span's total is summed before the product with the values.
+        """
+        if self.parts or self._unfusable:
+            return None
+        bufs = self._buf
+        n = len(bufs[0])
+        for layer, entries in enumerate(bufs):
+            if self._stepwise[layer] or len(entries) != n or self._relk[layer] is None:
+                return None
+        fused = self._fused
+        if fused is None:
+            snaps = [snap for snap in self._relk if snap is not None]
+            pos = snaps[0][0]
+            if any(k.shape != snaps[0][1].shape or k.device != snaps[0][1].device for _, k in snaps):
+                return None
+            d = snaps[0][1].shape[2]
+            scaled = [k * (sc if sc is not None else d**-0.5) for (_, k), sc in zip(snaps, self._scale, strict=True)]
+            keys_t = torch.cat(scaled).transpose(1, 2).contiguous()  # (L * KV, D, P) float32
+            vals = self._table_for(keys_t.device, torch.float32).rows(int(pos.max()) + 1).index_select(0, pos)
+            fused = self._fused = (keys_t, vals)  # and (P, C)
+        keys_t, vals = fused
+        nl = self.n_layers
+        lkv, d = keys_t.shape[0], keys_t.shape[1]
+        q0 = bufs[0][0][2]
+        h = q0.shape[1]
+        if q0.shape[3] != d or q0.device != keys_t.device or (h * nl) % lkv:
+            return None
+        kv = lkv // nl
+        g = h // kv
+        # (1, H, L * n, D), layer-major -> (L, H, n, D) -> rows (L * KV, G * n, D): row r = head-in-group * n + token
+        q = torch.cat([e[2] for entries in bufs for e in entries], 2).to(torch.float32)
+        q = q.view(h, nl, n, d).transpose(0, 1).reshape(lkv, g * n, d)
+        lse = torch.cat([e[3] for entries in bufs for e in entries], 2).to(keys_t.device, torch.float32)  # (1, H, L*n)
+        lse = lse.view(h, nl, n).transpose(0, 1).reshape(lkv, g * n, 1)
+        p = torch.baddbmm(lse, q, keys_t, beta=-1).exp_()  # (L * KV, G * n, P): exp(q . k * scale - lse)
+        if total:
+            return torch.matmul(p.view(lkv, g, n, -1).sum(2), vals).view(nl, h, vals.shape[1])
+        return torch.matmul(p, vals).view(nl, h, n, vals.shape[1])  # (L * KV, G * n, C) -> (L, H, n, C)
+
     def _causal_mask(self, entries: list[Any], t: int, kv: int, g: int, device: torch.device) -> torch.Tensor:
         """``(1, 1 or KV, G * n, T)`` boolean mask: token i sees keys before its own end, and its model mask."""
         n = len(entries)
@@ -919,7 +983,7 @@ class AttentionCapture:
         if all(e[1] is None for e in entries):
             return allowed.expand(g, n, t).reshape(1, 1, g * n, t)
         full = allowed.expand(kv, g, n, t).clone()
-        for i, (end, m, _) in enumerate(entries):
+        for i, (end, m, _, _) in enumerate(entries):
             if m is None:
                 continue
             row = m[0, :, -1, :end]
@@ -933,10 +997,16 @@ class AttentionCapture:
         n = self._buffered
         if not n:
             return
+        rows: torch.Tensor | None = None
+        s: torch.Tensor | None = None
         if self._ext_buf:
             rows = torch.stack(self._ext_buf, 2)
             self._ext_buf = []
+        elif count and not self.per_token:
+            s = self._fused_rows(total=True)  # only the span's total is needed
         else:
+            rows = self._fused_rows()
+        if rows is None and s is None:
             self._mask_cache = {}
             per_layer = [self._layer_rows(i) for i in range(self.n_layers)]
             self._mask_cache = {}
@@ -944,7 +1014,9 @@ class AttentionCapture:
             rows = torch.stack([r.to(dev, torch.float32) for r in per_layer])  # (L, H, n, C)
         self._drop()
         if count:
-            s = rows.sum(2)
+            if s is None:
+                assert rows is not None
+                s = rows.sum(2)
             acc = self._span_sum
             if acc is None or acc.shape != s.shape or acc.device != s.device:
                 self._span_sum = s  # kept, and reused by every later span (nothing new per flush)
@@ -954,6 +1026,7 @@ class AttentionCapture:
                 acc.add_(s)
             self._span_n += n
         if self.per_token:
+            assert rows is not None
             self._token_rows.append(rows.permute(2, 0, 1, 3).cpu().numpy())
 
     def _drop(self) -> None:
@@ -962,6 +1035,7 @@ class AttentionCapture:
             entries.clear()
         self._ext_buf = []
         self._buffered = 0
+        self._unfusable = False
 
     def push_row(self, row: torch.Tensor, parts: dict[str, torch.Tensor] | None = None) -> None:
         """Queue one step's ``(L, H, K)`` region row (and key-part rows) for the next token.
@@ -1031,11 +1105,12 @@ class AttentionCapture:
     def _emit(self, span: Span) -> None:
         """Close the open span: its mean features move to the host, once."""
         if self._span_sum is None or self._span_n == 0:
-            mean = np.zeros((self.n_layers, self.n_heads, self._n_cols), dtype=np.float32)
+            feats, span_parts = self._split(np.zeros((self.n_layers, self.n_heads, self._n_cols), dtype=np.float32))
+        elif not self.parts:  # (L, H, K) -> (K, L, H) in torch: a few calls on the generation path, no numpy ones
+            feats, span_parts = (self._span_sum / self._span_n).permute(2, 0, 1).contiguous().cpu().numpy(), {}
         else:
-            mean = (self._span_sum / self._span_n).cpu().numpy()
+            feats, span_parts = self._split((self._span_sum / self._span_n).cpu().numpy())
         self._span_n = 0
-        feats, span_parts = self._split(mean)
         for name, a in span_parts.items():
             self._part_feats[name].append(a)
         self._spans.append(span)
@@ -1045,6 +1120,8 @@ class AttentionCapture:
 
     def _split(self, rows: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """``(..., L, H, C)`` -> features ``(..., K, L, H)`` (alias parts included) and each part's share."""
+        if not self.parts:  # C = K
+            return np.ascontiguousarray(np.moveaxis(rows, -1, -3), dtype=np.float32), {}
         total = rows[..., : self.k].copy()
         parts: dict[str, np.ndarray] = {}
         for p, col in zip(self.parts, self._part_cols, strict=True):

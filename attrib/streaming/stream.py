@@ -439,10 +439,14 @@ class AttributionStream:
         """A span's event: region scores, top regions, key parts, the flagger and the trajectory (recorded)."""
         est = self._a.estimator
         scores = est.region_scores(feats[None])[0]
-        part_scores = {n: est.region_scores(p[None])[0].astype(np.float32) for n, p in parts.items() if p.ndim == 3}
-        coef = np.asarray(est.coef_)
-        shares = {n: float(latent_share(feats[None], p[None], coef)[0]) for n, p in parts.items() if p.ndim == 2}
-        order = np.argsort(-scores, kind="stable")[: self.top]
+        part_scores: dict[str, np.ndarray] = {}
+        shares: dict[str, float] = {}
+        if parts:  # a research variant's key parts
+            coef = np.asarray(est.coef_)
+            part_scores = {n: est.region_scores(p[None])[0].astype(np.float32) for n, p in parts.items() if p.ndim == 3}
+            shares = {n: float(latent_share(feats[None], p[None], coef)[0]) for n, p in parts.items() if p.ndim == 2}
+        order = np.argsort(-scores, kind="stable")[: self.top].tolist()
+        values = scores.tolist()
         flagged = self._flagged_at is not None
         if self._flagger is not None and not flagged and self._flagger.update(scores):
             self._flagged_at = span.index
@@ -457,7 +461,7 @@ class AttributionStream:
             start=span.start,
             end=span.end,
             scores=scores.astype(np.float32),
-            top_regions=[(int(r), float(scores[r])) for r in order],
+            top_regions=[(r, values[r]) for r in order],
             span_end_s=end_s,
             emitted_s=self._now(),
             flagged=flagged,

@@ -26,6 +26,7 @@ variants register from their own packages, through the plugin entry points
 
 from __future__ import annotations
 
+import functools
 import inspect
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -156,7 +157,13 @@ def _suppressor(ids: Sequence[int]) -> Any:
     transformers' ``suppress_tokens`` builds a vocabulary-sized mask at every step (about 1.4 ms
     per token on the CPU for a 152k vocabulary); this one fills the few listed ids. transformers
     also inspects each processor's signature at every step, so the signature is set once here.
+    One processor per id set is made and reused by every later generation (it holds no state of one).
     """
+    return _suppressor_for(tuple(ids))
+
+
+@functools.lru_cache(maxsize=64)
+def _suppressor_for(ids: tuple[int, ...]) -> Any:
     from transformers import LogitsProcessor
 
     index: dict[torch.device, torch.Tensor] = {}
@@ -169,25 +176,33 @@ def _suppressor(ids: Sequence[int]) -> Any:
         return scores.index_fill(-1, idx, float("-inf"))
 
     call.__signature__ = inspect.signature(call)  # type: ignore[attr-defined]
-    cls = type("SuppressIds", (LogitsProcessor,), {"__call__": staticmethod(call), "ids": tuple(ids)})
+    cls = type("SuppressIds", (LogitsProcessor,), {"__call__": staticmethod(call), "ids": ids})
     return cls()
 
 
 def _stopper(flag: StopFlag) -> Any:
     """A stopping criterion that asks ``flag()`` once per step (no tensor made per step)."""
+    return _stop_class()(flag)
+
+
+@functools.cache
+def _stop_class() -> type:
+    """The criterion's class, made once (transformers is imported lazily)."""
     from transformers import StoppingCriteria
 
-    answers: dict[tuple[int, torch.device, bool], torch.Tensor] = {}
-
     class _Stop(StoppingCriteria):
+        def __init__(self, flag: StopFlag) -> None:
+            self.flag = flag
+            self.answers: dict[tuple[int, torch.device, bool], torch.Tensor] = {}
+
         def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **_: Any) -> torch.Tensor:
-            k = (input_ids.shape[0], input_ids.device, bool(flag()))
-            out = answers.get(k)
+            k = (input_ids.shape[0], input_ids.device, bool(self.flag()))
+            out = self.answers.get(k)
             if out is None:
-                out = answers[k] = torch.full((k[0],), k[2], dtype=torch.bool, device=k[1])
+                out = self.answers[k] = torch.full((k[0],), k[2], dtype=torch.bool, device=k[1])
             return out
 
-    return _Stop()
+    return _Stop
 
 
 class PlainVariant:
