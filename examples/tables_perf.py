@@ -109,7 +109,7 @@ def streaming(d: dict[str, Any]) -> list[str]:
             f"{m['reps']} per mode, alternating), peak RSS while generating: plain {m['peak_rss_plain_mb']:.1f} MB, "
             f"streamed {m['peak_rss_streamed_mb']:.1f} MB; rise above the RSS before generating: plain "
             f"{m['growth_plain_mb']:.1f} MB, streamed {m['growth_streamed_mb']:.1f} MB: the streamed path's own "
-            f"memory (capture, worker, events; {m['n_spans']:.0f} spans) is {m['streaming_extra_mb']:+.1f} MB.",
+            f"memory (capture and events; {m['n_spans']:.0f} spans) is {m['streaming_extra_mb']:+.1f} MB.",
         ]
     return lines
 

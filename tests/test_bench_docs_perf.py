@@ -86,7 +86,7 @@ def test_streaming_block_by_hand() -> None:
     assert "(`loo_speedup`): ×5,000" in text and "(`loo_speedup_incl_capture`): ×417, target ≥ 100: met" in text
     assert "×1.250" in text and "×1.040 plain generation on that thread" in text
     assert "plain 400.0 MB, streamed 401.5 MB; rise above" in text and "plain 10.0 MB, streamed 11.5 MB" in text
-    assert "(capture, worker, events; 30 spans) is +1.5 MB" in text
+    assert "(capture and events; 30 spans) is +1.5 MB" in text
     assert "5 alternating repeats" in lines[0] and "1.5 min" in lines[0]
     assert "not spread over tokens): 0.150 s." in text  # one length: one value, not a range
     # Misses are said as misses.

@@ -138,6 +138,8 @@ def test_v2_training_config_and_tiny_run(tmp_path: Path) -> None:
     assert proc.tokenizer.unk_token_id not in proc.tokenizer.encode(text)
     log = json.loads((tmp_path / "m" / "train_log.json").read_text())
     assert log["config"]["benchmark"] == "shapes2"
+    # its directory records its benchmark's held-out split, the default examples when it is loaded by path
+    assert json.loads((tmp_path / "m" / "attrib_processor.json").read_text())["dataset"] == "shapes2:test"
     out = tmp_path / "eval.json"
     # no --benchmark: the one the model was trained on, read from its train_log.json
     assert main(["shapes", "eval", "--model", str(tmp_path / "m"), "--n", "2", "--no-blank", "--json", str(out)]) == 0

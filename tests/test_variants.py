@@ -102,6 +102,20 @@ def test_a_broken_plugin_is_logged_and_skipped(
     assert plugins.load_plugins() == ["good"] and calls == [1]  # once only
 
 
+def test_a_model_loaded_by_path_keeps_the_dataset_its_directory_records(tmp_path: Path) -> None:
+    """A v2 model copied elsewhere (no named entry) still defaults to its own benchmark; without the record,
+    the processor kind's default applies."""
+    import shutil
+
+    src = Path(attrib.__file__).parent / "shapes" / "bundled" / "shapes2-qwen25vl"
+    dst = tmp_path / "my-v2"
+    shutil.copytree(src, dst)
+    loaded = attrib.load(str(dst))
+    assert loaded.named is None and loaded.default_dataset == "shapes2:test"
+    (dst / "attrib_processor.json").write_text(json.dumps({"class": "ShapesProcessor", "version": 1}))
+    assert attrib.load(str(dst)).default_dataset == "shapes:test"
+
+
 def test_load_reports_each_kind_of_model() -> None:
     base, v = attrib.load("shapes-qwen25vl"), attrib.load(V1)
     assert (base.variant, v.variant) == ("plain", "pointcopy")

@@ -226,6 +226,16 @@ def resolve_path(name_or_path: str | Path | None) -> Path | str:
     return name
 
 
+def processor_dataset(path: str | Path) -> str | None:
+    """The dataset spec a checkpoint directory's ``attrib_processor.json`` records (``"dataset"``), if any."""
+    marker = Path(path) / "attrib_processor.json"
+    try:
+        spec = json.loads(marker.read_text()).get("dataset")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return spec if isinstance(spec, str) and spec else None
+
+
 def load_processor(path: str | Path, config: Any = None) -> tuple[Processor, ProcessorKind | None]:
     """The input builder of a checkpoint directory (or hub id).
 
@@ -413,9 +423,14 @@ class LoadedModel:
 
     @property
     def default_dataset(self) -> str | None:
-        """The dataset spec of this model's default examples (its named entry's, else its processor kind's)."""
+        """The dataset spec of this model's default examples: its named entry's, else the one its directory's
+        ``attrib_processor.json`` records (``"dataset"``), else its processor kind's."""
         if self.named is not None and self.named.dataset is not None:
             return self.named.dataset
+        if self.path is not None:
+            recorded = processor_dataset(self.path)
+            if recorded is not None:
+                return recorded
         return self.processor_kind.dataset if self.processor_kind is not None else None
 
     @property

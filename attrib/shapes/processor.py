@@ -172,13 +172,22 @@ class ShapesProcessor:
         )
         return cls(build_tokenizer(words, extra_special), ip)
 
-    def save_pretrained(self, path: str | Path) -> None:
-        """Save tokenizer, chat template and image-processor config to ``path``."""
+    def save_pretrained(self, path: str | Path, *, dataset: str | None = None) -> None:
+        """Save tokenizer, chat template and image-processor config to ``path``.
+
+        Args:
+            path: The directory.
+            dataset: The dataset spec of the examples the model was made for (``"shapes2:test"``), recorded
+                for its default examples when it is loaded by path.
+        """
         p = Path(path)
         p.mkdir(parents=True, exist_ok=True)
         self.tokenizer.save_pretrained(p)
         self.image_processor.save_pretrained(p)
-        (p / "attrib_processor.json").write_text(json.dumps({"class": "ShapesProcessor", "version": 1}) + "\n")
+        marker: dict[str, object] = {"class": "ShapesProcessor", "version": 1}
+        if dataset is not None:
+            marker["dataset"] = dataset
+        (p / "attrib_processor.json").write_text(json.dumps(marker) + "\n")
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> ShapesProcessor:

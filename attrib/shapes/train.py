@@ -452,7 +452,7 @@ def _train(
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     cast(Any, model).save_pretrained(tmp)
-    processor.save_pretrained(tmp)
+    processor.save_pretrained(tmp, dataset=f"{cfg.benchmark}:test")
     log = {
         "config": cfg.to_dict(),
         "losses": losses,
