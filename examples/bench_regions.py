@@ -1,13 +1,15 @@
 """Region benchmark: quality of the offline default, clustering time, and the share of regions in a run.
 
 Usage:
-    python examples/bench_regions.py --json OUT [--quick]
+    python examples/bench_regions.py --json OUT [--quick] [--benchmark shapes2|shapes]
 
 Writes ``{"purity": {"16", "32", "64"}, "object_recall": {...}, "baselines": {...},
 "cluster_seconds": {"256": {K: s}, "1024": {K: s}}, "region_share": {...}}``.
-Purity is measured on ``attrib.shapes`` test images with the offline default
-(``color``); cluster times are medians over repeats of Ward clustering on
-feature maps of 256 (16x16) and 1,024 (32x32) patches with D = 384 (DINOv3-S width).
+Purity is measured on ``attrib.shapes`` test images (benchmark v2 by default, its mix
+of canvases; ``--benchmark shapes`` for v1) with the offline default (``color``);
+cluster times are medians over repeats of Ward clustering on feature maps of 256
+(16x16) and 1,024 (32x32) patches with D = 384 (DINOv3-S width). The share of a run
+is measured with the benchmark's bundled model, generating up to its token budget.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ import torch
 
 from attrib.io import atomic_write_json
 from attrib.regions import cluster_features, segment
-from attrib.shapes import iter_split
 from metrics.regions import object_recall, region_purity
 
 
@@ -42,11 +43,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", required=True)
     ap.add_argument("--quick", action="store_true", help="fewer images and repeats (< 2 minutes)")
+    ap.add_argument("--benchmark", choices=("shapes2", "shapes"), default="shapes2", help="which test images")
     args = ap.parse_args()
+    if args.benchmark == "shapes2":
+        from attrib.shapes.v2 import iter_split
+
+        model_name, budget = "shapes2-qwen25vl", 256
+    else:
+        from attrib.shapes import iter_split
+
+        model_name, budget = "shapes-qwen25vl", 200
     n_img = 30 if args.quick else 200
     reps = 3 if args.quick else 7
     out: dict = {
         "n_images": n_img,
+        "benchmark": args.benchmark,
         "split": "test",
         "method": "color",
         "machine": platform.processor() or platform.machine(),
@@ -98,7 +109,7 @@ def main() -> None:
     import attrib
     from attrib.shapes.evaluate import generate_batch
 
-    m = attrib.load()
+    m = attrib.load(model_name)
     model, proc = m.model, m.processor
     reg_t, gen_t = [], []
     for ex in exs[: 10 if args.quick else 40]:
@@ -107,11 +118,11 @@ def main() -> None:
         part.assign_tokens("shapes_qwen25vl")
         reg_t.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        generate_batch(model, proc, [ex.image()], [ex.question.text])
+        generate_batch(model, proc, [ex.image()], [ex.question.text], max_new_tokens=budget)
         gen_t.append(time.perf_counter() - t0)
     r, g = statistics.median(reg_t), statistics.median(gen_t)
     out["region_share"] = {
-        "model": "bundled shapes-qwen25vl",
+        "model": f"bundled {model_name}",
         "region_seconds_median": r,
         "generation_seconds_median": g,
         "share": r / (r + g),

@@ -530,7 +530,8 @@ def regions_bench(d: dict[str, Any]) -> list[str]:
     ks = list(d["purity"])
     base = sorted({m for k in ks for m in d["baselines"][k]})
     lines = [
-        f"`shapes:{d['split']}` images: {d['n_images']}; method `{d['method']}` against the geometric baselines; "
+        f"`{d.get('benchmark', 'shapes')}:{d['split']}` images: {d['n_images']}; method `{d['method']}` against the "
+        "geometric baselines; "
         f"{d['machine']}, {d['torch_threads']} torch threads.",
         "",
         "| K | purity (color) | object recall (color) | " + " | ".join(f"{m} purity / recall" for m in base) + " |",
