@@ -16,7 +16,7 @@ from attrib.shapes import make_example
 from attrib.shapes.model import ModelSize, load_model
 from attrib.shapes.pointing import pointing_trace, score_pointing, strip_pointing, target_cells
 from attrib.shapes.train import TrainConfig, train
-from attrib.variants.pointcopy.model import COPY, PointCopyModel, provenance
+from attrib.variants.pointcopy.model import COPY, REGION_OPEN, PointCopyModel, provenance
 
 COPY_ID = 110
 
@@ -323,6 +323,44 @@ def test_v1_training_smoke_eval_and_cli(tmp_path: Path) -> None:
     ca = res["copy_attention"]
     assert len(ca["copy_mass"]) == len(ca["source_mass"]) == (ca["n_tokens"] > 0) * 2  # tiny model: 2 layers
     assert ca["n_examples"] == 1 and ca["dataset"] == "shapes:test"  # --n-copy 1, the default dataset
+
+
+def test_v1_on_benchmark_v2_traces_training_and_eval(tmp_path: Path) -> None:
+    """v1 point-and-copy on benchmark v2: every object sentence points at its object's cells (raster order over
+    the canvas's grid, non-square canvases included), the v2 recipe trains it, and its evaluation scores pointing."""
+    from attrib.cli import main
+    from attrib.shapes.v2 import make_example as make_example2
+
+    shapes_seen, copies, wrong_hits = set(), 0, 0
+    for i in range(16):
+        ex = make_example2("test", i)
+        text, src = pointing_trace(ex)
+        n_object = sum(1 for s in ex.question.sentences if s.kind == "object")
+        assert text.count(REGION_OPEN) == n_object > 0
+        assert strip_pointing(text) == ex.target_text()
+        cells = (ex.scene.height // 28) * (ex.scene.width // 28)
+        assert all(0 <= c < cells for c in src)
+        sc = score_pointing(ex, text, src)
+        assert sc.hits == sc.copies == len(src) and sc.blocks == n_object  # the ground truth points right
+        wrong_hits += score_pointing(ex, text, [(c + cells // 2) % cells for c in src]).hits  # half a canvas away
+        copies += len(src)
+        shapes_seen.add((ex.scene.width, ex.scene.height))
+    assert any(w != h for w, h in shapes_seen) and wrong_hits < copies / 2
+    cfg = TrainConfig.v2(
+        variant="v1", steps=3, batch_size=2, size=ModelSize.tiny(), ckpt_every=0, warmup=1, workers=0, curriculum=0
+    )
+    res = train(cfg, tmp_path / "v1v2")
+    assert all(np.isfinite(loss) for _, loss in res.losses)
+    loaded = attrib.load(tmp_path / "v1v2")
+    assert isinstance(loaded.model, PointCopyModel) and loaded.variant == "pointcopy"
+    assert loaded.default_dataset == "shapes2:test"
+    log = json.loads((tmp_path / "v1v2" / "train_log.json").read_text())
+    assert log["config"]["variant"] == "v1" and log["config"]["benchmark"] == "shapes2"
+    out = tmp_path / "eval.json"
+    args = ["shapes", "eval", "--model", str(tmp_path / "v1v2"), "--n", "2", "--batch-size", "2", "--json", str(out)]
+    assert main(args) == 0
+    d = json.loads(out.read_text())
+    assert d["benchmark"] == "shapes2" and 0.0 <= d["pointing_accuracy"] <= 1.0 and "position_accuracy" in d
 
 
 def _forced_trace(pc: PointCopyModel, inp: dict[str, torch.Tensor]) -> tuple[list[int], list[int]]:

@@ -111,7 +111,7 @@ def test_v2_training_config_and_tiny_run(tmp_path: Path) -> None:
     cfg = TrainConfig.v2()
     assert cfg.size.layers * cfg.size.heads >= 48 and cfg.benchmark == "shapes2" and cfg.aux_share == 0
     assert cfg.to_dict()["benchmark_version"] == 1
-    with pytest.raises(ValueError, match="plain model"):
+    with pytest.raises(ValueError, match="auxiliary"):
         TrainConfig(benchmark="shapes2", aux_share=0.25)
     with pytest.raises(ValueError, match="benchmark must be"):
         TrainConfig(benchmark="shapes3")

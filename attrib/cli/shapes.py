@@ -132,13 +132,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     overrides |= {"seed": args.seed, "difficulty": _difficulty(args), "threads": args.threads}
     if args.tiny:
         overrides["size"] = ModelSize.tiny()
-    if args.benchmark == "shapes2":
-        if args.variant != "base":
-            raise ValueError(
-                "--variant v1 is trained on benchmark v1 only for now: pass --benchmark shapes "
-                "(benchmark v2 trains the plain model)"
-            )
-        cfg = TrainConfig.v2(**overrides)
+    if args.benchmark == "shapes2":  # the v2 recipe; --variant v1 puts the point-and-copy heads on the same base
+        cfg = TrainConfig.v2(variant=args.variant, **overrides)
     else:
         cfg = TrainConfig(size=overrides.pop("size", ModelSize()), variant=args.variant, **overrides)
     with progress() as prog:

@@ -1,12 +1,17 @@
 """Point-and-copy traces for ``attrib.shapes``, and scoring where a model points.
 
 Trace format (v1 variant). In every sentence that introduces one object
-(``There is a <size> <colour> <shape> at the <place>.``), the object phrase is
+(benchmark v1: ``There is a <size> <colour> <shape> at the <place>.``; benchmark v2's object
+sentences: ``A <size> <colour> <shape> at the <place>.``), the object phrase is
 followed by a region block that copies the merged image cells the object covers:
 
 ```text
 There is a large red triangle<region><|copy|><|copy|></region> at the top right.
+A large red triangle<region><|copy|><|copy|></region> at the top right.
 ```
+
+Cells are numbered in raster order over the canvas's grid of merged cells (``H/28`` rows of ``W/28``),
+which is the order of the image's visual tokens, so non-square v2 canvases work as square ones.
 
 The copied cells are the object's *target cells*: merged cells (``patch_size x
 merge_size`` pixels, 28 px for Qwen2/2.5-VL) ranked by the share of the cell the
@@ -36,9 +41,9 @@ from attrib.variants.pointcopy.model import COPY, REGION_CLOSE, REGION_OPEN
 
 __all__ = ["PointingScore", "cell_cover", "pointing_trace", "score_pointing", "strip_pointing", "target_cells"]
 
-_INTRO = re.compile(r"^There is an? ")
+_INTRO = re.compile(r"^(?:There is an?|An?) ")
 _BLOCK = re.compile(re.escape(REGION_OPEN) + r"(.*?)" + re.escape(REGION_CLOSE))
-_PHRASE = re.compile(r"There is an? ([a-z]+ [a-z]+ [a-z]+)\s*$")
+_PHRASE = re.compile(r"(?:^|There is )[Aa]n? ([a-z]+ [a-z]+ [a-z]+)\s*$")
 
 
 def cell_cover(scene: Scene, obj: int, cell: int = 28) -> np.ndarray:
@@ -74,7 +79,8 @@ def pointing_trace(example: Example, *, cell: int = 28, max_cells: int = 4) -> t
     sources: list[int] = []
     for s in example.question.sentences:
         t = s.text
-        if len(s.objects) == 1 and _INTRO.match(t) and " at the " in t:
+        intro = getattr(s, "kind", "object") == "object"  # a v2 sentence says its kind; a v1 one does not
+        if intro and len(s.objects) == 1 and _INTRO.match(t) and " at the " in t:
             cells = target_cells(example.scene, s.objects[0], cell=cell, max_cells=max_cells)
             block = REGION_OPEN + COPY * len(cells) + REGION_CLOSE
             head, tail = t.split(" at the ", 1)

@@ -158,8 +158,8 @@ class TrainConfig:
             raise ValueError(f"lr must be in (0, 1), got {self.lr}")
         if self.benchmark not in ("shapes", "shapes2"):
             raise ValueError(f"benchmark must be 'shapes' or 'shapes2', got {self.benchmark!r}")
-        if self.benchmark == "shapes2" and (self.variant != "base" or self.aux_share):
-            raise ValueError("benchmark 'shapes2' trains the plain model without auxiliary examples (aux_share=0)")
+        if self.benchmark == "shapes2" and self.aux_share:
+            raise ValueError("benchmark 'shapes2' trains without auxiliary examples (aux_share=0)")
         if self.curriculum < 0 or not 1 <= self.curriculum_min_objects <= self.curriculum_max_objects:
             raise ValueError(
                 f"curriculum must be >= 0 and 1 <= curriculum_min_objects <= curriculum_max_objects, got "
@@ -328,16 +328,17 @@ def pointing_batch(processor: ShapesProcessor, examples: list[Example]) -> dict[
 def new_model(cfg: TrainConfig) -> tuple[torch.nn.Module, ShapesProcessor]:
     """A freshly initialised model of ``cfg.variant`` (seeded by ``cfg.seed``) and its processor."""
     torch.manual_seed(cfg.seed)
-    if cfg.variant == "v1":
-        processor = ShapesProcessor.create(benchmark_words(), extra_special=COPY_TOKENS)
-        base = Qwen2_5_VLForConditionalGeneration(build_config(processor, cfg.size))
-        return PointCopyModel(base, token_id(processor.tokenizer, COPY), keys="hidden"), processor
     if cfg.benchmark == "shapes2":
         from attrib.shapes.v2.dataset import benchmark_words as benchmark_words2
 
-        processor = ShapesProcessor.create(benchmark_words2())
+        words = benchmark_words2()
     else:
-        processor = ShapesProcessor.create(benchmark_words())
+        words = benchmark_words()
+    if cfg.variant == "v1":  # the same base and words, with the copy tokens and the point-and-copy heads
+        processor = ShapesProcessor.create(words, extra_special=COPY_TOKENS)
+        base = Qwen2_5_VLForConditionalGeneration(build_config(processor, cfg.size))
+        return PointCopyModel(base, token_id(processor.tokenizer, COPY), keys="hidden"), processor
+    processor = ShapesProcessor.create(words)
     return Qwen2_5_VLForConditionalGeneration(build_config(processor, cfg.size)), processor
 
 
