@@ -564,6 +564,33 @@ def regions_bench(d: dict[str, Any]) -> list[str]:
     return lines
 
 
+def collections(d: dict[str, Any]) -> list[str]:
+    """What the collections hold (examples/collection_summary.py)."""
+    cols = d["collections"]
+    lines = [
+        "| collection | model | examples | spans | answered right | failed | removal sets | leave-one-out | "
+        "MB on disk |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in cols:
+        span = f"{c['start']:,}–{c['start'] + c['n'] - 1:,}"
+        lines.append(
+            f"| `{c['dataset']}` {span} | {c['model']} | {c['n_examples']:,} | {c['n_spans']:,} | {_f(c['correct'])} "
+            f"| {c['n_failed']} | {c['n_subsets']} | {'yes' if c['loo'] else 'no'} | {c['mb_on_disk']:.0f} |"
+        )
+    first = cols[0]
+    lines += [
+        "",
+        f"All with `{first['region_method']}` regions, K = {first['k']}, `{first['ablation_mode']}` ablation, up to "
+        f"{first['max_new_tokens']} generated tokens"
+        + ("" if all(c["complete"] for c in cols) else "; **not all complete**")
+        + "; created "
+        + ", ".join(sorted({str(c["created"])[:10] for c in cols}))
+        + ".",
+    ]
+    return lines
+
+
 def ray(d: dict[str, Any]) -> list[str]:
     """Local backend against a two-node Ray cluster on loopback (examples/bench_ray.py)."""
     lines = [
@@ -866,6 +893,7 @@ BLOCKS = {
     "v1-late-chain-checks": (("v1_analysis.json", "v1_analysis_validation.json"), v1_late_chain_checks),
     "regions-bench": ("bench_regions.json", regions_bench),
     "ray": ("bench_ray.json", ray),
+    "collections-v2": ("collections_v2.json", collections),
     "norms": ("norms_bundled.json", norms),
     "trajectories": ("trajectories.json", trajectories),
     "trajectories-v2": ("trajectories_v2.json", trajectories),

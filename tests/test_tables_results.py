@@ -252,3 +252,36 @@ def test_faithfulness_protocol_block_from_the_published_json() -> None:
     # a JSON without the protocol's extras renders nothing rather than failing
     bare = {"methods": d["methods"], "n_examples": 1, "n_spans": 1}
     assert _tables().faithfulness_protocol({**bare, "methods": {}}) == []
+
+
+def test_collection_summary_and_its_block_by_hand(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("collection_summary", ROOT / "examples" / "collection_summary.py")
+    assert spec is not None and spec.loader is not None
+    cs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cs)
+    col = tmp_path / "col"
+    col.mkdir()
+    shards = []
+    # two shards: 3 examples (2 right; 2 + 1 + 0 spans) and 1 example (wrong; 4 spans); one example failed
+    for name, recs in (("shard-00000", [(2, True), (1, True), (0, False)]), ("shard-00001", [(4, False)])):
+        examples = [{"spans": [[0, 1]] * n, "correct": ok} for n, ok in recs]
+        (col / f"{name}.json").write_text(json.dumps({"examples": examples}))
+        shards.append({"name": name, "n_examples": len(recs), "n_failed": 0})
+    cfg = {"model": "m", "dataset": "shapes2:test", "start": 10, "n": 5, "k": 8, "n_subsets": 64, "loo": True}
+    cfg |= {"region_method": "color", "ablation_mode": "mask", "max_new_tokens": 256}
+    manifest = {"shards": shards, "config": cfg, "failures": [{"uid": "x", "error": "e"}], "complete": True}
+    manifest["created"] = "2026-11-30T10:00:00"
+    (col / "manifest.json").write_text(json.dumps(manifest))
+    s = cs.summarise(col)
+    assert (s["n_examples"], s["n_spans"], s["n_failed"]) == (4, 7, 1)
+    assert s["correct"] == pytest.approx(0.5) and s["loo"] is True and s["complete"] is True
+    assert s["mb_on_disk"] == pytest.approx(sum(f.stat().st_size for f in col.iterdir()) / 2**20)
+    out = tmp_path / "c.json"
+    assert cs.main([str(col), "--json", str(out)]) == 0
+    lines = _tables().collections(json.loads(out.read_text()))
+    assert "| `shapes2:test` 10–14 | m | 4 | 7 | 0.500 | 1 | 64 | yes | 0 |" in lines
+    want = "All with `color` regions, K = 8, `mask` ablation, up to 256 generated tokens; created 2026-11-30."
+    assert lines[-1] == want
+    manifest["complete"] = False
+    (col / "manifest.json").write_text(json.dumps(manifest))
+    assert "**not all complete**" in _tables().collections({"collections": [cs.summarise(col)]})[-1]
