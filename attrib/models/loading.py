@@ -58,6 +58,7 @@ __all__ = [
     "load",
     "load_processor",
     "parse_device",
+    "processor_dataset",
     "register_model_kind",
     "register_named_model",
     "register_processor_kind",
