@@ -361,6 +361,14 @@ def test_v1_on_benchmark_v2_traces_training_and_eval(tmp_path: Path) -> None:
     assert main(args) == 0
     d = json.loads(out.read_text())
     assert d["benchmark"] == "shapes2" and 0.0 <= d["pointing_accuracy"] <= 1.0 and "position_accuracy" in d
+    # the v1 analyses read their copy-attention examples from the dataset the v1 collection was made on
+    col = tmp_path / "col"
+    c_args = ["--model", str(tmp_path / "v1v2"), "--dataset", "shapes2:test", "--n", "1", "--k", "8", "--subsets", "4"]
+    assert main(["collect", *c_args, "--max-new-tokens", "12", "--threads", "1", "--out", str(col)]) == 0
+    res_path = tmp_path / "v1.json"
+    v1_args = ["v1", "--base-test", str(col), "--v1-test", str(col), "--v1-model", str(tmp_path / "v1v2")]
+    assert main([*v1_args, "--n-copy", "1", "--json", str(res_path)]) == 0
+    assert json.loads(res_path.read_text())["copy_attention"]["dataset"] == "shapes2:test"
 
 
 def _forced_trace(pc: PointCopyModel, inp: dict[str, torch.Tensor]) -> tuple[list[int], list[int]]:

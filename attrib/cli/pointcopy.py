@@ -51,6 +51,13 @@ def refit_total_and_direct(
     return fitted, info
 
 
+def _collection_dataset(path: str) -> str:
+    """The dataset spec a collection was made on (``shapes:test`` when its manifest does not say)."""
+    from attrib.collect.store import Collection
+
+    return str(Collection.open(path).config.get("dataset") or "shapes:test")
+
+
 def _cmd(args: argparse.Namespace) -> int:
     from attrib.analysis.pointcopy import run_analysis
     from attrib.io import atomic_write_json, jsonable
@@ -73,7 +80,7 @@ def _cmd(args: argparse.Namespace) -> int:
         v1_model=args.v1_model,
         n_copy=args.n_copy,
         figures=args.figures,
-        dataset=args.dataset,
+        dataset=args.dataset or _collection_dataset(args.v1_test),
         v1_refit=refit,
         refit_info=info,
     )
@@ -97,7 +104,11 @@ def register(sub: Any) -> None:
     p.add_argument("--v1-estimator", default=None, help="the point-and-copy model's estimator")
     p.add_argument("--v1-model", default=None, help="bundled name or directory of the v1 model (copy attention)")
     p.add_argument("--n-copy", type=int, default=30, help="examples captured for the per-layer copy attention")
-    p.add_argument("--dataset", default="shapes:test", help="where those examples come from")
+    p.add_argument(
+        "--dataset",
+        default=None,
+        help="where those examples come from (default: the dataset the --v1-test collection was made on)",
+    )
     p.add_argument(
         "--v1-train",
         nargs="+",
