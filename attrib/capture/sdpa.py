@@ -164,6 +164,24 @@ _FLASH_CPU: Callable[..., tuple[torch.Tensor, torch.Tensor]] = getattr(
 )
 
 
+def _flash_ok(
+    sig: tuple[Any, ...],
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    causal: bool,
+    scaling: float | None,
+    gqa: bool,
+) -> bool:
+    """Whether SDPA runs the CPU flash kernel on tensors of signature ``sig`` (asked once per signature)."""
+    ok = _FLASH_OK.get(sig)
+    if ok is None:
+        choice = torch.ops.aten._fused_sdp_choice(q, k, v, mask, 0.0, causal, scale=scaling, enable_gqa=gqa)
+        ok = _FLASH_OK[sig] = bool(choice == _FLASH_CHOICE)
+    return ok
+
+
 def _plain_step(kwargs: dict[str, Any]) -> bool:
     """No dropout, soft cap, position bias, attention sinks or attention weights asked for."""
     g = kwargs.get
@@ -196,11 +214,7 @@ def _flash_direct(
             return False  # transformers packs the heads: the general path handles it
         gqa = True
     sig = ("decode", query.dtype, tuple(query.shape), key.shape[1], key.shape[3], value.shape[3], None, gqa)
-    ok = _FLASH_OK.get(sig)  # the same answer for every layer and capture of one shape: asked once
-    if ok is None:
-        choice = torch.ops.aten._fused_sdp_choice(query, key, value, None, 0.0, False, scale=scaling, enable_gqa=gqa)
-        ok = _FLASH_OK[sig] = bool(choice == _FLASH_CHOICE)
-    return ok
+    return _flash_ok(sig, query, key, value, None, False, scaling, gqa)  # one answer per shape, for every capture
 
 
 def _gqa_rules() -> tuple[Callable[..., Any], Callable[..., Any]] | None:
@@ -259,12 +273,8 @@ def _decode_with_lse(
     ms = (
         None if mask is None else tuple(mask.shape[:-1])
     )  # the key length grows every step; the choice does not depend on it
-    sig = (q.dtype, tuple(q.shape), key.shape[1], key.shape[3], value.shape[3], ms, gqa)
-    ok = _FLASH_OK.get(sig)
-    if ok is None:
-        choice = torch.ops.aten._fused_sdp_choice(q, key, value, mask, 0.0, False, scale=scaling, enable_gqa=gqa)
-        ok = _FLASH_OK[sig] = choice == _FLASH_CHOICE
-    if not ok:
+    sig = ("decode", q.dtype, tuple(q.shape), key.shape[1], key.shape[3], value.shape[3], ms, gqa)
+    if not _flash_ok(sig, q, key, value, mask, False, scaling, gqa):
         return None
     out, lse = _FLASH_CPU(q, key, value, 0.0, False, attn_mask=mask, scale=scaling)
     out = out.reshape(out.shape[0], -1, 1, value.shape[-1]).transpose(1, 2).contiguous()
@@ -294,12 +304,8 @@ def _prefill_with_lse(
     if gqa and not rules[0](None, key, value):
         return None  # transformers repeats the heads: its own path
     scaling = kwargs.get("scaling")
-    sig = ("prefill", query.dtype, query.shape[1], key.shape[1], key.shape[3], value.shape[3], gqa)
-    ok = _FLASH_OK.get(sig)
-    if ok is None:
-        choice = torch.ops.aten._fused_sdp_choice(query, key, value, None, 0.0, True, scale=scaling, enable_gqa=gqa)
-        ok = _FLASH_OK[sig] = choice == _FLASH_CHOICE
-    if not ok:
+    sig = ("prefill", query.dtype, query.shape[1], key.shape[1], key.shape[3], value.shape[3], None, gqa)
+    if not _flash_ok(sig, query, key, value, None, True, scaling, gqa):
         return None
     out, lse = _FLASH_CPU(query, key, value, 0.0, True, scale=scaling)
     return out.transpose(1, 2).contiguous(), lse[:, :, -1:].float()
