@@ -29,7 +29,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from sklearn.utils import resample
@@ -61,11 +61,13 @@ __all__ = [
     "DEFAULT_METHODS",
     "IMAGE_DEPENDENT_MIN",
     "IMAGE_DEPENDENT_RULES",
+    "Design",
     "ExampleModel",
     "choose_contextcite_alpha",
     "data_efficiency",
     "default_subset_split",
     "design_matrix",
+    "design_rows",
     "estimator_seeds",
     "evaluate_methods",
     "fit_estimator",
@@ -97,23 +99,33 @@ _KIND_ORDER = ("planning", "object", "summary")
 _CC_BUDGETS = {"contextcite": 32, "contextcite_64": 64}
 
 
-def design_matrix(
-    examples: Sequence[dict[str, Any]], *, only_correct: bool = True, limit: int | None = None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """Design rows, targets and span groups from collected examples.
+class Design(NamedTuple):
+    """Training rows of the estimator (see [`design_rows`][attrib.evaluation.design_rows])."""
+
+    x: np.ndarray
+    """``(n_rows, L*H)``: per (span, removal set), the summed features of the removed regions."""
+    y: np.ndarray
+    """``(n_rows,)`` measured drops."""
+    groups: np.ndarray
+    """``(n_rows,)`` span ids."""
+    n_examples: int
+    """Examples used."""
+    span_mass: np.ndarray
+    """``(n_rows, L*H)``: per row, its span's features summed over every region (the scale head's input)."""
+
+
+def design_rows(examples: Sequence[dict[str, Any]], *, only_correct: bool = True, limit: int | None = None) -> Design:
+    """Design rows, targets, span groups and span masses from collected examples.
 
     Args:
         examples: Collected examples.
         only_correct: Keep correctly answered examples only (the paper's choice).
         limit: Use at most this many examples (after filtering), in order.
 
-    Returns:
-        ``(X, y, groups, n_examples_used)``.
-
     Raises:
         ValueError: If no example is left, or an example has NaN targets (named).
     """
-    xs, ys, gs = [], [], []
+    xs, ys, gs, ms = [], [], [], []
     used = 0
     g = 0
     bad: list[str] = []
@@ -134,6 +146,8 @@ def design_matrix(
         xs.append(design.reshape(-1, f))
         ys.append(d.reshape(-1))
         gs.append(np.repeat(np.arange(g, g + n_spans), m))
+        mass = np.asarray(ex["features"], dtype=np.float64).reshape(n_spans, -1, f).sum(axis=1)
+        ms.append(np.repeat(mass, m, axis=0))
         g += n_spans
         used += 1
     if bad:
@@ -141,7 +155,23 @@ def design_matrix(
         raise ValueError(f"{len(bad)} training example(s) have unusable targets: {shown}")
     if not xs:
         raise ValueError("no training examples left (all failed, or none answered correctly)")
-    return np.concatenate(xs), np.concatenate(ys), np.concatenate(gs), used
+    return Design(np.concatenate(xs), np.concatenate(ys), np.concatenate(gs), used, np.concatenate(ms))
+
+
+def design_matrix(
+    examples: Sequence[dict[str, Any]], *, only_correct: bool = True, limit: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Design rows, targets and span groups from collected examples
+    ([`design_rows`][attrib.evaluation.design_rows] without the span masses).
+
+    Returns:
+        ``(X, y, groups, n_examples_used)``.
+
+    Raises:
+        ValueError: If no example is left, or an example has NaN targets (named).
+    """
+    d = design_rows(examples, only_correct=only_correct, limit=limit)
+    return d.x, d.y, d.groups, d.n_examples
 
 
 def fit_estimator(
@@ -168,11 +198,11 @@ def fit_estimator(
         ValueError: If no usable example is left, or some have empty or NaN targets (named).
     """
     exs = train_examples(train)
-    x, y, groups, used = design_matrix(exs, only_correct=only_correct, limit=limit)
+    d = design_rows(exs, only_correct=only_correct, limit=limit)
     shape = tuple(exs[0]["features"].shape[2:])
     est = LinearHeadEstimator(loss=loss, layer_head_shape=shape, **params)  # type: ignore[arg-type]
-    est.fit(x, y, groups=groups)
-    return est, used
+    est.fit(d.x, d.y, groups=d.groups, span_mass=d.span_mass)
+    return est, d.n_examples
 
 
 def train_examples(train: Collection | Sequence[Collection]) -> list[dict[str, Any]]:
@@ -859,9 +889,9 @@ def data_efficiency(
             everything = np.arange(len(usable))
             idx = everything[:n] if r == 0 else resample(everything, replace=False, n_samples=n, random_state=r)
             pick = [usable[j] for j in sorted(idx)]
-            x, y, groups, _ = design_matrix(pick, only_correct=False)
+            d = design_rows(pick, only_correct=False)
             est = LinearHeadEstimator(loss=loss, layer_head_shape=shape, **params)  # type: ignore[arg-type]
-            est.fit(x, y, groups=groups)
+            est.fit(d.x, d.y, groups=d.groups, span_mass=d.span_mass)
             res = evaluate_methods(
                 test,
                 est,
@@ -923,12 +953,15 @@ def estimator_seeds(
     if seeds < 1:
         raise ValueError(f"seeds must be >= 1, got {seeds}")
     exs = train_examples(train)
-    x, y, groups, used = design_matrix(exs, only_correct=only_correct)
+    d = design_rows(exs, only_correct=only_correct)
+    used = d.n_examples
     shape = tuple(exs[0]["features"].shape[2:])
     params = {**estimator.get_params(), "layer_head_shape": shape}
     per: dict[str, dict[str, list[float]]] = {}
     for seed in range(seeds):
-        est = LinearHeadEstimator(**{**params, "random_state": seed}).fit(x, y, groups=groups)
+        est = LinearHeadEstimator(**{**params, "random_state": seed}).fit(
+            d.x, d.y, groups=d.groups, span_mass=d.span_mass
+        )
         res = evaluate_methods(
             test, est, methods=("estimator",), limit=limit, auc_steps=0, span_meta=span_meta, n_boot=n_boot
         )

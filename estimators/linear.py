@@ -12,6 +12,15 @@ Losses:
   removal sets (Adam, lr 1e-3 by default). Correlation ignores scale, so a final
   least-squares calibration maps scores to drop units.
 - ``"ridge"``: closed-form ridge regression on the pooled samples.
+
+Magnitude (``span_scale=True``): one weight vector ranks a span's regions, but spans differ by orders of
+magnitude in how much they depend on the image, and span features are means over tokens, so
+``<w, f>`` carries no magnitude. The scale head multiplies a span's scores by a positive factor
+``r(S) = exp(<u, m_S> + c)`` read from the span's own features, ``m_S = Σ_k f_{S,k}`` (the image
+attention mass of each layer and head), fit by least squares on the measured drops after ``w``.
+Being positive and per span, it leaves every ranking (LDS, top-K, pointing, insertion/deletion)
+unchanged and carries the magnitudes that pooled metrics such as R² need. Inference stays arithmetic
+on captured features.
 """
 
 from __future__ import annotations
@@ -56,12 +65,21 @@ class LinearHeadEstimator(RegressorMixin, BaseEstimator):  # type: ignore[misc]
         layer_head_shape: ``(L, H)``; ``coef_`` takes this shape. When ``None``, a 3-D
             input ``(n, L, H)`` sets it, and 2-D input gives ``coef_`` of shape ``(1, F)``.
         random_state: Initialisation seed (``pearson``).
+        span_scale: Also fit the per-span scale head (see the module docstring); ``fit`` then needs
+            ``span_mass``.
+        scale_alpha: L2 penalty of the scale head's standardised weights.
 
     Attributes:
-        coef_: ``(L, H)`` weights, in drop units.
-        intercept_: Bias ``b``.
+        coef_: ``(L, H)`` weights, in drop units (one calibration shared by all spans).
+        intercept_: Bias ``b`` of ``X @ w + b``.
         n_features_in_: ``L * H``.
+        scale_coef_: ``(L, H)`` weights ``u`` of the scale head (``None`` without it).
+        scale_offset_: Its offset ``c``.
+        span_intercept_: Bias of the scaled prediction ``r(S) · X @ w + b'``.
     """
+
+    #: Bound on the scale head's exponent (a factor of e^±30 is far outside any fitted range).
+    SCALE_EXP_BOUND = 30.0
 
     def __init__(
         self,
@@ -72,6 +90,8 @@ class LinearHeadEstimator(RegressorMixin, BaseEstimator):  # type: ignore[misc]
         n_iter: int = 2000,
         layer_head_shape: tuple[int, int] | None = None,
         random_state: int = 0,
+        span_scale: bool = False,
+        scale_alpha: float = 1e-3,
     ) -> None:
         self.loss = loss
         self.alpha = alpha
@@ -79,9 +99,11 @@ class LinearHeadEstimator(RegressorMixin, BaseEstimator):  # type: ignore[misc]
         self.n_iter = n_iter
         self.layer_head_shape = layer_head_shape
         self.random_state = random_state
+        self.span_scale = span_scale
+        self.scale_alpha = scale_alpha
 
     # ------------------------------------------------------------ fitting
-    def fit(self, X: Any, y: Any, groups: Any = None) -> LinearHeadEstimator:
+    def fit(self, X: Any, y: Any, groups: Any = None, span_mass: Any = None) -> LinearHeadEstimator:
         """Fit on design rows ``X`` (``(n, F)`` or ``(n, L, H)``) and drops ``y``.
 
         Args:
@@ -89,12 +111,15 @@ class LinearHeadEstimator(RegressorMixin, BaseEstimator):  # type: ignore[misc]
             y: Measured drops.
             groups: Span ids; the Pearson loss correlates within each group
                 (all rows form one group when ``None``).
+            span_mass: Per row, its span's features summed over all regions (``(n, F)`` or
+                ``(n, L, H)``); needed with ``span_scale``, ignored without.
 
         Returns:
             self
 
         Raises:
-            ValueError: On NaN/empty targets (naming the offending rows) or an unknown loss.
+            ValueError: On NaN/empty targets (naming the offending rows), an unknown loss, or
+                ``span_scale`` without a matching ``span_mass``.
         """
         shape = self.layer_head_shape
         x_arr = np.asarray(X)
@@ -110,8 +135,17 @@ class LinearHeadEstimator(RegressorMixin, BaseEstimator):  # type: ignore[misc]
             bad = np.nonzero(~np.isfinite(y_arr.astype(np.float64)))[0]
             if bad.size:
                 raise ValueError(f"targets hold NaN/inf at rows {bad[:10].tolist()}{'...' if bad.size > 10 else ''}")
+        mass = None
+        if self.span_scale:
+            if span_mass is None:
+                raise ValueError("span_scale=True needs span_mass: per row, its span's features summed over regions")
+            mass = np.asarray(span_mass, dtype=np.float64).reshape(len(y_arr), -1)
+            if not np.isfinite(mass).all():
+                raise ValueError("span_mass holds NaN/inf")
         X, y_arr = validate_data(self, X, y, y_numeric=True)
         y_arr = np.asarray(y_arr, dtype=np.float64)
+        if mass is not None and mass.shape[1] != X.shape[1]:
+            raise ValueError(f"span_mass has {mass.shape[1]} features per row, X has {X.shape[1]}")
         if self.loss == "ridge":
             w, b = self._ridge(X, y_arr)
         elif self.loss == "pearson":
@@ -122,7 +156,50 @@ class LinearHeadEstimator(RegressorMixin, BaseEstimator):  # type: ignore[misc]
         self._shape = shape if shape is not None and shape[0] * shape[1] == f else (1, f)
         self.coef_ = w.reshape(self._shape)
         self.intercept_ = float(b)
+        self.scale_coef_: np.ndarray | None = None
+        self.scale_offset_ = 0.0
+        self.span_intercept_ = float(b)
+        if mass is not None:
+            u, c, b2 = self._scale_head(X @ w, y_arr, mass)
+            self.scale_coef_, self.scale_offset_, self.span_intercept_ = u.reshape(self._shape), c, b2
         return self
+
+    def _scale_head(self, pred: np.ndarray, y: np.ndarray, mass: np.ndarray) -> tuple[np.ndarray, float, float]:
+        """Least-squares fit of ``y ≈ exp(<u, m> + c) · pred + b`` from ``u = 0, c = 0`` (the shared calibration)."""
+        import torch
+
+        mu, sd = mass.mean(0), mass.std(0)
+        sd = np.where(sd > 1e-12, sd, 1.0)
+        z = torch.as_tensor((mass - mu) / sd, dtype=torch.float64)
+        p = torch.as_tensor(pred, dtype=torch.float64)
+        yt = torch.as_tensor(y, dtype=torch.float64)
+        u = torch.zeros(mass.shape[1], dtype=torch.float64, requires_grad=True)
+        c = torch.zeros((), dtype=torch.float64, requires_grad=True)
+        b = torch.tensor(float(self.intercept_), dtype=torch.float64, requires_grad=True)
+        opt = torch.optim.LBFGS([u, c, b], max_iter=300, line_search_fn="strong_wolfe")
+        bound = self.SCALE_EXP_BOUND
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad()
+            r = torch.exp((z @ u + c).clamp(-bound, bound))
+            loss = ((r * p + b - yt) ** 2).mean() + self.scale_alpha * (u**2).sum()
+            loss.backward()  # type: ignore[no-untyped-call]
+            return loss
+
+        opt.step(closure)  # type: ignore[no-untyped-call]
+        u_raw = u.detach().numpy() / sd
+        return u_raw, float(c.detach()) - float(u_raw @ mu), float(b.detach())
+
+    def span_factor(self, mass: np.ndarray) -> np.ndarray:
+        """The scale head's factor ``r(S)`` per span from its summed features ``(n, L, H)`` or ``(n, F)``
+        (ones without a scale head)."""
+        m = np.asarray(mass, dtype=np.float64)
+        m = m.reshape(m.shape[0], -1)
+        u = getattr(self, "scale_coef_", None)
+        if u is None:
+            return np.ones(m.shape[0])
+        b = self.SCALE_EXP_BOUND
+        return np.asarray(np.exp(np.clip(m @ np.asarray(u).reshape(-1) + self.scale_offset_, -b, b)))
 
     def _ridge(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
         xm, ym = x.mean(0), y.mean()
@@ -177,24 +254,41 @@ class LinearHeadEstimator(RegressorMixin, BaseEstimator):  # type: ignore[misc]
         return direction * s, float(b)
 
     # ------------------------------------------------------------ prediction
-    def predict(self, X: Any) -> np.ndarray:
-        """Predicted drops ``X @ w + b`` for design rows ``(n, F)`` or ``(n, L, H)``."""
+    def predict(self, X: Any, span_mass: Any = None) -> np.ndarray:
+        """Predicted drops for design rows ``(n, F)`` or ``(n, L, H)``: ``X @ w + b``, or with a scale head and
+        ``span_mass`` (per row, its span's features summed over regions) ``r(S) · X @ w + b'``."""
         check_is_fitted(self, "coef_")
         x_arr = np.asarray(X)
         if x_arr.ndim == 3:
             X = x_arr.reshape(x_arr.shape[0], -1)
         X = validate_data(self, X, reset=False)
-        return np.asarray(X @ self.coef_.ravel() + self.intercept_)
+        base = X @ self.coef_.ravel()
+        if span_mass is None or getattr(self, "scale_coef_", None) is None:
+            return np.asarray(base + self.intercept_)
+        return np.asarray(self.span_factor(np.asarray(span_mass).reshape(len(base), -1)) * base + self.span_intercept_)
 
-    def region_scores(self, features: np.ndarray) -> np.ndarray:
-        """Per-region scores ``<w, f_{S,k}>`` for features ``(n_spans, K, L, H)`` -> ``(n_spans, K)``."""
+    def region_scores(self, features: np.ndarray, *, span_features: np.ndarray | None = None) -> np.ndarray:
+        """Per-region scores ``r(S) · <w, f_{S,k}>`` for features ``(n_spans, K, L, H)`` -> ``(n_spans, K)``.
+
+        Args:
+            features: The spans' per-region features.
+            span_features: Features ``(n_spans, K, L, H)`` the scale head reads (default ``features``); pass
+                the whole span's when ``features`` is a part of them (e.g. one key part), so the part is
+                scaled as its span is. Without a scale head ``r(S) = 1``.
+        """
         if getattr(self, "coef_", None) is None:  # called once per streamed span: sklearn's full check costs more
             check_is_fitted(self, "coef_")  # raises sklearn's NotFittedError
         coef = np.asarray(self.coef_)
         f = np.asarray(features, dtype=np.float64)
         if f.ndim != 4 or f.shape[2:] != coef.shape:
             raise ValueError(f"features have L x H = {f.shape[2:]}, the estimator expects {tuple(coef.shape)}")
-        return f.reshape(f.shape[0], f.shape[1], -1) @ coef.reshape(-1)
+        scores = f.reshape(f.shape[0], f.shape[1], -1) @ coef.reshape(-1)
+        if getattr(self, "scale_coef_", None) is None:
+            return scores
+        src = f if span_features is None else np.asarray(span_features, dtype=np.float64)
+        if src.shape[0] != f.shape[0] or src.shape[2:] != coef.shape:
+            raise ValueError(f"span_features have shape {src.shape}; expected ({f.shape[0]}, K, *{tuple(coef.shape)})")
+        return scores * self.span_factor(src.sum(axis=1))[:, None]
 
     # ------------------------------------------------------------ persistence
     def save(self, path: str | Path, **metadata: Any) -> None:
@@ -211,12 +305,17 @@ class LinearHeadEstimator(RegressorMixin, BaseEstimator):  # type: ignore[misc]
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
         tmp = p.with_name(p.name + ".tmp.safetensors")
-        save_file({"coef": np.ascontiguousarray(self.coef_, dtype=np.float64)}, str(tmp))
+        tensors = {"coef": np.ascontiguousarray(self.coef_, dtype=np.float64)}
+        scale = getattr(self, "scale_coef_", None)
+        if scale is not None:
+            tensors["scale_coef"] = np.ascontiguousarray(scale, dtype=np.float64)
+        save_file(tensors, str(tmp))
         tmp.replace(p.with_suffix(".safetensors"))
         meta = {
             "L": int(self.coef_.shape[0]),
             "H": int(self.coef_.shape[1]),
             "intercept": self.intercept_,
+            **({} if scale is None else {"scale_offset": self.scale_offset_, "span_intercept": self.span_intercept_}),
             "params": {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.get_params().items()},
             "version": VERSION,
             **metadata,
@@ -280,5 +379,17 @@ class LinearHeadEstimator(RegressorMixin, BaseEstimator):  # type: ignore[misc]
         est.intercept_ = float(meta["intercept"])
         est.n_features_in_ = coef.size
         est._shape = tuple(coef.shape)
+        est.scale_coef_ = None
+        est.scale_offset_ = 0.0
+        est.span_intercept_ = est.intercept_
+        if "scale_coef" in tensors:
+            sc = tensors["scale_coef"]
+            if sc.shape != coef.shape or not {"scale_offset", "span_intercept"} <= set(meta):
+                raise ValueError(
+                    f"estimator {p}: scale head {sc.shape} or its offsets disagree with L x H {coef.shape}"
+                )
+            est.scale_coef_ = sc
+            est.scale_offset_ = float(meta["scale_offset"])
+            est.span_intercept_ = float(meta["span_intercept"])
         est.metadata_ = {k: v for k, v in meta.items() if k not in ("params",)}
         return est

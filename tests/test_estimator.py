@@ -84,3 +84,88 @@ def test_clone_and_params() -> None:
 @parametrize_with_checks([LinearHeadEstimator(loss="ridge"), LinearHeadEstimator(loss="pearson", n_iter=50)])
 def test_sklearn_checks(estimator, check) -> None:  # type: ignore[no-untyped-def]
     check(estimator)
+
+
+def _planted_magnitudes(n_ex: int = 80, k: int = 12, L: int = 4, H: int = 3, m: int = 16, seed: int = 1):  # type: ignore[no-untyped-def]  # noqa: N803
+    """Spans whose drops are w-scores times a span factor exp(<u, mass>) that a shared calibration cannot carry."""
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=L * H)
+    u = np.zeros(L * H)
+    u[0], u[5] = 3.0, -2.0
+    xs, ys, gs, ms, feats_all = [], [], [], [], []
+    for e in range(n_ex):
+        feats = rng.exponential(size=(2, k, L, H)) / k * rng.uniform(0.2, 2.0, size=(2, 1, 1, 1))
+        subsets = rng.random((m, k)) < 0.5
+        design = subset_design(feats, subsets)  # (2, m, F)
+        mass = feats.reshape(2, k, -1).sum(1)  # (2, F)
+        r = np.exp(mass @ u - 1.0)
+        y = r[:, None] * (design @ w) + 0.01 * rng.normal(size=(2, m))
+        xs.append(design.reshape(-1, L * H))
+        ys.append(y.ravel())
+        gs.append(np.repeat([2 * e, 2 * e + 1], m))
+        ms.append(np.repeat(mass, m, axis=0))
+        feats_all.append(feats)
+    return np.concatenate(xs), np.concatenate(ys), np.concatenate(gs), np.concatenate(ms), np.concatenate(feats_all)
+
+
+def test_span_scale_recovers_magnitudes_and_keeps_rankings() -> None:
+    x, y, g, mass, feats = _planted_magnitudes()
+    plain = LinearHeadEstimator(loss="pearson", n_iter=1500, lr=5e-3, alpha=0.0, layer_head_shape=(4, 3))
+    plain.fit(x, y, groups=g)
+    scaled = LinearHeadEstimator(
+        loss="pearson", n_iter=1500, lr=5e-3, alpha=0.0, layer_head_shape=(4, 3), span_scale=True
+    ).fit(x, y, groups=g, span_mass=mass)
+    # the direction is the same fit; the head only rescales spans, so every span's ranking of regions is kept
+    np.testing.assert_allclose(scaled.coef_, plain.coef_)
+    s_plain, s_scaled = plain.region_scores(feats), scaled.region_scores(feats)
+    assert (np.argsort(s_plain, axis=1) == np.argsort(s_scaled, axis=1)).all()
+    # magnitudes: the shared calibration explains the pooled drops poorly, the head nearly perfectly
+    resid_plain = y - plain.predict(x)
+    resid_scaled = y - scaled.predict(x, span_mass=mass)
+    assert 1 - resid_scaled.var() / y.var() > 0.97
+    assert 1 - resid_plain.var() / y.var() < 0.8
+    # the recovered head: factors proportional to the planted ones across spans
+    true_r = np.exp(feats.reshape(len(feats), 12, -1).sum(1) @ np.r_[3.0, 0, 0, 0, 0, -2.0, np.zeros(6)])
+    got_r = scaled.span_factor(feats.sum(axis=1))
+    assert np.corrcoef(np.log(true_r), np.log(got_r))[0, 1] > 0.95
+    # predict == region scores summed over the removal set + the scaled intercept
+    subsets = np.random.default_rng(3).random((5, 12)) < 0.5
+    design = subset_design(feats[:4], subsets).reshape(-1, 12)
+    rows_mass = np.repeat(feats[:4].sum(axis=1).reshape(4, -1), 5, axis=0)
+    pred = scaled.predict(design, span_mass=rows_mass).reshape(4, 5)
+    np.testing.assert_allclose(pred, (subsets @ s_scaled[:4].T).T + scaled.span_intercept_, atol=1e-9)
+
+
+def test_span_scale_part_scores_use_the_whole_span() -> None:
+    x, y, _g, mass, feats = _planted_magnitudes(n_ex=20)
+    est = LinearHeadEstimator(loss="ridge", layer_head_shape=(4, 3), span_scale=True).fit(x, y, span_mass=mass)
+    part = feats[:3] * 0.25
+    whole = est.region_scores(part, span_features=feats[:3])
+    np.testing.assert_allclose(whole, 0.25 * est.region_scores(feats[:3]), rtol=1e-12)
+    assert not np.allclose(est.region_scores(part), whole)  # its own (smaller) mass gives another factor
+    with pytest.raises(ValueError, match="span_features have shape"):
+        est.region_scores(part, span_features=feats[:2])
+
+
+def test_span_scale_needs_mass_and_round_trips(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    x, y, _g, mass, feats = _planted_magnitudes(n_ex=20)
+    with pytest.raises(ValueError, match="span_scale=True needs span_mass"):
+        LinearHeadEstimator(loss="ridge", span_scale=True).fit(x, y)
+    with pytest.raises(ValueError, match="span_mass has 6 features per row, X has 12"):
+        LinearHeadEstimator(loss="ridge", span_scale=True).fit(x, y, span_mass=mass[:, :6])
+    bad = mass.copy()
+    bad[4, 1] = np.nan
+    with pytest.raises(ValueError, match="span_mass holds NaN"):
+        LinearHeadEstimator(loss="ridge", span_scale=True).fit(x, y, span_mass=bad)
+    est = LinearHeadEstimator(loss="ridge", layer_head_shape=(4, 3), span_scale=True).fit(x, y, span_mass=mass)
+    est.save(tmp_path / "est", model_id="tiny")
+    back = LinearHeadEstimator.load(tmp_path / "est")
+    np.testing.assert_array_equal(back.scale_coef_, est.scale_coef_)
+    assert back.scale_offset_ == est.scale_offset_ and back.span_intercept_ == est.span_intercept_
+    np.testing.assert_allclose(back.region_scores(feats), est.region_scores(feats))
+    np.testing.assert_allclose(back.predict(x, span_mass=mass), est.predict(x, span_mass=mass))
+    # an estimator without the head loads without one (older files) and scales nothing
+    LinearHeadEstimator(loss="ridge", layer_head_shape=(4, 3)).fit(x, y).save(tmp_path / "plain")
+    plain = LinearHeadEstimator.load(tmp_path / "plain")
+    assert plain.scale_coef_ is None
+    np.testing.assert_array_equal(plain.span_factor(feats.sum(axis=1)), np.ones(len(feats)))

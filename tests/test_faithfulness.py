@@ -10,7 +10,7 @@ import pytest
 
 from attrib.cli import main
 from attrib.collect import CollectConfig, Collection, collect_many
-from attrib.evaluation import design_matrix, evaluate_methods, fit_estimator
+from attrib.evaluation import design_matrix, design_rows, evaluate_methods, fit_estimator
 from estimators.baselines import BASELINES, best_layer_index, contextcite_scores, register_baseline
 
 
@@ -37,6 +37,17 @@ def test_design_matrix_and_fit(colls: tuple[Path, Path]) -> None:
     assert x.shape == (n_spans * 8, 24) and y.shape == (n_spans * 8,) and len(np.unique(g)) == n_spans
     est, used = fit_estimator(train, loss="ridge", only_correct=False)
     assert est.coef_.shape == (4, 6) and used == len(exs)
+    assert est.scale_coef_ is None  # the head is opt-in in the Python API
+    d = design_rows(exs, only_correct=False)
+    np.testing.assert_array_equal(d.x, x)
+    # each row's span mass: its span's features summed over every region, repeated over its removal sets
+    first = exs[0]["features"]
+    for i in range(2):
+        want = np.repeat(first[i : i + 1].sum(axis=1).reshape(1, -1), 8, axis=0)
+        np.testing.assert_allclose(d.span_mass[8 * i : 8 * (i + 1)], want, rtol=1e-6)
+    scaled, _ = fit_estimator(train, loss="ridge", only_correct=False, span_scale=True)
+    assert scaled.scale_coef_ is not None and scaled.scale_coef_.shape == (4, 6)
+    np.testing.assert_allclose(scaled.coef_, est.coef_)
     bad = [dict(exs[0], subset_deltas=np.full_like(exs[0]["subset_deltas"], np.nan))]
     with pytest.raises(ValueError, match=f"{exs[0]['uid']} \\(NaN/inf targets\\)"):
         design_matrix(bad, only_correct=False)
@@ -79,6 +90,9 @@ def test_cli_fit_evaluate(colls: tuple[Path, Path], tmp_path: Path) -> None:
     )
     meta = json.loads((tmp_path / "est.json").read_text())
     assert meta["region_method"] == "color" and meta["L"] == 4 and meta["H"] == 6
+    assert meta["params"]["span_scale"] is True and "scale_offset" in meta  # attrib fit fits the head by default
+    assert main(["fit", "--train", str(colls[0]), "--out", str(tmp_path / "e0"), "--no-span-scale"]) == 0
+    assert "scale_offset" not in json.loads((tmp_path / "e0.json").read_text())
     out = tmp_path / "eval.json"
     args = ["evaluate", "--test", str(colls[1]), "--estimator", str(tmp_path / "est"), "--json", str(out)]
     args += ["--methods", "estimator,raw_attention,leave_one_out", "--heatmap", str(tmp_path / "w.png")]

@@ -35,7 +35,9 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
     trains = [Collection.open(t) for t in args.train]
     t0 = time.perf_counter()
-    est, used = fit_estimator(trains, loss=args.loss, only_correct=not args.all_examples, limit=args.limit)
+    est, used = fit_estimator(
+        trains, loss=args.loss, only_correct=not args.all_examples, limit=args.limit, span_scale=args.span_scale
+    )
     cfg = trains[0].manifest["config"]
     est.save(
         args.out,
@@ -44,6 +46,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         k=cfg["k"],
         ablation_mode=cfg["ablation_mode"],
         feature_pooling="mean over span tokens, sum over region tokens",
+        span_scale="exp(<u, sum over regions of the span's features> + c)" if args.span_scale else "none",
         n_train_examples=used,
         only_correct=not args.all_examples,
         train_collection=",".join(str(t) for t in args.train),
@@ -147,6 +150,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                 sizes,
                 loaded=loaded,
                 loss=est.loss,
+                span_scale=bool(getattr(est, "span_scale", False)),
                 limit=args.limit,
                 on_progress=lambda d, t: prog.update(task, completed=d, total=t),
                 resamples=args.resamples,
@@ -294,6 +298,12 @@ def register(sub: Any) -> None:
     )
     fp.add_argument("--limit", type=int, default=None, help="use at most this many examples")
     fp.add_argument("--all-examples", action="store_true", help="also train on wrongly answered examples")
+    fp.add_argument(
+        "--span-scale",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="fit the per-span scale head that carries each span's magnitude (default on; rankings are unchanged)",
+    )
     fp.set_defaults(fn=_cmd_fit)
 
     ev = sub.add_parser("evaluate", help="score the estimator and baselines on a held-out collection")

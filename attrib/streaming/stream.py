@@ -443,7 +443,11 @@ class AttributionStream:
         shares: dict[str, float] = {}
         if parts:  # a research variant's key parts
             coef = np.asarray(est.coef_)
-            part_scores = {n: est.region_scores(p[None])[0].astype(np.float32) for n, p in parts.items() if p.ndim == 3}
+            part_scores = {  # a part is scaled as its whole span is
+                n: est.region_scores(p[None], span_features=feats[None])[0].astype(np.float32)
+                for n, p in parts.items()
+                if p.ndim == 3
+            }
             shares = {n: float(latent_share(feats[None], p[None], coef)[0]) for n, p in parts.items() if p.ndim == 2}
         order = np.argsort(-scores, kind="stable")[: self.top].tolist()
         values = scores.tolist()
