@@ -75,6 +75,28 @@ BLOCKS: dict[str, tuple[str | tuple[str, ...], Renderer]] = {
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
 
 
+def pages() -> dict[str, str]:
+    """The page (file name under docs/) of every block that does not live in ``benchmarks.md``: the ``PAGES`` of
+    ``examples/tables_*.py``."""
+    out: dict[str, str] = {}
+    for f in sorted(Path(__file__).resolve().parent.glob("tables_*.py")):
+        spec = importlib.util.spec_from_file_location(f.stem, f)
+        assert spec is not None and spec.loader is not None
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        out.update(getattr(mod, "PAGES", {}))
+    return out
+
+
+def on_page(blocks: dict[str, str], page: Path) -> dict[str, str]:
+    """The blocks that belong on ``page``: on a page that ``PAGES`` names (by file name), its blocks; on any
+    other page (docs/benchmarks.md, or a copy of it), every block ``PAGES`` does not send elsewhere."""
+    where = pages()
+    if page.name in set(where.values()):
+        return {n: b for n, b in blocks.items() if where.get(n) == page.name}
+    return {n: b for n, b in blocks.items() if n not in where}
+
+
 def registry() -> dict[str, tuple[str | tuple[str, ...], Renderer]]:
     """Every block: this module's and those of ``examples/tables_*.py``.
 
@@ -129,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--check", action="store_true", help="exit 1 if the file's blocks differ from the JSONs")
     a = ap.parse_args(argv)
     blocks = render(a.results)
+    if a.write is not None:
+        blocks = on_page(blocks, a.write)
     if a.write is None:
         for name, body in blocks.items():
             print(f"<!-- {name} -->\n{body}")

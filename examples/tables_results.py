@@ -867,8 +867,45 @@ def trajectories(d: dict[str, Any]) -> list[str]:
     return lines
 
 
+# --- estimator variants on the validation split (examples/estimator_variants.py) -----------------------
+
+_VARIANT_LABELS = {
+    "shared": "one weight vector, one calibration (the paper's)",
+    "span_scale": "**+ per-span scale head (shipped)**",
+    "span_scale_alpha1": "+ scale head, weight decay ×10⁴",
+    "nonneg": "non-negative head weights + scale head",
+    "gated_2": "gated mixture of 2 weight vectors + scale head",
+    "gated_4": "gated mixture of 4 weight vectors + scale head",
+    "raw_attention": "*raw attention (reference)*",
+    "leave_one_out": "*leave-one-out (reference)*",
+}
+
+
+def estimator_variants(d: dict[str, Any]) -> list[str]:
+    """The variant table: LDS, R² and pointing, overall and on image-dependent spans, and LDS on relation spans."""
+    rule = d.get("rules", {}).get("image_dependent", "")
+    lines = [
+        f"Fit on {_n(d['n_train_examples'])} correctly answered examples of {', '.join(d['train'])}; scored on "
+        f"`{d['validation_dataset']}` ({d['validation']}: {_n(d['n_examples'])} examples, {_n(d['n_spans'])} spans; "
+        f"the second half of each example's removal sets; 95 % intervals resample examples). Image-dependent: {rule}.",
+        "",
+        "| variant | LDS | LDS, image-dependent | R² | R², image-dependent | pointing | LDS, relation spans | fit |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    rows = [*d["variants"].items(), *d.get("references", {}).items()]
+    for name, v in rows:
+        a, dep, rel = v["all"], v.get("image_dependent", {}), v.get("relation", {})
+        fit = f"{v['fit_s']:.0f} s" if "fit_s" in v else "—"
+        lines.append(
+            f"| {_VARIANT_LABELS.get(name, name)} | {_ci(a.get('lds'))} | {_ci(dep.get('lds'))} | {_ci(a.get('r2'))} | "
+            f"{_ci(dep.get('r2'))} | {_ci(a.get('pointing'))} | {_ci(rel.get('lds'))} | {fit} |"
+        )
+    return lines
+
+
 BLOCKS = {
     "bundled-eval": ("eval_base.json", bundled_eval),
+    "estimator-variants": ("estimator_variants.json", estimator_variants),
     "v2-eval": ("eval_v2.json", v2_eval),
     "training-v2": ("train_log_v2.json", training("shapes2-qwen25vl")),
     "faithfulness": ("faithfulness.json", faithfulness),
@@ -902,3 +939,6 @@ BLOCKS = {
     "training-v1": ("train_log_v1.json", training("shapes-qwen25vl-v1")),
     "reproducibility": ("reproducibility.json", reproducibility),
 }
+
+#: blocks that live on another page than docs/benchmarks.md (file name under docs/)
+PAGES = {"estimator-variants": "estimator.md"}

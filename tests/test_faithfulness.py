@@ -227,3 +227,37 @@ def test_noise_targets_score_low_and_a_leaky_split_is_caught() -> None:
     assert swapped["methods"]["contextcite"]["lds"]["value"] > 0.5
     with pytest.raises(AssertionError):
         _check_noise_is_not_credited(swapped)
+
+
+def test_estimator_variants_script(colls: tuple[Path, Path], tmp_path: Path) -> None:
+    """examples/estimator_variants.py fits each variant on train, scores it on the held-out split, and the
+    docs renderer reads its JSON; the scale head leaves every ranking (LDS, pointing) as it was."""
+    import importlib.util
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("estimator_variants", root / "examples" / "estimator_variants.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "variants.json"
+    args = ["--train", str(colls[0]), "--validation", str(colls[1]), "--json", str(out)]
+    args += ["--variants", "shared,span_scale,gated_2", "--threads", "1", "--n-boot", "20"]
+    assert mod.main(args) == 0
+    d = json.loads(out.read_text())
+    v = d["variants"]
+    assert set(v) == {"shared", "span_scale", "gated_2"} and set(d["references"]) == {"raw_attention", "leave_one_out"}
+    assert v["span_scale"]["all"]["lds"]["value"] == pytest.approx(v["shared"]["all"]["lds"]["value"])
+    assert v["span_scale"]["all"]["lds"]["n"] == v["shared"]["all"]["lds"]["n"] > 0
+    assert d["references"]["leave_one_out"]["all"]["r2"]["value"] == pytest.approx(1.0)
+    sys.path.insert(0, str(root / "examples"))
+    try:
+        spec2 = importlib.util.spec_from_file_location("tables_results", root / "examples" / "tables_results.py")
+        assert spec2 is not None and spec2.loader is not None
+        tables = importlib.util.module_from_spec(spec2)
+        spec2.loader.exec_module(tables)
+    finally:
+        sys.path.remove(str(root / "examples"))
+    lines = tables.estimator_variants(d)
+    assert sum(line.startswith("| ") for line in lines) == 1 + 3 + 2  # header, three variants, two references
+    assert any("per-span scale head" in line for line in lines)
