@@ -303,7 +303,7 @@ def _example_meta(
                 None if i.object_mask is None else mask_regions(i.object_mask, np.asarray(ex["regions"]), k)
                 for i in infos
             ]
-            notes.add("span kinds and named objects derived from the dataset (the collection predates them)")
+            notes.add("span kinds and named objects derived from the dataset (the collection does not record them)")
     return {
         "all_deltas": all_d,
         "kinds": list(kinds) if kinds is not None else [None] * n_spans,

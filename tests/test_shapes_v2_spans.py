@@ -56,3 +56,17 @@ def test_a_collected_record_is_described_through_the_dataset_registry() -> None:
     first = ex.sentence_records()[0]
     assert describe(first["text"]).kind == first["kind"]
     assert ds.span_info({"uid": "test-0", "question": "another question?"}) is None  # another benchmark version
+
+
+def test_collect_items_carry_the_span_describer() -> None:
+    """shapes2 items describe spans at collection time, so collections record span kinds and named objects."""
+    from attrib.shapes.plugin import shapes2_items
+
+    item = next(iter(shapes2_items("test", 1, 0)))
+    ex = next(iter(iter_split("test", 1)))
+    assert item.span_info is not None
+    for s in ex.sentence_records():
+        got = item.span_info(s["text"])
+        want = describe_span2(s["text"], ex.scene)
+        assert got.kind == want.kind == s["kind"]
+        assert (got.object_mask is None) == (want.object_mask is None)

@@ -94,6 +94,7 @@ def shapes2_items(split: str, n: int, start: int) -> Iterator[Any]:
     """
     from attrib.collect.datasets import CollectItem
     from attrib.shapes.pointing import strip_pointing
+    from attrib.shapes.spans import span_describer2
     from attrib.shapes.v2.dataset import BENCHMARK, iter_split
     from attrib.shapes.v2.grounding import sentence_objects
 
@@ -130,6 +131,7 @@ def shapes2_items(split: str, n: int, start: int) -> Iterator[Any]:
                 "canvas": [scene.width, scene.height],
                 "sentences": ex.sentence_records(),
             },
+            span_info=span_describer2(scene),
         )
 
 

@@ -33,6 +33,7 @@ __all__ = [
     "record_span_info",
     "record_span_info2",
     "span_describer",
+    "span_describer2",
     "span_kind",
     "span_kind2",
 ]
@@ -139,6 +140,15 @@ def describe_span2(text: str, scene: Scene) -> SpanInfo:
     ([`span_kind2`][attrib.shapes.spans.span_kind2])."""
     info = describe_span(text, scene)
     return SpanInfo(kind=span_kind2(text), object_mask=info.object_mask)
+
+
+def span_describer2(scene: Scene) -> Callable[[str], SpanInfo]:
+    """``span_info(text)`` for one benchmark v2 example's scene (the v2 kinds)."""
+
+    def info(text: str) -> SpanInfo:
+        return describe_span2(text, scene)
+
+    return info
 
 
 def record_span_info2(record: Mapping[str, Any]) -> Callable[[str], SpanInfo] | None:
