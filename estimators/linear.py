@@ -198,6 +198,9 @@ class LinearHeadEstimator(RegressorMixin, BaseEstimator):  # type: ignore[misc]
         u = getattr(self, "scale_coef_", None)
         if u is None:
             return np.ones(m.shape[0])
+        n_u = np.asarray(u).size
+        if m.shape[1] != n_u:
+            raise ValueError(f"span masses have {m.shape[1]} features per span, the scale head expects {n_u}")
         b = self.SCALE_EXP_BOUND
         return np.asarray(np.exp(np.clip(m @ np.asarray(u).reshape(-1) + self.scale_offset_, -b, b)))
 
@@ -265,7 +268,10 @@ class LinearHeadEstimator(RegressorMixin, BaseEstimator):  # type: ignore[misc]
         base = X @ self.coef_.ravel()
         if span_mass is None or getattr(self, "scale_coef_", None) is None:
             return np.asarray(base + self.intercept_)
-        return np.asarray(self.span_factor(np.asarray(span_mass).reshape(len(base), -1)) * base + self.span_intercept_)
+        mass = np.asarray(span_mass, dtype=np.float64)
+        if mass.shape[0] != len(base):
+            raise ValueError(f"span_mass has {mass.shape[0]} rows for {len(base)} design rows")
+        return np.asarray(self.span_factor(mass) * base + self.span_intercept_)
 
     def region_scores(self, features: np.ndarray, *, span_features: np.ndarray | None = None) -> np.ndarray:
         """Per-region scores ``r(S) · <w, f_{S,k}>`` for features ``(n_spans, K, L, H)`` -> ``(n_spans, K)``.

@@ -164,6 +164,10 @@ def test_span_scale_needs_mass_and_round_trips(tmp_path) -> None:  # type: ignor
     assert back.scale_offset_ == est.scale_offset_ and back.span_intercept_ == est.span_intercept_
     np.testing.assert_allclose(back.region_scores(feats), est.region_scores(feats))
     np.testing.assert_allclose(back.predict(x, span_mass=mass), est.predict(x, span_mass=mass))
+    with pytest.raises(ValueError, match=r"span_mass has 5 rows for \d+ design rows"):
+        est.predict(x, span_mass=mass[:5])
+    with pytest.raises(ValueError, match="span masses have 6 features per span, the scale head expects 12"):
+        est.predict(x, span_mass=mass[:, :6])
     # an estimator without the head loads without one (older files) and scales nothing
     LinearHeadEstimator(loss="ridge", layer_head_shape=(4, 3)).fit(x, y).save(tmp_path / "plain")
     plain = LinearHeadEstimator.load(tmp_path / "plain")
