@@ -233,7 +233,11 @@ def test_select_train_probe_and_errors(tiny_base: Path, tmp_path: Path) -> None:
     rc = main(
         ["latent", "probe", "--model", str(tmp_path / "lat"), "--n", "2", "--batch-size", "2", "--json", str(out)]
     )
-    assert rc == 0 and "shuffle" in json.loads(out.read_text())["interventions"]
+    probed = json.loads(out.read_text())
+    assert rc == 0 and "shuffle" in probed["interventions"]
+    # a benchmark-v1 base stays on benchmark v1, with the budget of the v1 runs
+    assert (probed["benchmark"], probed["dataset"], probed["max_new_tokens"]) == ("shapes", "shapes:test", 240)
+    assert log["config"]["benchmark"] == "shapes" and loaded.default_dataset == "shapes:test"
     assert main(["shapes", "eval", "--model", str(tmp_path / "lat"), "--n", "2", "--no-blank"]) == 0
     nj = tmp_path / "norms.json"
     assert main(["norms", "--model", str(tmp_path / "lat"), "--n", "1", "--json", str(nj)]) == 0

@@ -1,4 +1,12 @@
-"""``attrib latent``: capacity-guided selection, fine-tuning and intervention probing of latent variants."""
+"""``attrib latent``: capacity-guided selection, fine-tuning and intervention probing of latent variants.
+
+Every subcommand that draws examples or loads a model runs on the benchmark its model was made for
+([`model_benchmark`][attrib.shapes.model.model_benchmark]): benchmark v1 (``shapes:``) for
+``shapes-qwen25vl``, the default base, and models made from it; benchmark v2 (``shapes2:``) for
+``shapes2-qwen25vl`` and models made from it. ``--benchmark`` names the benchmark a command must run on: it
+picks the bundled base of that benchmark when ``--base`` is not given, and a model, selection or estimator
+of another benchmark is refused before any work starts.
+"""
 
 from __future__ import annotations
 
@@ -13,19 +21,36 @@ from attrib.cli.console import console, out, progress, split_choices
 __all__ = ["register"]
 
 
+def _add_benchmark(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "--benchmark",
+        default=None,
+        choices=["shapes", "shapes2"],
+        help=f"the benchmark to run on: shapes (v1: shapes:<split> examples) or shapes2 (v2: shapes2:<split>, the "
+        f"bundled model's); default: {what}'s. A model or selection of the other benchmark is refused",
+    )
+
+
 def register(sub: Any) -> None:
     """Add ``latent select``, ``latent train``, ``latent probe``, ``latent attribution`` and ``latent table``."""
-    p = sub.add_parser("latent", help="latent-visual-token variants (GAP): select, train, probe")
+    p = sub.add_parser(
+        "latent",
+        help="latent-visual-token variants (GAP): select, train, probe (on the base model's benchmark, v1 or v2)",
+    )
     ls = p.add_subparsers(dest="latent_command", required=True)
 
     s = ls.add_parser("select", help="base sampled accuracy on the training pool (capacity-guided selection)")
     s.add_argument(
         "--base",
-        default="shapes-qwen25vl",
-        help="bundled name or directory of the base model (default: shapes-qwen25vl, the benchmark-v1 model: "
-        "the latent experiment draws benchmark-v1 examples)",
+        default=None,
+        help="bundled name or directory of the base model; the pool is drawn from its benchmark (default: the "
+        "bundled model of --benchmark, shapes2-qwen25vl for shapes2; without --benchmark, shapes-qwen25vl, "
+        "the benchmark-v1 model)",
     )
-    s.add_argument("--pool-start", type=int, default=0, help="first training example of the pool")
+    _add_benchmark(s, "the base model")
+    s.add_argument(
+        "--pool-start", type=int, default=0, help="first training example of the pool (of the benchmark's train split)"
+    )
     s.add_argument("--pool-n", type=int, default=800, help="training examples in the pool")
     s.add_argument("--samples", type=int, default=4, help="sampled answers per example (temperature 1)")
     s.add_argument("--seed", type=int, default=0, help="sampling seed")
@@ -37,11 +62,16 @@ def register(sub: Any) -> None:
     t = ls.add_parser("train", help="fine-tune one latent variant from the base model")
     t.add_argument(
         "--base",
-        default="shapes-qwen25vl",
-        help="bundled name or directory of the base model (default: shapes-qwen25vl, the benchmark-v1 model: "
-        "the latent experiment draws benchmark-v1 examples)",
+        default=None,
+        help="bundled name or directory of the base model, of the selection's benchmark (default: the bundled "
+        "model of --benchmark, else of the selection's benchmark: shapes-qwen25vl for v1, shapes2-qwen25vl for v2)",
     )
-    t.add_argument("--selection", required=True, help="JSON written by `attrib latent select`")
+    _add_benchmark(t, "the base model")
+    t.add_argument(
+        "--selection",
+        required=True,
+        help="JSON written by `attrib latent select` (on the same benchmark as the base model)",
+    )
     t.add_argument(
         "--mode",
         required=True,
@@ -61,7 +91,8 @@ def register(sub: Any) -> None:
 
     e = ls.add_parser("probe", help="accuracy unchanged and with latents replaced (zeros, noise, mean, shuffle)")
     e.add_argument("--model", required=True, help="a latent-variant directory")
-    e.add_argument("--split", default="test", choices=split_choices, help="benchmark split")
+    e.add_argument("--split", default="test", choices=split_choices, help="split of the model's benchmark")
+    _add_benchmark(e, "the latent model")
     e.add_argument("--n", type=int, default=200, help="examples")
     e.add_argument("--start", type=int, default=0, help="first example")
     e.add_argument(
@@ -69,22 +100,40 @@ def register(sub: Any) -> None:
     )
     e.add_argument("--norms-n", type=int, default=16, help="examples for the layer-wise norm table (0: skip)")
     e.add_argument("--batch-size", type=int, default=32, help="examples per generate call")
+    e.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=None,
+        help="generation budget per example, latent positions included (default: the benchmark's, "
+        "v1 240, v2 340 with 4 latents per block)",
+    )
     e.add_argument("--threads", type=int, default=2, help="torch threads")
     e.add_argument("--json", default=None, help="write the results here")
     e.set_defaults(fn=_cmd_probe)
 
     a = ls.add_parser("attribution", help="per span, the share of attribution through latents vs image tokens")
     a.add_argument("--model", required=True, help="a latent-variant directory")
-    a.add_argument("--estimator", default=None, help="L x H estimator weighting the share (default: uniform)")
-    a.add_argument("--split", default="test", choices=split_choices, help="benchmark split")
+    a.add_argument(
+        "--estimator",
+        default=None,
+        help="L x H estimator weighting the share, the base model's (v2: models/v2/estimator; default: uniform)",
+    )
+    a.add_argument("--split", default="test", choices=split_choices, help="split of the model's benchmark")
+    _add_benchmark(a, "the latent model")
     a.add_argument("--n", type=int, default=30, help="examples")
     a.add_argument("--start", type=int, default=0, help="first example")
+    a.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=None,
+        help="generation budget per example, latent positions included (default: v1 256, v2 340)",
+    )
     a.add_argument("--threads", type=int, default=2, help="torch threads")
     a.add_argument("--json", default=None, help="write the results here")
     a.set_defaults(fn=_cmd_attribution)
 
     tb = ls.add_parser("table", help="the side-by-side table of modes across seeds, from probe JSONs")
-    tb.add_argument("results", nargs="+", help="probe JSON files")
+    tb.add_argument("results", nargs="+", help="probe JSON files (all of one benchmark)")
     tb.add_argument("--json", default=None, help="write the table here")
     tb.set_defaults(fn=_cmd_table)
 
@@ -98,6 +147,28 @@ def _base(name: str | None) -> Path:
     return p
 
 
+def _benchmark_of(path: Path, wanted: str | None, what: str) -> str:
+    """The benchmark the model at ``path`` was made for, refusing another than ``wanted`` (when given)."""
+    from attrib.shapes.model import model_benchmark
+
+    bench = model_benchmark(path)
+    if wanted is not None and wanted != bench:
+        raise ValueError(
+            f"{what} {path} was made for benchmark {bench!r}, not {wanted!r} (--benchmark): "
+            f"use a {wanted!r} model or drop --benchmark"
+        )
+    return bench
+
+
+def _base_for(args: argparse.Namespace, fallback: str) -> tuple[Path, str]:
+    """The base model directory (``--base``, else the bundled one of ``--benchmark``, else of ``fallback``) and its
+    benchmark."""
+    from attrib.shapes.latent_train import BUNDLED_BASE
+
+    base = _base(args.base or BUNDLED_BASE[args.benchmark or fallback])
+    return base, _benchmark_of(base, args.benchmark, "the base model")
+
+
 def _bar(desc: str, total: int) -> Any:
     prog = progress()
     return prog, prog.add_task(desc, total=total)
@@ -106,13 +177,13 @@ def _bar(desc: str, total: int) -> Any:
 def _cmd_select(args: argparse.Namespace) -> int:
     import torch
 
-    from attrib.shapes.latent_train import LatentConfig, pool, sampled_accuracy, save_selection
+    from attrib.shapes.latent_train import LatentConfig, pool, sample_budget, sampled_accuracy, save_selection
     from attrib.shapes.model import load_model
 
+    base, bench = _base_for(args, "shapes")  # a mismatch is refused before any work
     torch.set_num_threads(args.threads)
-    base = _base(args.base)
+    cfg = LatentConfig(pool_start=args.pool_start, pool_n=args.pool_n, benchmark=bench)
     model, proc = load_model(base)
-    cfg = LatentConfig(pool_start=args.pool_start, pool_n=args.pool_n)
     exs = pool(cfg)
     prog, task = _bar("sampling", len(exs) * args.samples)
     with prog:
@@ -123,24 +194,35 @@ def _cmd_select(args: argparse.Namespace) -> int:
             samples=args.samples,
             seed=args.seed,
             batch_size=args.batch_size,
+            max_new_tokens=sample_budget(bench),
             on_progress=lambda d, t: prog.update(task, completed=d, total=t),
         )
-    meta = {"base": str(base), "samples": args.samples, "seed": args.seed, "pool_start": args.pool_start}
+    meta = {
+        "base": str(base),
+        "benchmark": bench,
+        "samples": args.samples,
+        "seed": args.seed,
+        "pool_start": args.pool_start,
+    }
     save_selection(args.out, exs, acc, meta)
-    console.print(f"wrote {args.out}: mean sampled accuracy {acc.mean():.3f}; share <= 0.5: {(acc <= 0.5).mean():.3f}")
+    console.print(
+        f"wrote {args.out} ({bench}:train {args.pool_start}-{args.pool_start + len(exs) - 1}): "
+        f"mean sampled accuracy {acc.mean():.3f}; share <= 0.5: {(acc <= 0.5).mean():.3f}"
+    )
     return 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from attrib.shapes.latent_train import LatentConfig, load_selection, train_latent
+    from attrib.shapes.latent_train import LatentConfig, load_selection, selection_benchmark, train_latent
 
+    base, bench = _base_for(args, selection_benchmark(args.selection))
+    sel = load_selection(args.selection, benchmark=bench)  # a selection of the other benchmark is refused
     over = {k: getattr(args, k) for k in ("steps", "batch_size", "tau", "pool_n") if getattr(args, k) is not None}
-    cfg = LatentConfig(mode=args.mode, seed=args.seed, threads=args.threads, **over)
-    sel = load_selection(args.selection)
+    cfg = LatentConfig(mode=args.mode, seed=args.seed, threads=args.threads, benchmark=bench, **over)
     prog, task = _bar("latent train", cfg.steps)
     with prog:
         log = train_latent(
-            _base(args.base),
+            base,
             cfg,
             args.out,
             sel,
@@ -156,13 +238,14 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     import torch
 
     from attrib.io import atomic_write_json
-    from attrib.shapes.dataset import iter_split
-    from attrib.shapes.latent_train import evaluate_latent, latent_norms, load_latent
+    from attrib.shapes.latent_train import benchmark_examples, evaluate_latent, latent_budget, latent_norms, load_latent
 
-    torch.set_num_threads(args.threads)
     path = _base(args.model)
+    bench = _benchmark_of(path, args.benchmark, "the latent model")
+    torch.set_num_threads(args.threads)
     model, proc = load_latent(path)
-    exs = list(iter_split(args.split, args.n, start=args.start))
+    budget = args.max_new_tokens or latent_budget(bench, model.n_latent)
+    exs = benchmark_examples(bench, args.split, args.n, args.start)
     kinds = [k for k in args.interventions.split(",") if k]
     prog, task = _bar("probe", len(exs) * (1 + len(kinds)))
     with prog:
@@ -172,18 +255,21 @@ def _cmd_probe(args: argparse.Namespace) -> int:
             exs,
             interventions=kinds,
             batch_size=args.batch_size,
+            max_new_tokens=budget,
             on_progress=lambda d, t: prog.update(task, completed=d, total=t),
         )
-    if args.norms_n:
-        res["norms"] = latent_norms(model, proc, exs[: args.norms_n], name=str(path)).to_dict()
+    if args.norms_n:  # at least the 256 positions these traces always had (v1), the probe's budget on v2
+        norms = latent_norms(model, proc, exs[: args.norms_n], name=str(path), max_new_tokens=max(256, budget))
+        res["norms"] = norms.to_dict()
     res["model"] = str(path)
+    res["benchmark"], res["dataset"], res["max_new_tokens"] = bench, f"{bench}:{args.split}", budget
     res["split"], res["start"] = args.split, args.start
     log = path / "latent_train_log.json"
     if log.is_file():
         import json
 
         res["train"] = {k: v for k, v in json.loads(log.read_text()).items() if k not in ("losses", "aux")}
-    t = Table(title=f"latent probing: {path} ({res['mode']}, n={res['n']})")
+    t = Table(title=f"latent probing: {path} ({res['mode']}, {bench}:{args.split}, n={res['n']})")
     for c in ("intervention", "accuracy", "delta", "95% CI"):
         t.add_column(c)
     for k, r in res["interventions"].items():
@@ -208,11 +294,16 @@ def _cmd_table(args: argparse.Namespace) -> int:
     from attrib.shapes.latent_train import seed_table
 
     by_mode: dict[str, list[dict[str, Any]]] = {}
+    benches: dict[str, list[str]] = {}
     for f in args.results:
         r = json.loads(Path(f).read_text())
         by_mode.setdefault(r["mode"], []).append(r)
+        benches.setdefault(str(r.get("benchmark", "shapes")), []).append(f)  # probes before v2 are v1's
+    if len(benches) > 1:
+        which = "; ".join(f"{b}: {', '.join(fs)}" for b, fs in sorted(benches.items()))
+        raise ValueError(f"the probe results mix benchmarks ({which}); tabulate each benchmark on its own")
     table = {m: seed_table(rs) for m, rs in sorted(by_mode.items())}
-    t = Table(title="latent variants across seeds")
+    t = Table(title=f"latent variants across seeds ({next(iter(benches))})")
     cols = ["mode", "seeds", "accuracy (mean ± sd)", "latent/image input", "latent/text input"]
     kinds = sorted({k for v in table.values() for k in v if k.startswith("delta_")})
     for c in cols + kinds:
@@ -238,21 +329,35 @@ def _cmd_attribution(args: argparse.Namespace) -> int:
 
     from attrib.analysis.latent import latent_share
     from attrib.io import atomic_write_json
-    from attrib.shapes.dataset import iter_split
-    from attrib.shapes.latent_train import load_latent
+    from attrib.shapes.latent_train import benchmark_examples, latent_budget, load_latent
 
-    torch.set_num_threads(args.threads)
     path = _base(args.model)
-    model, proc = load_latent(path)
+    bench = _benchmark_of(path, args.benchmark, "the latent model")
     weights = None
     if args.estimator:
+        from transformers import AutoConfig
+
         from estimators.linear import LinearHeadEstimator
 
         weights = np.asarray(LinearHeadEstimator.load(args.estimator).coef_, dtype=np.float64)
+        # checked against the model's L x H before its weights load (a directory without base/ is no latent
+        # model: load_latent refuses it below)
+        text = AutoConfig.from_pretrained(path / "base").text_config if (path / "base").is_dir() else None
+        dims = (int(text.num_hidden_layers), int(text.num_attention_heads)) if text is not None else weights.shape
+        if weights.shape != dims:
+            raise ValueError(
+                f"estimator {args.estimator} weighs {' x '.join(map(str, weights.shape))} layers x heads but "
+                f"{path} has {dims[0]} x {dims[1]}: use the estimator of its base model "
+                f"({'models/v2/estimator' if bench == 'shapes2' else 'models/estimator'})"
+            )
+    torch.set_num_threads(args.threads)
+    model, proc = load_latent(path)
+    # v1 keeps the 256 positions of its runs; v2 latent traces need the benchmark's budget
+    budget = args.max_new_tokens or max(256, latent_budget(bench, model.n_latent))
     shares: list[float] = []
     in_block: list[bool] = []
     after: list[bool] = []
-    exs = list(iter_split(args.split, args.n, start=args.start))
+    exs = benchmark_examples(bench, args.split, args.n, args.start)
     prog, task = _bar("latent attribution", len(exs))
     with prog:
         for i, e in enumerate(exs):
@@ -263,6 +368,7 @@ def _cmd_attribution(args: argparse.Namespace) -> int:
                     x,
                     np.ones((1, n_img), dtype=np.float32),
                     decode=proc.decode,
+                    max_new_tokens=budget,
                     eos_token_id=int(proc.tokenizer.eos_token_id),
                 )
             seen = False
@@ -278,6 +384,9 @@ def _cmd_attribution(args: argparse.Namespace) -> int:
     res = {
         "model": str(path),
         "mode": model.mode,
+        "benchmark": bench,
+        "dataset": f"{bench}:{args.split}",
+        "max_new_tokens": budget,
         "n_examples": len(exs),
         "n_spans": int(sh.size),
         "weights": "estimator" if weights is not None else "uniform",

@@ -48,13 +48,13 @@ def _add_benchmark(p: argparse.ArgumentParser, *, from_model: bool = False) -> N
 
 
 def _model_benchmark(path: Any) -> str:
-    """The benchmark a model directory was trained on (its ``train_log.json``), ``shapes`` when it does not say."""
-    log = Path(str(path)) / "train_log.json"
-    try:
-        bench = json.loads(log.read_text()).get("config", {}).get("benchmark", "shapes")
-    except (OSError, ValueError):
-        return "shapes"
-    return bench if bench in ("shapes", "shapes2") else "shapes"
+    """The benchmark a model directory was made for (latent variants included), ``shapes`` when it does not say.
+
+    See [`model_benchmark`][attrib.shapes.model.model_benchmark].
+    """
+    from attrib.shapes.model import model_benchmark
+
+    return model_benchmark(Path(str(path)))
 
 
 def _add_difficulty(p: argparse.ArgumentParser) -> None:

@@ -6,12 +6,22 @@ same order, for the same number of steps ([`LatentConfig`][attrib.shapes.latent_
 differs. The vision tower is frozen, so the image embeddings (the latents'
 targets, and the PCA basis) stay those of the base model.
 
+Benchmarks. The experiment runs on either benchmark: ``shapes`` (v1, the model ``shapes-qwen25vl``) or
+``shapes2`` (v2, [`attrib.shapes.v2`][attrib.shapes.v2], the model ``shapes2-qwen25vl``). A run's benchmark
+is its base model's ([`model_benchmark`][attrib.shapes.model.model_benchmark]), set in
+[`LatentConfig.benchmark`][attrib.shapes.latent_train.LatentConfig]; the pool, the vocabulary, the traces and
+the generation budgets ([`sample_budget`][attrib.shapes.latent_train.sample_budget],
+[`latent_budget`][attrib.shapes.latent_train.latent_budget]) follow it, and selection files and latent
+models record it, so that a selection or a model of the other benchmark is refused.
+
 Traces. In every sentence that introduces one object (the sentences that carry
-a region block in the v1 variant, [`attrib.shapes.pointing`][attrib.shapes.pointing]), the object
-phrase is followed by a latent block:
+a region block in the v1 variant, [`attrib.shapes.pointing`][attrib.shapes.pointing]: on benchmark v1
+``There is a <size> <colour> <shape> at the <place>.``, on v2 the ``object`` sentences
+``A <size> <colour> <shape> at the <place>.``), the object phrase is followed by a latent block:
 
 ```text
 There is a large red triangle<latent><|latent|><|latent|><|latent|><|latent|></latent> at the top right.
+A large red triangle<latent><|latent|><|latent|><|latent|><|latent|></latent> at the top right.
 ```
 
 Latent ``i`` of a block is supervised towards the image input embedding of the
@@ -53,7 +63,7 @@ from typing import Any, cast
 import numpy as np
 import torch
 
-from attrib.shapes.dataset import Example, iter_split, trace_text
+from attrib.shapes.dataset import Example, trace_text
 from attrib.shapes.parse import parse_output
 from attrib.shapes.pointing import target_cells
 from attrib.shapes.processor import ShapesProcessor, token_id
@@ -71,13 +81,22 @@ from attrib.variants.latent.model import (
 )
 
 __all__ = [
+    "BENCHMARKS",
+    "BUNDLED_BASE",
     "INTERVENTIONS",
     "LatentConfig",
+    "benchmark_examples",
     "build_latent_model",
     "evaluate_latent",
     "latent_batch",
+    "latent_budget",
+    "latent_processor",
     "latent_trace",
+    "load_selection",
+    "sample_budget",
     "sampled_accuracy",
+    "save_selection",
+    "selection_benchmark",
     "strip_latent",
     "train_latent",
 ]
@@ -87,21 +106,102 @@ logger = logging.getLogger(__name__)
 #: Intervention kinds of [`evaluate_latent`][attrib.shapes.latent_train.evaluate_latent]
 #: (``none`` is the unchanged model).
 INTERVENTIONS: tuple[str, ...] = ("none", "zeros", "noise", "mean", "shuffle")
-_INTRO = re.compile(r"^There is an? ")
+#: The benchmarks the experiment runs on: ``shapes`` (v1) and ``shapes2`` (v2).
+BENCHMARKS: tuple[str, ...] = ("shapes", "shapes2")
+#: The bundled base model of each benchmark.
+BUNDLED_BASE: dict[str, str] = {"shapes": "shapes-qwen25vl", "shapes2": "shapes2-qwen25vl"}
+_NAMES = {"shapes": "benchmark v1", "shapes2": "benchmark v2"}
+_INTRO = re.compile(r"^There is an? ")  # a v1 object sentence
+_INTRO2 = re.compile(r"^An? ")  # a v2 object sentence (its kind says ``object``)
 _BLOCK = re.compile(re.escape(LATENT_OPEN) + r".*?" + re.escape(LATENT_CLOSE))
 
 
+def _check_benchmark(benchmark: str) -> None:
+    if benchmark not in BENCHMARKS:
+        raise ValueError(f"unknown benchmark {benchmark!r}; choose one of {BENCHMARKS}")
+
+
+def benchmark_examples(benchmark: str, split: str, n: int, start: int = 0) -> list[Example]:
+    """Examples ``start .. start+n-1`` of ``split`` of a benchmark, at its default difficulty.
+
+    Args:
+        benchmark: ``"shapes"`` (v1, [`attrib.shapes.dataset`][attrib.shapes.dataset]) or ``"shapes2"``
+            (v2, [`attrib.shapes.v2.dataset`][attrib.shapes.v2.dataset]: the canvas mix).
+        split: ``train``, ``validation`` or ``test``.
+        n: Number of examples.
+        start: First example index.
+
+    Raises:
+        ValueError: For an unknown benchmark or split.
+    """
+    _check_benchmark(benchmark)
+    if benchmark == "shapes2":
+        from attrib.shapes.v2.dataset import iter_split as iter_split2
+
+        return list(iter_split2(split, n, start=start))
+    from attrib.shapes.dataset import iter_split
+
+    return list(iter_split(split, n, start=start))
+
+
+def sample_budget(benchmark: str) -> int:
+    """Generation budget of the base model's sampled answers in selection (plain traces).
+
+    200 tokens on benchmark v1 (the budget of its runs; its longest reference output is 122 tokens), 256
+    on v2 (as ``attrib shapes eval``; its longest reference output is under 190 tokens).
+
+    Raises:
+        ValueError: For an unknown benchmark.
+    """
+    _check_benchmark(benchmark)
+    return 200 if benchmark == "shapes" else 256
+
+
+def latent_budget(benchmark: str, n_latent: int = 4) -> int:
+    """Positions a latent model may generate per example, its latent blocks included.
+
+    Benchmark v1: 240 (the budget of its runs; its longest latent trace, 8 blocks of 4 latents, is 170
+    positions). Benchmark v2 traces are about 12 sentences and name every object they look at, each with a
+    latent block of ``n_latent + 2`` positions: 256 for the text (as ``attrib shapes eval``) plus one block
+    per object of the most crowded default-difficulty v2 scene (14), i.e. 340 with 4 latents (the longest
+    v2 reference latent trace in 2,000 examples is 273 positions before the end token).
+
+    Raises:
+        ValueError: For an unknown benchmark or ``n_latent`` < 1.
+    """
+    _check_benchmark(benchmark)
+    if n_latent < 1:
+        raise ValueError(f"n_latent must be >= 1, got {n_latent}")
+    if benchmark == "shapes":
+        return 240
+    from attrib.shapes.v2.scene import object_range, preset
+
+    most = object_range(preset("medium"), 448, 448)[1]
+    return sample_budget(benchmark) + most * (n_latent + 2)
+
+
+def _latent_sentence(sentence: Any) -> bool:
+    """Whether a ground-truth sentence introduces one object (and so carries a latent block)."""
+    t, kind = sentence.text, getattr(sentence, "kind", None)
+    if len(sentence.objects) != 1 or " at the " not in t:
+        return False
+    if kind is None:  # a v1 sentence carries no kind
+        return _INTRO.match(t) is not None
+    return kind == "object" and _INTRO2.match(t) is not None
+
+
 def latent_trace(example: Example, n_latent: int = 4) -> tuple[str, list[int]]:
-    """The latent-variant assistant output of ``example`` and the target cell of every latent slot.
+    """The latent-variant assistant output of ``example`` (v1 or v2) and the target cell of every latent slot.
 
     Returns:
-        ``(text, cells)``: one target cell per ``<|latent|>``, in order.
+        ``(text, cells)``: one target cell per ``<|latent|>``, in order (raster order over the example's
+        canvas grid of merged cells, the order of its visual tokens).
     """
     texts: list[str] = []
     cells: list[int] = []
     for s in example.question.sentences:
         t = s.text
-        if len(s.objects) == 1 and _INTRO.match(t) and " at the " in t:
+        if _latent_sentence(s):
             tc = target_cells(example.scene, s.objects[0])
             head, tail = t.split(" at the ", 1)
             t = f"{head}{LATENT_OPEN}{LATENT * n_latent}{LATENT_CLOSE} at the {tail}"
@@ -165,6 +265,8 @@ class LatentConfig:
         aux_weight: Weight of the auxiliary latent loss.
         tau: Capacity-guided selection: examples whose base sampled accuracy is ``<= tau``
             get latent traces (``1.0`` gives every example latent traces).
+        benchmark: The benchmark of the pool and the vocabulary: ``"shapes"`` (v1) or ``"shapes2"``
+            (v2); the base model's.
         pool_start: First training-split index of the example pool.
         pool_n: Pool size.
         threads: torch CPU threads.
@@ -181,6 +283,7 @@ class LatentConfig:
     pca_k: int = 32
     aux_weight: float = 1.0
     tau: float = 0.5
+    benchmark: str = "shapes"
     pool_start: int = 0
     pool_n: int = 800
     threads: int = 2
@@ -193,6 +296,7 @@ class LatentConfig:
             raise ValueError("steps, batch_size and pool_n must be >= 1")
         if not 0 <= self.tau <= 1:
             raise ValueError(f"tau must be in [0, 1], got {self.tau}")
+        _check_benchmark(self.benchmark)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
@@ -200,8 +304,8 @@ class LatentConfig:
 
 
 def pool(cfg: LatentConfig) -> list[Example]:
-    """The training pool (the same for every mode and seed)."""
-    return list(iter_split("train", cfg.pool_n, start=cfg.pool_start))
+    """The training pool (the same for every mode and seed): ``cfg.benchmark``'s training examples."""
+    return benchmark_examples(cfg.benchmark, "train", cfg.pool_n, cfg.pool_start)
 
 
 @torch.no_grad()
@@ -218,6 +322,9 @@ def sampled_accuracy(
     on_progress: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
     """Share of ``samples`` sampled answers that are correct, per example (capacity-guided selection).
+
+    ``max_new_tokens`` is the budget of each answer; the benchmark's is
+    [`sample_budget`][attrib.shapes.latent_train.sample_budget] (v1: 200, v2: 256).
 
     Raises:
         ValueError: If ``samples`` < 1 or ``temperature`` <= 0.
@@ -248,8 +355,17 @@ def sampled_accuracy(
     return right / samples
 
 
-def latent_processor() -> ShapesProcessor:
-    """The bundled vocabulary plus the three latent tokens (ids after the base vocabulary)."""
+def latent_processor(benchmark: str = "shapes") -> ShapesProcessor:
+    """The benchmark's vocabulary (that of its bundled model) plus the three latent tokens (ids after it).
+
+    Raises:
+        ValueError: For an unknown benchmark.
+    """
+    _check_benchmark(benchmark)
+    if benchmark == "shapes2":
+        from attrib.shapes.v2.dataset import benchmark_words as benchmark_words2
+
+        return ShapesProcessor.create(benchmark_words2(), extra_special=LATENT_TOKENS)
     return ShapesProcessor.create(benchmark_words(), extra_special=LATENT_TOKENS)
 
 
@@ -260,15 +376,18 @@ def build_latent_model(
 
     The three new embedding and output rows start at the mean of the existing ones.
     ``μ``, ``P_k`` and the reference norms come from the image embeddings of the
-    first ``align_examples`` examples of the pool.
+    first ``align_examples`` examples of the pool (``cfg.benchmark``'s).
 
     Raises:
-        ValueError: If the base processor's vocabulary is not the benchmark's.
+        ValueError: If the base processor's vocabulary is not ``cfg.benchmark``'s.
     """
-    processor = latent_processor()
+    processor = latent_processor(cfg.benchmark)
     old, new = base_processor.tokenizer.get_vocab(), processor.tokenizer.get_vocab()
     if any(new.get(t) != i for t, i in old.items()):
-        raise ValueError("the base model's vocabulary is not the benchmark vocabulary; cannot add latent tokens")
+        raise ValueError(
+            f"the base model's vocabulary is not that of {_NAMES[cfg.benchmark]} ({cfg.benchmark!r}); "
+            "cannot add latent tokens"
+        )
     n_old = base.get_input_embeddings().num_embeddings
     base.resize_token_embeddings(len(processor.tokenizer), mean_resizing=False)
     with torch.no_grad():
@@ -313,7 +432,7 @@ def train_latent(
     """Fine-tune one latent variant from a base model directory and save it to ``out_dir`` (atomically).
 
     Args:
-        base_dir: The base model (a plain trained model directory).
+        base_dir: The base model (a plain trained model directory of ``cfg.benchmark``).
         cfg: Fine-tuning configuration.
         out_dir: Output directory.
         selection: Base sampled accuracy by example uid
@@ -325,10 +444,17 @@ def train_latent(
         The training log (also written to ``out_dir/latent_train_log.json``).
 
     Raises:
-        ValueError: If ``selection`` misses pool examples, or a checkpoint has another config.
+        ValueError: If the base model was made for another benchmark than ``cfg.benchmark``,
+            ``selection`` misses pool examples, or a checkpoint has another config.
     """
-    from attrib.shapes.model import load_model
+    from attrib.shapes.model import load_model, model_benchmark
 
+    made_for = model_benchmark(base_dir)
+    if made_for != cfg.benchmark:
+        raise ValueError(
+            f"the base model {base_dir} is a {_NAMES[made_for]} model ({made_for!r}), but the latent run is "
+            f"configured for {_NAMES[cfg.benchmark]} ({cfg.benchmark!r})"
+        )
     torch.set_num_threads(cfg.threads)
     exs = pool(cfg)
     missing = [e.uid for e in exs if e.uid not in selection]
@@ -346,7 +472,8 @@ def train_latent(
     where = find_checkpoint(ckpt)  # crash-safe checkpoints: see attrib.shapes.train
     if where is not None:
         meta = json.loads((where / "meta.json").read_text())
-        if meta["config"] != cfg.to_dict() or meta["base"] != str(base_dir):
+        theirs = {"benchmark": "shapes", **meta["config"]}  # checkpoints from before benchmark v2 are v1's
+        if theirs != cfg.to_dict() or meta["base"] != str(base_dir):
             raise ValueError(f"checkpoint {ckpt} was written with another config; delete it to start afresh")
         state, opt_state = load_checkpoint(where)
         model.load_state_dict(state, strict=True)
@@ -392,7 +519,7 @@ def train_latent(
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
-    processor.save_pretrained(tmp)
+    processor.save_pretrained(tmp, dataset=f"{cfg.benchmark}:test")  # its default examples (attrib norms)
     (tmp / "latent_train_log.json").write_text(json.dumps(log) + "\n")
     old = out.with_name(out.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
@@ -463,6 +590,9 @@ def evaluate_latent(
     on_progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Answer accuracy of a latent model, unchanged and under each intervention.
+
+    ``max_new_tokens`` counts latent positions; the benchmark's budget is
+    [`latent_budget`][attrib.shapes.latent_train.latent_budget] (v1: 240, v2: 340 with 4 latents per block).
 
     Returns:
         ``{"n", "interventions": {kind: {"accuracy", "parse_rate", "delta", "delta_ci", "n_latents"}},
@@ -599,7 +729,12 @@ def seed_table(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def save_selection(path: str | Path, examples: Sequence[Example], acc: np.ndarray, meta: dict[str, Any]) -> None:
-    """Write a selection file (``{"accuracy": {uid: share}, ...meta}``) atomically."""
+    """Write a selection file (``{"accuracy": {uid: share}, ...meta}``) atomically.
+
+    ``meta`` should hold ``"benchmark"`` (the pool's): example uids (``train-12``) do not say which
+    benchmark they come from, and [`load_selection`][attrib.shapes.latent_train.load_selection] reads a file
+    without it as benchmark v1's.
+    """
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(p.name + ".tmp")
@@ -609,27 +744,64 @@ def save_selection(path: str | Path, examples: Sequence[Example], acc: np.ndarra
     os.replace(tmp, p)
 
 
-def load_selection(path: str | Path) -> dict[str, float]:
-    """Read a selection file written by [`save_selection`][attrib.shapes.latent_train.save_selection].
-
-    Raises:
-        FileNotFoundError: If missing.
-        ValueError: If malformed.
-    """
+def _read_selection(path: str | Path) -> tuple[dict[str, float], str]:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"selection file not found: {p}; run `attrib latent select`")
     try:
         d = json.loads(p.read_text())
-        return {str(k): float(v) for k, v in d["accuracy"].items()}
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        acc = {str(k): float(v) for k, v in d["accuracy"].items()}
+        bench = str(d.get("benchmark", "shapes"))  # files from before benchmark v2 are v1's
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
         raise ValueError(f"malformed selection file {p}: {e}") from e
+    if bench not in BENCHMARKS:
+        raise ValueError(f"malformed selection file {p}: unknown benchmark {bench!r}")
+    return acc, bench
 
 
-def latent_norms(model: LatentModel, processor: ShapesProcessor, examples: Sequence[Example], *, name: str = "") -> Any:
+def selection_benchmark(path: str | Path) -> str:
+    """The benchmark a selection file's pool was drawn from (``"shapes"`` when it records none).
+
+    Raises:
+        FileNotFoundError: If missing.
+        ValueError: If malformed.
+    """
+    return _read_selection(path)[1]
+
+
+def load_selection(path: str | Path, *, benchmark: str | None = None) -> dict[str, float]:
+    """Read a selection file written by [`save_selection`][attrib.shapes.latent_train.save_selection].
+
+    Args:
+        path: The file.
+        benchmark: When given, the benchmark the selection must have been made on (the base model's).
+
+    Raises:
+        FileNotFoundError: If missing.
+        ValueError: If malformed, or made on another benchmark than ``benchmark``.
+    """
+    acc, made_on = _read_selection(path)
+    if benchmark is not None and made_on != benchmark:
+        raise ValueError(
+            f"selection {path} was made on {_NAMES[made_on]} ({made_on!r}) but the base model is a "
+            f"{_NAMES.get(benchmark, benchmark)} model ({benchmark!r}); rerun `attrib latent select` with that base "
+            f"or train from a {made_on!r} base (--base {BUNDLED_BASE[made_on]})"
+        )
+    return acc
+
+
+def latent_norms(
+    model: LatentModel,
+    processor: ShapesProcessor,
+    examples: Sequence[Example],
+    *,
+    name: str = "",
+    max_new_tokens: int = 256,
+) -> Any:
     """Layer-wise norms by token type (text, image, latent) along the model's own greedy traces.
 
-    See [`attrib.variants.latent.variant.latent_norm_states`][attrib.variants.latent.variant.latent_norm_states].
+    See [`attrib.variants.latent.variant.latent_norm_states`][attrib.variants.latent.variant.latent_norm_states];
+    ``max_new_tokens`` is the budget of each trace, latent positions included.
 
     Returns:
         A [`attrib.analysis.norms.NormReport`][attrib.analysis.norms.NormReport].
@@ -641,7 +813,8 @@ def latent_norms(model: LatentModel, processor: ShapesProcessor, examples: Seque
     inputs = (processor.build(e.image(), e.question.text) for e in examples)
     hs_all: list[Sequence[torch.Tensor]] = []
     types: list[np.ndarray] = []
-    for hs, ty in latent_norm_states(model, inputs, eos_token_id=int(processor.tokenizer.eos_token_id)):
+    eos = int(processor.tokenizer.eos_token_id)
+    for hs, ty in latent_norm_states(model, inputs, eos_token_id=eos, max_new_tokens=max_new_tokens):
         hs_all.append(hs)
         types.append(ty)
     return norm_report(hs_all, types, model=name or f"latent-{model.mode}")

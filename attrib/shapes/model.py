@@ -20,6 +20,7 @@ __all__ = [
     "build_config",
     "bundled_model_path",
     "load_model",
+    "model_benchmark",
 ]
 
 logger = logging.getLogger(__name__)
@@ -189,6 +190,39 @@ def load_model(
     if not isinstance(loaded.processor, ShapesProcessor):
         raise ValueError(f"{p} does not use the benchmark's processor")
     return loaded.model, loaded.processor
+
+
+def model_benchmark(path: str | Path) -> str:
+    """The benchmark a model directory was made for: ``"shapes"`` (v1) or ``"shapes2"`` (v2).
+
+    The first of these that names one decides: the training config in ``train_log.json`` (models of
+    ``attrib shapes train``, point-and-copy ones included), the one in ``latent_train_log.json`` (latent
+    variants of ``attrib latent train``), and the dataset ``attrib_processor.json`` records
+    (``"shapes2:test"``). A directory where none does is a benchmark-v1 model (made before v2 existed).
+
+    Args:
+        path: A model directory.
+
+    Returns:
+        ``"shapes"`` or ``"shapes2"``.
+    """
+    p = Path(path)
+    known = ("shapes", "shapes2")
+    for name in ("train_log.json", "latent_train_log.json"):
+        try:
+            config = json.loads((p / name).read_text()).get("config")
+        except (OSError, ValueError, AttributeError):
+            continue
+        bench = config.get("benchmark") if isinstance(config, dict) else None
+        if bench in known:
+            return str(bench)
+    try:
+        spec = json.loads((p / "attrib_processor.json").read_text()).get("dataset")
+    except (OSError, ValueError, AttributeError):
+        spec = None
+    if isinstance(spec, str) and spec.split(":", 1)[0] in known:
+        return spec.split(":", 1)[0]
+    return "shapes"
 
 
 def bundled_model_path(name: str = "shapes2-qwen25vl") -> Path:

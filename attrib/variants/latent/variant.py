@@ -22,13 +22,18 @@ __all__ = ["LatentVariant", "latent_norm_states", "register"]
 
 @torch.inference_mode()
 def latent_norm_states(
-    model: LatentModel, inputs: Iterable[dict[str, torch.Tensor]], *, eos_token_id: int | None = None
+    model: LatentModel,
+    inputs: Iterable[dict[str, torch.Tensor]],
+    *,
+    eos_token_id: int | None = None,
+    max_new_tokens: int = 256,
 ) -> Iterator[tuple[Sequence[torch.Tensor], np.ndarray]]:
     """Per input, every layer's hidden states along the model's own greedy trace, and the token types.
 
-    Each input is decoded greedily (latents fed back as in generation), then the
-    whole sequence is run once more to read every layer's hidden states; latent
-    positions are token type ``latent`` (code 3), whose entry 0 is the fed-back vector itself.
+    Each input is decoded greedily (latents fed back as in generation, at most ``max_new_tokens``
+    positions, latent ones included), then the whole sequence is run once more to read every layer's
+    hidden states; latent positions are token type ``latent`` (code 3), whose entry 0 is the fed-back
+    vector itself.
     """
     for b in inputs:
         embeds = model.image_embeddings(b["pixel_values"], b["image_grid_thw"])
@@ -39,6 +44,7 @@ def latent_norm_states(
             image_grid_thw=b["image_grid_thw"],
             image_embeds=embeds,
             eos_token_id=eos_token_id,
+            max_new_tokens=max_new_tokens,
         )
         seq = g.sequences[:, : g.prompt_len + g.lengths[0]]
         vecs = [v for _, _, v in getattr(g, "latents", [[]])[0]]
