@@ -12,9 +12,12 @@ Variants:
 - ``span_scale_alpha1``: a 10,000x stronger weight decay on the direction (``alpha=1``), with the head;
 - ``nonneg``: the direction constrained to non-negative head weights (softplus), with the head;
 - ``gated_J``: J weight vectors mixed per span by a softmax gate over the span's summed features
-  (a mixture of experts; still arithmetic on captured features), with the head.
+  (a mixture of experts; still arithmetic on captured features), with the head;
+- ``prior_X``: the shipped direction shrunk toward raw attention (the head mean):
+  ``w/σ_w + X · 1/(LH σ_1)``, each part scaled to unit score spread on the training rows, then
+  calibrated and given its own scale head (a plausibility prior: it trades LDS for pointing).
 
-The last two are research variants (fit here, not shipped in ``estimators``).
+The last three are research variants (fit here, not shipped in ``estimators``).
 
     python examples/estimator_variants.py --train data2/train-a data2/train-b \
         --validation data2/validation-loo --json out/estimator_variants.json
@@ -34,9 +37,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from attrib.collect.store import Collection
-from attrib.evaluation import design_rows, evaluate_methods, span_metadata, train_examples
+from attrib.evaluation import POINTING_MIN_DROP, design_rows, evaluate_methods, span_metadata, train_examples
 from attrib.io import atomic_write_json, jsonable
 from estimators.linear import LinearHeadEstimator
+from metrics.faithfulness import mean_metric
 
 METRICS = ("lds", "r2", "pointing", "top5_drop_normalized")
 
@@ -119,6 +123,48 @@ class _Direction:
         return (scores * r[:, None]).numpy()
 
 
+def _prior(base: LinearHeadEstimator, lam: float, x: np.ndarray, y: np.ndarray, mass: np.ndarray) -> Any:
+    """``prior_X``: the fitted direction plus ``lam`` times raw attention's (both at unit spread on ``x``),
+    calibrated by least squares, with a scale head fit on it."""
+    import copy
+
+    w = np.asarray(base.coef_, dtype=np.float64).ravel()
+    mean = np.full_like(w, 1.0 / w.size)
+    direction = w / (x @ w).std() + lam * mean / (x @ mean).std()
+    pred = x @ direction
+    (s, b), *_ = np.linalg.lstsq(np.vstack([pred, np.ones_like(pred)]).T, y, rcond=None)
+    est = copy.deepcopy(base)
+    est.coef_ = (direction * s).reshape(base.coef_.shape)
+    est.intercept_ = float(b)
+    u, c, b2 = est._scale_head(x @ est.coef_.ravel(), y, mass.reshape(len(y), -1))
+    est.scale_coef_, est.scale_offset_, est.span_intercept_ = u.reshape(est.coef_.shape), c, b2
+    return est
+
+
+def _loo_top_agreement(
+    examples: list[dict[str, Any]], meta: list[dict[str, Any]], scorer: Any, n_boot: int
+) -> dict[str, Any] | None:
+    """On the spans the pointing game scores, the share whose top region by ``scorer(features)`` is the
+    top region by leave-one-out (the region whose removal alone costs the span most); examples resampled.
+
+    This separates two readings of pointing: a method can point at the named object more often than
+    leave-one-out does (plausibility) while agreeing less with leave-one-out's own top region (faithfulness)."""
+    hits: list[float] = []
+    groups: list[int] = []
+    for i, (ex, m) in enumerate(zip(examples, meta, strict=True)):
+        if m["objects"] is None:
+            return None
+        scores = scorer(ex["features"])
+        alld = m["all_deltas"] if m["all_deltas"] is not None else np.full(len(m["objects"]), np.inf)
+        for s, (objs, a) in enumerate(zip(m["objects"], alld, strict=True)):
+            if objs and abs(float(a)) > POINTING_MIN_DROP:
+                hits.append(float(int(np.argmax(scores[s])) == int(np.argmax(ex["loo_deltas"][s]))))
+                groups.append(i)
+    if not hits:
+        return None
+    return mean_metric(np.asarray(hits), groups=np.asarray(groups), n_boot=n_boot).to_dict()
+
+
 def _row(res: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for pop, body in [("all", {"methods": res["methods"]}), *res["populations"].items()]:
@@ -134,7 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train", nargs="+", required=True, help="training collections (fit)")
     ap.add_argument("--validation", required=True, help="validation collection made with --loo and >= 35 sets")
     ap.add_argument("--json", required=True, help="write the table here")
-    ap.add_argument("--variants", default="shared,span_scale,span_scale_alpha1,nonneg,gated_2,gated_4")
+    ap.add_argument(
+        "--variants", default="shared,span_scale,span_scale_alpha1,nonneg,gated_2,gated_4,prior_0.5,prior_1"
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--n-boot", type=int, default=1000)
     args = ap.parse_args(argv)
@@ -145,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     d = design_rows(exs, only_correct=True)
     shape = tuple(exs[0]["features"].shape[2:])
     meta, _ = span_metadata(val)
+    val_examples = list(val.examples())
     out: dict[str, Any] = {
         "train": args.train,
         "validation": args.validation,
@@ -153,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         "variants": {},
     }
     ref = None
+    shipped: LinearHeadEstimator | None = None  # the span_scale fit, reused by the prior_X variants
     for name in [v.strip() for v in args.variants.split(",") if v.strip()]:
         t0 = time.perf_counter()
         est: Any
@@ -161,8 +211,15 @@ def main(argv: list[str] | None = None) -> int:
             if name == "span_scale_alpha1":
                 params["alpha"] = 1.0
             est = LinearHeadEstimator(**params).fit(d.x, d.y, groups=d.groups, span_mass=d.span_mass)
+            if name == "span_scale":
+                shipped = est
         elif name == "nonneg":
             est = _Direction(nonneg=True).fit(d.x, d.y, d.groups, d.span_mass)
+        elif name.startswith("prior_"):
+            if shipped is None:
+                shipped = LinearHeadEstimator(span_scale=True, layer_head_shape=shape)
+                shipped.fit(d.x, d.y, groups=d.groups, span_mass=d.span_mass)
+            est = _prior(shipped, float(name.split("_")[1]), d.x, d.y, d.span_mass)
         elif name.startswith("gated_"):
             est = _Direction(n_experts=int(name.split("_")[1])).fit(d.x, d.y, d.groups, d.span_mass)
         else:
@@ -171,8 +228,16 @@ def main(argv: list[str] | None = None) -> int:
         methods = ("estimator",) if ref is not None else ("estimator", "raw_attention", "leave_one_out")
         res = evaluate_methods(val, est, methods=methods, auc_steps=0, span_meta=meta, n_boot=args.n_boot)
         rows = _row(res)
+        top = _loo_top_agreement(val_examples, meta, est.region_scores, args.n_boot)
+        if top is not None:
+            rows["estimator"]["all"]["loo_top_agreement"] = top
         if ref is None:
             ref = {m: rows[m] for m in ("raw_attention", "leave_one_out")}
+            raw_top = _loo_top_agreement(
+                val_examples, meta, lambda f: np.asarray(f, dtype=np.float64).mean(axis=(2, 3)), args.n_boot
+            )
+            if raw_top is not None:
+                ref["raw_attention"]["all"]["loo_top_agreement"] = raw_top
             out["n_examples"], out["n_spans"] = res["n_examples"], res["n_spans"]
             out["rules"] = {p: b.get("rule") for p, b in res["populations"].items()}
         out["variants"][name] = {"fit_s": round(fit_s, 1), **rows["estimator"]}

@@ -309,8 +309,13 @@ def v1_accuracy(data: dict[str, Any]) -> list[str]:
     """Base and v1 answer accuracy on the same examples, with their paired difference."""
     a, b, p = data["eval_base.json"], data["eval_v1.json"], data["v1_paired.json"]
     al = p["all"]
+
+    def name(e: dict[str, Any], default: str) -> str:
+        return str(e.get("model") or default).rstrip("/").split("/")[-1]
+
+    bench = "shapes2" if a.get("benchmark") == "shapes2" else "shapes"
     lines = [
-        "| | base `shapes-qwen25vl` | v1 `shapes-qwen25vl-v1` |",
+        f"| | base `{name(a, 'shapes-qwen25vl')}` | v1 `{name(b, 'shapes-qwen25vl-v1')}` |",
         "|---|---|---|",
         f"| answer accuracy | {_f(a['accuracy'])} [{_f(a['accuracy_ci'][0])}, {_f(a['accuracy_ci'][1])}] | "
         f"**{_f(b['accuracy'])}** [{_f(b['accuracy_ci'][0])}, {_f(b['accuracy_ci'][1])}] |",
@@ -321,7 +326,7 @@ def v1_accuracy(data: dict[str, Any]) -> list[str]:
         f"({_n(b.get('pointing_copies', 0))} copies in region blocks) |",
         f"| s / example (eval) | {a['seconds_per_example']:.3f} | {b['seconds_per_example']:.3f} |",
         "",
-        f"`shapes:{a['split']}` {a['start']}–{a['start'] + a['n'] - 1}, n = {_n(al['n'])} paired examples. "
+        f"`{bench}:{a['split']}` {a['start']}–{a['start'] + a['n'] - 1}, n = {_n(al['n'])} paired examples. "
         f"Difference v1 − base **{_f(al['difference'], sign=True)} [{_f(al['ci_low'], sign=True)}, "
         f"{_f(al['ci_high'], sign=True)}]** (paired bootstrap over examples); {al['only_b_right']} examples only "
         f"v1 answers right, {al['only_a_right']} only the base (McNemar p = {_p(al['mcnemar_p'])}).",
@@ -876,6 +881,8 @@ _VARIANT_LABELS = {
     "nonneg": "non-negative head weights + scale head",
     "gated_2": "gated mixture of 2 weight vectors + scale head",
     "gated_4": "gated mixture of 4 weight vectors + scale head",
+    "prior_0.5": "shipped direction + 0.5 × raw attention's, own scale head",
+    "prior_1": "shipped direction + 1 × raw attention's, own scale head",
     "raw_attention": "*raw attention (reference)*",
     "leave_one_out": "*leave-one-out (reference)*",
 }
@@ -889,19 +896,42 @@ def estimator_variants(d: dict[str, Any]) -> list[str]:
         f"`{d['validation_dataset']}` ({d['validation']}: {_n(d['n_examples'])} examples, {_n(d['n_spans'])} spans; "
         f"the second half of each example's removal sets; 95 % intervals resample examples). Image-dependent: {rule}.",
         "",
-        "| variant | LDS | LDS, image-dependent | R² | R², image-dependent | pointing | LDS, relation spans | fit |",
-        "|---|---|---|---|---|---|---|---|",
+        "| variant | LDS | LDS, image-dependent | R² | R², image-dependent | pointing | top region = LOO's "
+        "| LDS, relation spans | fit |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     rows = [*d["variants"].items(), *d.get("references", {}).items()]
     for name, v in rows:
         a, dep, rel = v["all"], v.get("image_dependent", {}), v.get("relation", {})
         fit = f"{v['fit_s']:.0f} s" if "fit_s" in v else "—"
+        top = "1" if name == "leave_one_out" else _ci(a.get("loo_top_agreement"))
         lines.append(
             f"| {_VARIANT_LABELS.get(name, name)} | {_ci(a.get('lds'))} | {_ci(dep.get('lds'))} | {_ci(a.get('r2'))} | "
-            f"{_ci(dep.get('r2'))} | {_ci(a.get('pointing'))} | {_ci(rel.get('lds'))} | {fit} |"
+            f"{_ci(dep.get('r2'))} | {_ci(a.get('pointing'))} | {top} | {_ci(rel.get('lds'))} | {fit} |"
         )
+    lines += [
+        "",
+        "*Top region = LOO's*: on the spans the pointing game scores, the share whose top-scoring region is the "
+        "region whose removal alone costs the span most (leave-one-out's top region).",
+    ]
     return lines
 
+
+def _reading(fn: Any, files: dict[str, str]) -> Any:
+    """``fn`` (a block written for the benchmark-v1 experiment's files) reading other files in their place:
+    ``files`` maps the name ``fn`` reads to the file it gets."""
+
+    def block(data: dict[str, Any]) -> list[str]:
+        out: list[str] = fn({old: data[new] for old, new in files.items()})
+        return out
+
+    return block
+
+
+_V1V2_ANALYSIS = {
+    "v1_analysis.json": "v1v2_analysis.json",
+    "v1_analysis_validation.json": "v1v2_analysis_validation.json",
+}
 
 BLOCKS = {
     "bundled-eval": ("eval_base.json", bundled_eval),
@@ -928,6 +958,28 @@ BLOCKS = {
     "v1-direct-only": (("v1_analysis.json", "v1_analysis_validation.json"), v1_direct_only),
     "v1-decay": (("v1_analysis.json", "v1_analysis_validation.json"), v1_decay),
     "v1-late-chain-checks": (("v1_analysis.json", "v1_analysis_validation.json"), v1_late_chain_checks),
+    # v1 point-and-copy on benchmark v2 (examples/v1_experiment_v2.sh), beside the bundled v2 model
+    "v1v2-accuracy": (
+        ("eval_v2_base.json", "eval_v1v2.json", "v1v2_paired.json"),
+        _reading(
+            v1_accuracy,
+            {
+                "eval_base.json": "eval_v2_base.json",
+                "eval_v1.json": "eval_v1v2.json",
+                "v1_paired.json": "v1v2_paired.json",
+            },
+        ),
+    ),
+    "v1v2-faithfulness": (
+        ("faithfulness_v1v2.json", "faithfulness.json"),
+        _reading(
+            v1_faithfulness,
+            {"faithfulness_v1.json": "faithfulness_v1v2.json", "faithfulness_first.json": "faithfulness.json"},
+        ),
+    ),
+    "v1v2-direct-only": (tuple(_V1V2_ANALYSIS.values()), _reading(v1_direct_only, _V1V2_ANALYSIS)),
+    "v1v2-decay": (tuple(_V1V2_ANALYSIS.values()), _reading(v1_decay, _V1V2_ANALYSIS)),
+    "v1v2-late-chain-checks": (tuple(_V1V2_ANALYSIS.values()), _reading(v1_late_chain_checks, _V1V2_ANALYSIS)),
     "regions-bench": ("bench_regions.json", regions_bench),
     "ray": ("bench_ray.json", ray),
     "collections-v2": ("collections_v2.json", collections),

@@ -242,11 +242,16 @@ def test_estimator_variants_script(colls: tuple[Path, Path], tmp_path: Path) -> 
     spec.loader.exec_module(mod)
     out = tmp_path / "variants.json"
     args = ["--train", str(colls[0]), "--validation", str(colls[1]), "--json", str(out)]
-    args += ["--variants", "shared,span_scale,gated_2", "--threads", "1", "--n-boot", "20"]
+    args += ["--variants", "shared,span_scale,gated_2,prior_1,prior_1000", "--threads", "1", "--n-boot", "20"]
     assert mod.main(args) == 0
     d = json.loads(out.read_text())
     v = d["variants"]
-    assert set(v) == {"shared", "span_scale", "gated_2"} and set(d["references"]) == {"raw_attention", "leave_one_out"}
+    assert set(v) == {"shared", "span_scale", "gated_2", "prior_1", "prior_1000"}
+    assert set(d["references"]) == {"raw_attention", "leave_one_out"}
+    # a prior that dominates the direction ranks removal sets as raw attention does (LDS is a ranking metric)
+    raw_lds = d["references"]["raw_attention"]["all"]["lds"]["value"]
+    assert v["prior_1000"]["all"]["lds"]["value"] == pytest.approx(raw_lds, abs=0.02)
+    assert v["prior_1000"]["all"]["lds"]["value"] != pytest.approx(v["span_scale"]["all"]["lds"]["value"], abs=0.02)
     assert v["span_scale"]["all"]["lds"]["value"] == pytest.approx(v["shared"]["all"]["lds"]["value"])
     assert v["span_scale"]["all"]["lds"]["n"] == v["shared"]["all"]["lds"]["n"] > 0
     assert d["references"]["leave_one_out"]["all"]["r2"]["value"] == pytest.approx(1.0)
@@ -259,5 +264,18 @@ def test_estimator_variants_script(colls: tuple[Path, Path], tmp_path: Path) -> 
     finally:
         sys.path.remove(str(root / "examples"))
     lines = tables.estimator_variants(d)
-    assert sum(line.startswith("| ") for line in lines) == 1 + 3 + 2  # header, three variants, two references
+    assert sum(line.startswith("| ") for line in lines) == 1 + 5 + 2  # header, five variants, two references
+    assert "top region = LOO's" in lines[2]
+    # the top-region agreement with leave-one-out, by hand: LOO's own scores agree on every scored span,
+    # their negation on none; a span without a named object or with a zero all-regions drop is not scored
+    rng = np.random.default_rng(0)
+    loo = rng.normal(size=(3, 5))
+    exs = [{"features": loo[:, :, None, None] * np.ones((1, 1, 2, 2)), "loo_deltas": loo}]
+    meta = [{"objects": [[1], [], [2]], "all_deltas": np.array([0.5, 0.5, 0.0])}]
+    same = mod._loo_top_agreement(exs, meta, lambda f: f.mean(axis=(2, 3)), 20)
+    assert same["value"] == 1.0 and same["n"] == 1
+    meta[0]["all_deltas"] = np.array([0.5, 0.5, 0.3])
+    flipped = mod._loo_top_agreement(exs, meta, lambda f: -f.mean(axis=(2, 3)), 20)
+    assert flipped["value"] == 0.0 and flipped["n"] == 2
+    assert mod._loo_top_agreement(exs, [{"objects": None, "all_deltas": None}], lambda f: f, 20) is None
     assert any("per-span scale head" in line for line in lines)
