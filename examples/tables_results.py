@@ -959,6 +959,7 @@ BLOCKS = {
     "v1-decay": (("v1_analysis.json", "v1_analysis_validation.json"), v1_decay),
     "v1-late-chain-checks": (("v1_analysis.json", "v1_analysis_validation.json"), v1_late_chain_checks),
     # v1 point-and-copy on benchmark v2 (examples/v1_experiment_v2.sh), beside the bundled v2 model
+    "training-v1v2": ("train_log_v1v2.json", training("shapes2-qwen25vl-v1")),
     "v1v2-accuracy": (
         ("eval_v2_base.json", "eval_v1v2.json", "v1v2_paired.json"),
         _reading(
