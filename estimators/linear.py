@@ -26,6 +26,7 @@ on captured features.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,6 +35,8 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 __all__ = ["LinearHeadEstimator", "subset_design"]
+
+logger = logging.getLogger(__name__)
 
 VERSION = "0.1.0"
 
@@ -254,7 +257,30 @@ class LinearHeadEstimator(RegressorMixin, BaseEstimator):  # type: ignore[misc]
         # Calibrate scale and offset to drop units by least squares.
         a = np.vstack([pred, np.ones_like(pred)]).T
         (s, b), *_ = np.linalg.lstsq(a, y, rcond=None)
+        if not s > 0:
+            # The pooled slope can be negative while the direction correlates positively within spans (spans of
+            # large drops with small predictions, say); a negative scale would reverse every span's ranking.
+            # Calibrate on within-span variation instead, which is what the loss fit.
+            s, b = self._within_scale(pred, y, g)
         return direction * s, float(b)
+
+    @staticmethod
+    def _within_scale(pred: np.ndarray, y: np.ndarray, g: np.ndarray) -> tuple[float, float]:
+        """A positive scale from within-span variation (each span centred): the least-squares slope, or the ratio
+        of spreads when that slope is not positive either; the offset matches the means."""
+        counts = np.bincount(g).astype(np.float64)
+        pc = pred - (np.bincount(g, weights=pred) / counts)[g]
+        yc = y - (np.bincount(g, weights=y) / counts)[g]
+        den = float(pc @ pc)
+        s = float(pc @ yc) / den if den > 0 else 0.0
+        if not s > 0:
+            logger.warning(
+                "estimator calibration: the fitted direction does not track the drops within spans "
+                "(within-span slope %.3g); scaled by the ratio of spreads instead",
+                s,
+            )
+            s = float(np.sqrt((yc @ yc) / den)) if den > 0 else 1.0
+        return s, float(y.mean() - s * pred.mean())
 
     # ------------------------------------------------------------ prediction
     def predict(self, X: Any, span_mass: Any = None) -> np.ndarray:

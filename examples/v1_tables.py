@@ -44,7 +44,9 @@ def _p(p: float) -> str:
     return f"{p:.0e}" if p < 1e-3 else f"{p:.3f}"
 
 
-def faithfulness_table(res: dict[str, Any], split: str) -> list[str]:
+def faithfulness_table(
+    res: dict[str, Any], split: str, *, base_name: str = "shapes-qwen25vl", weights: str = "bundled weights"
+) -> list[str]:
     """Pointing, LDS and R² of the v1 model on total and direct-only features, and v1 − base."""
     f = res["faithfulness"]
     v1, base, vs = f["v1"], f["base"], f["v1_minus_base"]
@@ -63,7 +65,7 @@ def faithfulness_table(res: dict[str, Any], split: str) -> list[str]:
         sep += "---|---|---|---|"
     lines += [head, sep]
     for name, m in v1["methods"].items():
-        label = {"estimator": "estimator (bundled weights)", "raw_attention": "raw attention"}.get(name, name)
+        label = {"estimator": f"estimator ({weights})", "raw_attention": "raw attention"}.get(name, name)
         if name == "estimator_refit":
             label = f"estimator refit ({refit.get('n_train_examples', '?'):,} train examples)"
         for kind, kind_label in KINDS:
@@ -76,7 +78,7 @@ def faithfulness_table(res: dict[str, Any], split: str) -> list[str]:
                 row += f"{_ci(v.get('lds'), 'difference', True)} | {_f(mk['r2']['value']) if 'r2' in mk else '—'} |"
             lines.append(row)
     b = base["methods"]
-    ref = "base `shapes-qwen25vl` (its features are all direct): pointing estimator "
+    ref = f"base `{base_name}` (its features are all direct): pointing estimator "
     ref += _ci(b["estimator"].get("pointing"))
     ref += f", raw attention {_ci(b['raw_attention'].get('pointing'))}"
     if has_lds:
@@ -88,7 +90,7 @@ def faithfulness_table(res: dict[str, Any], split: str) -> list[str]:
     return lines
 
 
-def late_chain_table(results: list[tuple[str, dict[str, Any]]]) -> list[str]:
+def late_chain_table(results: list[tuple[str, dict[str, Any]]], *, weights: str = "bundled weights") -> list[str]:
     """Late-chain ground-truth share, v1 vs base, on total and direct-only v1 features."""
     lines = [
         "| split | chain length | score | v1 features | base (n) | v1 (n) | v1 − base [examples resampled] | "
@@ -98,6 +100,7 @@ def late_chain_table(results: list[tuple[str, dict[str, Any]]]) -> list[str]:
     notes = []
     for split, res in results:
         for _, key, label in SCORES:
+            label = label.replace("bundled weights", weights)
             for kind, kind_label in KINDS:
                 block = res.get(key) if kind == "total" else res.get("direct_only", {}).get(key)
                 if not block:
@@ -121,7 +124,7 @@ def late_chain_table(results: list[tuple[str, dict[str, Any]]]) -> list[str]:
     if notes:
         lines += [
             "",
-            f"({', '.join(notes)}: the estimator refit on total features gives the bundled weights' shares "
+            f"({', '.join(notes)}: the estimator refit on total features gives the {weights}' shares "
             "to three decimals, so its total rows are left out.)",
         ]
     return lines
@@ -138,14 +141,32 @@ def _same_shares(a: dict[str, Any], b: dict[str, Any] | None, tol: float = 5e-4)
     return True
 
 
-def tables(test: dict[str, Any], validation: dict[str, Any] | None) -> str:
-    """Every direct-only table, as Markdown."""
-    lines = ["**Pointing, LDS and R² (held-out test).**", "", *faithfulness_table(test, "shapes:test 0–199")]
+def tables(
+    test: dict[str, Any],
+    validation: dict[str, Any] | None,
+    *,
+    benchmark: str = "shapes",
+    base_name: str = "shapes-qwen25vl",
+    weights: str = "bundled weights",
+) -> str:
+    """Every direct-only table, as Markdown (``benchmark``, ``base_name`` and ``weights`` name the splits, the
+    base model and the v1 estimator in the text)."""
+    kw = {"base_name": base_name, "weights": weights}
+    lines = [
+        "**Pointing, LDS and R² (held-out test).**",
+        "",
+        *faithfulness_table(test, f"{benchmark}:test 0–199", **kw),
+    ]
     if validation is not None:
-        lines += ["", "**Pointing (validation).**", "", *faithfulness_table(validation, "shapes:validation 0–799")]
+        lines += [
+            "",
+            "**Pointing (validation).**",
+            "",
+            *faithfulness_table(validation, f"{benchmark}:validation 0–799", **kw),
+        ]
     lines += ["", "**Late-chain ground-truth share.**", ""]
     splits = [("test", test)] + ([("validation", validation)] if validation is not None else [])
-    lines += late_chain_table(splits)
+    lines += late_chain_table(splits, weights=weights)
     return "\n".join(lines) + "\n"
 
 

@@ -173,3 +173,32 @@ def test_span_scale_needs_mass_and_round_trips(tmp_path) -> None:  # type: ignor
     plain = LinearHeadEstimator.load(tmp_path / "plain")
     assert plain.scale_coef_ is None
     np.testing.assert_array_equal(plain.span_factor(feats.sum(axis=1)), np.ones(len(feats)))
+
+
+def test_calibration_never_reverses_the_fitted_direction(caplog: pytest.LogCaptureFixture) -> None:
+    """Spans whose drops are large where predictions are small make the pooled slope negative while every
+    span's drops rise with the prediction; the calibration must keep the direction (a negative scale would
+    reverse every span's ranking), and reports when even the within-span slope is not positive."""
+    rng = np.random.default_rng(0)
+    xs, ys, gs = [], [], []
+    for span in range(40):
+        big = span % 2 == 0
+        x = rng.uniform(0, 1, size=(16, 3)) * [1.0, 0.1, 0.1] + [0.0 if big else 10.0, 0.0, 0.0]  # 2 noise columns
+        y = (x[:, 0] - x[:, 0].mean()) + (20.0 if big else 0.0)
+        xs.append(x)
+        ys.append(y)
+        gs.append(np.full(16, span))
+    x, y, g = np.concatenate(xs), np.concatenate(ys), np.concatenate(gs)
+    assert np.corrcoef(x[:, 0], y)[0, 1] < -0.5  # pooled, the feature predicts the drops backwards
+    est = LinearHeadEstimator(n_iter=500, lr=1e-2).fit(x, y, groups=g)
+    assert est.coef_.ravel()[0] > 0
+    pred = est.predict(x)
+    for span in range(40):
+        m = g == span
+        assert np.corrcoef(pred[m], y[m])[0, 1] > 0.99
+    # a direction that does not track the drops within spans still gets a positive scale, with a warning
+    s, _ = LinearHeadEstimator._within_scale(np.arange(8.0), -np.arange(8.0), np.zeros(8, dtype=np.int64))
+    assert s > 0
+    with caplog.at_level("WARNING", logger="estimators.linear"):
+        LinearHeadEstimator._within_scale(np.arange(8.0), -np.arange(8.0), np.zeros(8, dtype=np.int64))
+    assert "does not track the drops within spans" in caplog.text
