@@ -108,6 +108,7 @@ def test_v2_select_train_probe_table_attribution(
     v1sel = tmp_path / "v1sel.json"
     save_selection(v1sel, pool(LatentConfig(pool_n=3)), np.zeros(3), {"samples": 1})
     lat = tmp_path / "lat"
+    train_pca = ["latent", "train", "--base", base, "--selection", str(sel), "--mode", "pca"]
     msg = _one_error(
         capsys, ["latent", "train", "--base", base, "--selection", str(v1sel), "--mode", "pca", "--out", str(lat)]
     )
@@ -117,23 +118,7 @@ def test_v2_select_train_probe_table_attribution(
         capsys, ["latent", "train", "--base", v1base, "--selection", str(sel), "--mode", "pca", "--out", str(lat)]
     )
     assert "was made on benchmark v2 ('shapes2')" in msg and "benchmark v1" in msg
-    msg = _one_error(
-        capsys,
-        [
-            "latent",
-            "train",
-            "--benchmark",
-            "shapes",
-            "--base",
-            base,
-            "--selection",
-            str(sel),
-            "--mode",
-            "pca",
-            "--out",
-            str(lat),
-        ],
-    )
+    msg = _one_error(capsys, [*train_pca, "--benchmark", "shapes", "--out", str(lat)])
     assert "made for benchmark 'shapes2', not 'shapes'" in msg
     monkeypatch.setattr("attrib.shapes.model.load_model", no_work)
     never = tmp_path / "never.json"
@@ -146,20 +131,7 @@ def test_v2_select_train_probe_table_attribution(
     monkeypatch.setattr(latent_train, "evaluate_latent", eval_spy)
 
     # training: no --base; the selection's benchmark would pick the bundled v2 model, so name the tiny one
-    argv = [
-        "latent",
-        "train",
-        "--base",
-        base,
-        "--selection",
-        str(sel),
-        "--mode",
-        "pca",
-        "--seed",
-        "1",
-        "--out",
-        str(lat),
-    ]
+    argv = [*train_pca, "--seed", "1", "--out", str(lat)]
     assert main([*argv, "--steps", "2", "--batch-size", "2", "--pool-n", "3", *common]) == 0
     log = json.loads((lat / "latent_train_log.json").read_text())
     assert log["config"]["benchmark"] == "shapes2" and log["n_hard"] == 3 and len(log["losses"]) == 2
