@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,7 +35,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-__all__ = ["LinearHeadEstimator", "subset_design"]
+__all__ = ["LinearHeadEstimator", "SpanScorer", "subset_design"]
 
 logger = logging.getLogger(__name__)
 
@@ -322,6 +323,21 @@ class LinearHeadEstimator(RegressorMixin, BaseEstimator):  # type: ignore[misc]
             raise ValueError(f"span_features have shape {src.shape}; expected ({f.shape[0]}, K, *{tuple(coef.shape)})")
         return scores * self.span_factor(src.sum(axis=1))[:, None]
 
+    def span_scorer(self) -> SpanScorer:
+        """A scorer of one span at a time with the current weights, for the streaming path.
+
+        ``scorer(f)`` for one span's features ``(K, L, H)`` equals ``region_scores(f[None])[0]`` (to float64
+        rounding) in one matrix product: the region scores and the scale head's per-region terms come out of
+        the same product. Weights are read now; refitting the estimator later does not change the scorer.
+        """
+        check_is_fitted(self, "coef_")
+        return SpanScorer(
+            np.asarray(self.coef_, dtype=np.float64),
+            getattr(self, "scale_coef_", None),
+            float(getattr(self, "scale_offset_", 0.0)),
+            self.SCALE_EXP_BOUND,
+        )
+
     # ------------------------------------------------------------ persistence
     def save(self, path: str | Path, **metadata: Any) -> None:
         """Write ``<path>.safetensors`` (weights) and ``<path>.json`` (metadata).
@@ -425,3 +441,44 @@ class LinearHeadEstimator(RegressorMixin, BaseEstimator):  # type: ignore[misc]
             est.span_intercept_ = float(meta["span_intercept"])
         est.metadata_ = {k: v for k, v in meta.items() if k not in ("params",)}
         return est
+
+
+class SpanScorer:
+    """One span's region scores from its ``(K, L, H)`` features, as
+    [`LinearHeadEstimator.region_scores`][estimators.linear.LinearHeadEstimator.region_scores] computes them.
+
+    Made by [`LinearHeadEstimator.span_scorer`][estimators.linear.LinearHeadEstimator.span_scorer]. A streamed
+    span's scores are made on generation's path right after a forward pass, where every array operation runs on
+    cold caches: one product with the stacked ``[w, u]`` gives each region's score and its scale-head term, so a
+    span costs a handful of operations instead of the general method's checks and conversions.
+
+    Args:
+        coef: ``(L, H)`` weights ``w``.
+        scale_coef: ``(L, H)`` scale-head weights ``u``, or ``None`` (no scale head: ``r(S) = 1``).
+        scale_offset: The scale head's offset ``c``.
+        bound: Bound on the scale head's exponent, as the estimator clips it.
+    """
+
+    def __init__(self, coef: np.ndarray, scale_coef: np.ndarray | None, scale_offset: float, bound: float) -> None:
+        self.shape = tuple(np.shape(coef))
+        cols = [np.asarray(coef, dtype=np.float64).reshape(-1)]
+        if scale_coef is not None:
+            cols.append(np.asarray(scale_coef, dtype=np.float64).reshape(-1))
+        self._w = np.ascontiguousarray(np.stack(cols, 1))  # (L*H, 1 or 2)
+        self._scaled = scale_coef is not None
+        self._offset = float(scale_offset)
+        self._bound = float(bound)
+
+    def __call__(self, features: np.ndarray) -> np.ndarray:
+        """``(K,)`` float64 scores of one span's ``(K, L, H)`` features.
+
+        Raises:
+            ValueError: If the features' ``(L, H)`` is not the estimator's.
+        """
+        if features.shape[1:] != self.shape:
+            raise ValueError(f"features have L x H = {features.shape[1:]}, the estimator expects {self.shape}")
+        a = features.reshape(features.shape[0], -1) @ self._w  # (K, 1 or 2): scores, scale-head terms
+        if not self._scaled:
+            return a[:, 0]
+        z = float(a[:, 1].sum()) + self._offset  # <u, m_S> + c with m_S = sum over regions
+        return a[:, 0] * math.exp(min(max(z, -self._bound), self._bound))

@@ -9,7 +9,9 @@
 #      and another example's (budget 340 positions: v2 traces name every object, each with a latent block);
 #   4. the side-by-side table across seeds, the layer-wise norms (the base's and each mode's seed-0
 #      model's, shapes2:test 0-15) and the attribution share through latents (seed 0, 30 test examples,
-#      weighted by the v2 model's estimator, models/v2/estimator).
+#      weighted by the v2 model's bundled estimator, `--estimator bundled`);
+#   5. the base model's greedy accuracy on the probed examples, and one summary JSON (examples/latent_summary.py)
+#      that docs/benchmarks.md's block is generated from (publish it as docs/results/latent_v2.json).
 # Every `attrib latent` command is given --benchmark shapes2, so a v1 base, selection or model is refused
 # before any work. Every step is resumable: finished outputs are skipped, and an interrupted fine-tuning run
 # resumes from its last checkpoint (every 100 steps). Commands run one at a time with 2 torch threads
@@ -49,6 +51,10 @@ for mode in raw ema pca; do
   [ -f "$O/norms-$mode.json" ] || t $A norms --model "$R/$mode-0" --dataset shapes2:test --n 16 \
       --json "$O/norms-$mode.json"
   [ -f "$O/attribution-$mode.json" ] || t $A latent attribution --model "$R/$mode-0" $B \
-      --estimator models/v2/estimator --n 30 --threads 2 --json "$O/attribution-$mode.json"
+      --estimator bundled --n 30 --threads 2 --json "$O/attribution-$mode.json"
 done
+# 5. the base on the probed examples, then the summary
+[ -f "$O/base-eval.json" ] || t $A shapes eval --model $BASE --split test --start 0 --n "$N" --no-blank --threads 2 \
+    --json "$O/base-eval.json"
+.venv/bin/python examples/latent_summary.py --out-dir "$O" --runs "$R" --json out/latent_v2.json
 echo LATENT V2 DONE

@@ -651,6 +651,74 @@ def norms(d: dict[str, Any]) -> list[str]:
     ]
 
 
+def latent(d: dict[str, Any]) -> list[str]:
+    """The latent-visual-token comparison (examples/latent_summary.py over examples/latent_experiment_v2.sh)."""
+    sel, be, tab = d["selection"], d["base_eval"], d["table"]
+    kinds = ("zeros", "noise", "mean", "shuffle")
+    runs = sorted(d["runs"], key=lambda r: (r["mode"], r["seed"]))
+    blocks = {m: [r["blocks_per_example"] for r in runs if r["mode"] == m] for m in tab}
+    lines = [
+        f"Base `{d['base']}`; selection on `{d['benchmark']}:train` 0–{sel['pool_n'] - 1} ({sel['samples']} samples "
+        f"at temperature 1): mean sampled accuracy {_f(sel['mean_sampled_accuracy'])}, {sel['n_hard']} of "
+        f"{sel['pool_n']} examples ({sel['n_hard'] / sel['pool_n']:.0%}) at most 0.5, which get latent traces. "
+        f"Probed on `{d['benchmark']}:{be['split']}` {be['start']}–{be['start'] + be['n'] - 1} (n = {be['n']}); the "
+        f"base model answers {_f(be['accuracy'])} [{_f(be['accuracy_ci'][0])}, {_f(be['accuracy_ci'][1])}] of them.",
+        "",
+        "| mode | seeds | accuracy (mean ± sd; per seed) | latent blocks per example | latent / image input norm "
+        "| latent / text input norm | " + " | ".join(f"Δ {k}" for k in kinds) + " |",
+        "|---|---|---|---|---|---|" + "---|" * len(kinds),
+    ]
+    for m, v in tab.items():
+        per = ", ".join(_f(a) for a in v["accuracy_per_seed"])
+        bl = sum(blocks[m]) / len(blocks[m]) if blocks.get(m) else float("nan")
+        lines.append(
+            f"| {m} | {v['seeds']} | {_f(v['accuracy_mean'])} ± {_f(v['accuracy_std'])} ({per}) | {bl:.2f} | "
+            f"{v['ratio_to_image_input']:.3g} | {v['ratio_to_text_input']:.3g} | "
+            + " | ".join(_f(v.get(f"delta_{k}"), sign=True) for k in kinds)
+            + " |"
+        )
+    lines += [
+        "",
+        "Per run: accuracy unchanged and each intervention's paired difference with its 95 % interval (bootstrap "
+        "over examples), and the fine-tuning's wall time.",
+        "",
+        "| run | accuracy | " + " | ".join(f"Δ {k}" for k in kinds) + " | fine-tuning |",
+        "|---|---|" + "---|" * len(kinds) + "---|",
+    ]
+    for r in runs:
+        iv = r["interventions"]
+        cells = [
+            f"{_f(iv[k]['delta'], sign=True)} [{_f(iv[k]['delta_ci'][0], sign=True)}, "
+            f"{_f(iv[k]['delta_ci'][1], sign=True)}]"
+            for k in kinds
+        ]
+        lines.append(
+            f"| {r['mode']}-{r['seed']} | {_f(iv['none']['accuracy'])} | " + " | ".join(cells) + " | "
+            f"{r['train_seconds']:.0f} s ({r['steps']} steps × {r['batch_size']}) |"
+        )
+    if d["norms"]:
+        lines += ["", "Layer-wise norms (`attrib norms`, first and last layer, mean over tokens):", ""]
+        for name, v in d["norms"].items():
+            parts = [
+                f"{t} {fl[0]:.3g} → {fl[1]:.3g} (ratio {v['ratios'][t]:.3g})"
+                for t, fl in v["mean_norm_first_last"].items()
+            ]
+            lines.append(f"- {name} (`{v['model']}`, {v['n_inputs']} inputs): " + "; ".join(parts) + ".")
+    if d["attribution"]:
+        lines += [
+            "",
+            "| seed-0 model | spans | latent share, all spans | in spans holding a latent block | in later spans |",
+            "|---|---|---|---|---|",
+        ]
+        for m, a in d["attribution"].items():
+            lines.append(
+                f"| {m} | {_n(a['n_spans'])} ({a['n_examples']} examples) | {_f(a['latent_share_mean'])} | "
+                f"{_f(a['latent_share_spans_with_latents'])} ({_n(a['n_spans_with_latents'])} spans) | "
+                f"{_f(a['latent_share_later_spans'])} ({_n(a['n_later_spans'])} spans) |"
+            )
+    return lines
+
+
 # --- training of the bundled models (their train_log.json) and its reproducibility check ---------------
 
 
@@ -997,6 +1065,7 @@ BLOCKS = {
     "ray": ("bench_ray.json", ray),
     "collections-v2": ("collections_v2.json", collections),
     "norms": ("norms_bundled.json", norms),
+    "latent-v2": ("latent_v2.json", latent),
     "trajectories": ("trajectories.json", trajectories),
     "trajectories-v2": ("trajectories_v2.json", trajectories),
     "flagger-check-v2": ("trajectories_v2_test.json", flagger_check),

@@ -919,21 +919,23 @@ class OnlineTrajectory:
         self._last: list[float] | None = None
         self._length = 0.0
 
-    def update(self, score_vector: np.ndarray) -> dict[str, float]:
-        """Add one span's raw region scores ``(K,)``.
+    def update(self, score_vector: np.ndarray | list[float]) -> dict[str, float]:
+        """Add one span's raw region scores ``(K,)`` (an array, or a list of floats as the stream passes them).
 
         Returns:
             ``n_spans``, ``path_length``, ``displacement``, ``tortuosity`` and ``concentration``.
 
         Raises:
-            ValueError: If ``K`` changes within a chain.
+            ValueError: If ``K`` changes within a chain, or a score is NaN or infinite.
         """
         # One short vector per span, on the streaming path: plain floats, no array per step (the same arithmetic
         # as effect_vectors, concentration, path_length and net_displacement on the prefix; tested equal).
-        raw = np.asarray(score_vector, dtype=np.float64).reshape(-1)
-        if not np.isfinite(raw).all():
-            raise ValueError(f"scores hold {int((~np.isfinite(raw)).sum())} NaN/inf values")
-        v = raw.tolist()
+        if type(score_vector) is list:  # the stream passes its scores as floats already
+            v = score_vector
+        else:
+            v = np.asarray(score_vector, dtype=np.float64).reshape(-1).tolist()
+        if not all(map(math.isfinite, v)):
+            raise ValueError(f"scores hold {sum(not math.isfinite(x) for x in v)} NaN/inf values")
         k = len(v)
         if self._last is not None and k != len(self._last):
             raise ValueError(f"span has K = {k}, earlier spans of this chain had {len(self._last)}")

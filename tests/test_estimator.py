@@ -136,6 +136,26 @@ def test_span_scale_recovers_magnitudes_and_keeps_rankings() -> None:
     np.testing.assert_allclose(pred, (subsets @ s_scaled[:4].T).T + scaled.span_intercept_, atol=1e-9)
 
 
+def test_span_scorer_equals_region_scores() -> None:
+    """The streaming path's one-span scorer gives region_scores' values, with and without a scale head."""
+    x, y, _g, mass, feats = _planted_magnitudes(n_ex=20)
+    scaled = LinearHeadEstimator(loss="ridge", layer_head_shape=(4, 3), span_scale=True).fit(x, y, span_mass=mass)
+    plain = LinearHeadEstimator(loss="ridge", layer_head_shape=(4, 3)).fit(x, y)
+    for est in (scaled, plain):
+        scorer = est.span_scorer()
+        for f in feats[:6].astype(np.float32):  # features arrive as float32
+            np.testing.assert_allclose(scorer(f), est.region_scores(f[None])[0], rtol=1e-12, atol=1e-15)
+    # the factor matters: without it the scaled estimator's scores would differ
+    f = feats[0].astype(np.float32)
+    assert not np.allclose(scaled.span_scorer()(f), f.reshape(len(f), -1) @ scaled.coef_.reshape(-1))
+    with pytest.raises(ValueError, match="L x H"):
+        scaled.span_scorer()(np.zeros((5, 3, 4), dtype=np.float32))
+    scorer = plain.span_scorer()
+    before = scorer(f)
+    plain.fit(x, -y)  # refit: the scorer keeps the weights it was made with
+    np.testing.assert_array_equal(scorer(f), before)
+
+
 def test_span_scale_part_scores_use_the_whole_span() -> None:
     x, y, _g, mass, feats = _planted_magnitudes(n_ex=20)
     est = LinearHeadEstimator(loss="ridge", layer_head_shape=(4, 3), span_scale=True).fit(x, y, span_mass=mass)

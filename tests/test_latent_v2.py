@@ -178,4 +178,7 @@ def test_v2_select_train_probe_table_attribution(
     assert (a["benchmark"], a["dataset"], a["max_new_tokens"], a["n_examples"]) == ("shapes2", "shapes2:test", 24, 1)
     assert a["n_spans"] >= a["n_spans_with_latents"] and seen["drawn"] == ("shapes2", "test", 1, 0)
     msg = _one_error(capsys, [*a_args, "--estimator", str(bundled_model_path("shapes-qwen25vl") / "estimator")])
-    assert "layers x heads" in msg and "models/v2/estimator" in msg
+    assert "layers x heads" in msg and "--estimator bundled" in msg
+    # 'bundled' is the bundled base's estimator of the model's benchmark (v2's 6 x 8: the tiny model's differs)
+    msg = _one_error(capsys, [*a_args, "--estimator", "bundled"])
+    assert str(bundled_model_path("shapes2-qwen25vl") / "estimator") in msg and "6 x 8" in msg

@@ -92,6 +92,14 @@ def test_online_trajectory_equals_the_whole_chain_functions() -> None:
         tr.update(np.ones(3))
     with pytest.raises(ValueError, match="NaN"):
         OnlineTrajectory().update(np.array([1.0, np.nan]))
+    # the stream passes its scores as a list of floats: the same statistics, the same refusals
+    arr, lst = OnlineTrajectory(top=4), OnlineTrajectory(top=4)
+    for row in scores:
+        got, want = lst.update(row.tolist()), arr.update(row)
+        assert got.keys() == want.keys()
+        assert all(got[k] == want[k] or (np.isnan(got[k]) and np.isnan(want[k])) for k in got)
+    with pytest.raises(ValueError, match="2 NaN/inf"):
+        OnlineTrajectory().update([1.0, float("nan"), float("inf")])
 
 
 def test_on_flag_fires_once_on_the_iterating_thread_before_its_event(attributor: Attributor) -> None:

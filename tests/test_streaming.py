@@ -86,7 +86,7 @@ def test_event_exception_surfaces_and_stops_generation(
     def boom(features: np.ndarray) -> np.ndarray:
         raise RuntimeError("estimator exploded")
 
-    monkeypatch.setattr(attributor.estimator, "region_scores", boom)
+    monkeypatch.setattr(attributor, "span_scorer", lambda: boom)  # what each span's event scores with
     stream = attributor.stream(ex.image(), ex.question.text, max_new_tokens=1500, min_new_tokens=1500, worker=worker)
     t0 = time.perf_counter()
     with pytest.raises(RuntimeError, match="estimator exploded"), stream:
@@ -346,7 +346,7 @@ def test_no_thread_outlives_the_stream(attributor: Attributor, monkeypatch: pyte
             raise KeyError("consumer")
     assert not _attrib_threads() and not attributor.lock.locked()
     # An exception in the worker.
-    monkeypatch.setattr(attributor.estimator, "region_scores", lambda f: 1 / 0)
+    monkeypatch.setattr(attributor, "span_scorer", lambda: lambda f: 1 / 0)
     with pytest.raises(ZeroDivisionError), attributor.stream(ex.image(), ex.question.text, worker=True) as s:
         list(s)
     assert not _attrib_threads() and not attributor.lock.locked()

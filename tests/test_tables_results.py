@@ -285,3 +285,58 @@ def test_collection_summary_and_its_block_by_hand(tmp_path: Path) -> None:
     manifest["complete"] = False
     (col / "manifest.json").write_text(json.dumps(manifest))
     assert "**not all complete**" in _tables().collections({"collections": [cs.summarise(col)]})[-1]
+
+
+def test_latent_summary_and_its_block_by_hand(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = importlib.util.spec_from_file_location("latent_summary", ROOT / "examples" / "latent_summary.py")
+    assert spec is not None and spec.loader is not None
+    ls = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ls)
+    out, runs = tmp_path / "out", tmp_path / "runs"
+    out.mkdir()
+    # a pool of 4: sampled accuracies 0.25, 0.5, 0.75, 1 -> mean 0.625, two at most 0.5
+    sel = {"accuracy": {"train-0": 0.25, "train-1": 0.5, "train-2": 0.75, "train-3": 1.0}, "samples": 4}
+    (out / "selection.json").write_text(json.dumps(sel | {"base": "/x/shapes2-qwen25vl/", "benchmark": "shapes2"}))
+    base = {"accuracy": 0.7, "accuracy_ci": [0.6, 0.8], "parse_rate": 1.0, "n": 10, "split": "test", "start": 0}
+    (out / "base-eval.json").write_text(json.dumps(base | {"per_family": {}}))
+    kinds = ("zeros", "noise", "mean", "shuffle")
+    for seed, (acc, d0) in enumerate(((0.6, -0.1), (0.8, 0.1))):
+        iv = {"none": {"accuracy": acc, "parse_rate": 1.0, "delta": 0.0, "delta_ci": [0.0, 0.0], "n_latents": 8}}
+        for k in kinds:
+            iv[k] = {"accuracy": acc + d0, "parse_rate": 1.0, "delta": d0, "delta_ci": [d0 - 0.05, d0 + 0.05]}
+            iv[k]["n_latents"] = 8
+        probe = {"n": 10, "mode": "raw", "interventions": iv, "blocks_per_example": 1.5 + seed, "correct": {}}
+        probe["latent_norms"] = {"n": 8, "latent_norm": 2.0, "ratio_to_image_input": 0.5, "ratio_to_text_input": 4.0}
+        (out / f"raw-{seed}.json").write_text(json.dumps(probe))
+        (runs / f"raw-{seed}").mkdir(parents=True)
+        log = {"seconds": 100.4 + seed, "n_hard": 2, "config": {"steps": 300, "batch_size": 8}}
+        (runs / f"raw-{seed}" / "latent_train_log.json").write_text(json.dumps(log))
+    table = {"raw": {"seeds": 2, "accuracy_mean": 0.7, "accuracy_std": 0.1414, "accuracy_per_seed": [0.6, 0.8]}}
+    table["raw"] |= {"ratio_to_image_input": 0.5, "ratio_to_text_input": 4.0} | {f"delta_{k}": 0.0 for k in kinds}
+    (out / "table.json").write_text(json.dumps(table))
+    norms = {"model": "/x/shapes2-qwen25vl", "n_inputs": 16, "n_layers": 6, "ratios": {"text": 12.0}}
+    norms["types"] = {"text": {"mean_norm": [1.5, 3.0, 18.0], "n_tokens": 100}}
+    (out / "norms-base.json").write_text(json.dumps(norms))
+    att = {"model": "m", "mode": "raw", "n_examples": 3, "n_spans": 30, "latent_share_mean": 0.05}
+    att |= {"latent_share_spans_with_latents": 0.2, "latent_share_later_spans": 0.1}
+    att |= {"n_spans_with_latents": 5, "n_later_spans": 12}
+    (out / "attribution-raw.json").write_text(json.dumps(att))
+    (out / "not-a-probe-1.json").write_text("{}")  # ignored: not <mode>-<seed>.json
+    dest = tmp_path / "latent.json"
+    assert ls.main(["--out-dir", str(out), "--runs", str(runs), "--json", str(dest)]) == 0
+    d = json.loads(dest.read_text())
+    assert d["selection"] == {"pool_n": 4, "samples": 4, "mean_sampled_accuracy": 0.625, "n_hard": 2}
+    assert [(r["mode"], r["seed"]) for r in d["runs"]] == [("raw", 0), ("raw", 1)]
+    assert "correct" not in json.dumps(d["runs"])  # the per-example outcomes stay out
+    lines = _tables().latent(d)
+    text = "\n".join(lines)
+    assert "mean sampled accuracy 0.625, 2 of 4 examples (50%) at most 0.5" in text
+    assert "`shapes2:test` 0–9 (n = 10); the base model answers 0.700 [0.600, 0.800]" in text
+    # blocks per example: the mean of the seeds' 1.5 and 2.5
+    assert "| raw | 2 | 0.700 ± 0.141 (0.600, 0.800) | 2.00 | 0.5 | 4 | +0.000 | +0.000 | +0.000 | +0.000 |" in lines
+    assert "| raw-0 | 0.600 | −0.100 [−0.150, −0.050] |" in text and "| 100 s (300 steps × 8) |" in text
+    assert "- base (`shapes2-qwen25vl`, 16 inputs): text 1.5 → 18 (ratio 12)." in lines
+    assert "| raw | 30 (3 examples) | 0.050 | 0.200 (5 spans) | 0.100 (12 spans) |" in lines
+    (out / "base-eval.json").unlink()
+    assert ls.main(["--out-dir", str(out), "--runs", str(runs), "--json", str(dest)]) == 2
+    assert "base-eval.json is missing" in capsys.readouterr().err

@@ -972,9 +972,13 @@ class AttentionCapture:
         kv = lkv // nl
         g = h // kv
         # (1, H, L * n, D), layer-major -> (L, H, n, D) -> rows (L * KV, G * n, D): row r = head-in-group * n + token
-        q = torch.cat([e[2] for entries in bufs for e in entries], 2).to(torch.float32)
+        q = torch.cat([e[2] for entries in bufs for e in entries], 2)
+        if q.dtype != torch.float32:  # (no call on the usual float32 path: every call here runs on cold caches)
+            q = q.float()
         q = q.view(h, nl, n, d).transpose(0, 1).reshape(lkv, g * n, d)
-        lse = torch.cat([e[3] for entries in bufs for e in entries], 2).to(keys_t.device, torch.float32)  # (1, H, L*n)
+        lse = torch.cat([e[3] for entries in bufs for e in entries], 2)  # (1, H, L*n)
+        if lse.dtype != torch.float32 or lse.device != keys_t.device:
+            lse = lse.to(keys_t.device, torch.float32)
         lse = lse.view(h, nl, n).transpose(0, 1).reshape(lkv, g * n, 1)
         p = torch.baddbmm(lse, q, keys_t, beta=-1).exp_()  # (L * KV, G * n, P): exp(q . k * scale - lse)
         if total:
@@ -1112,7 +1116,12 @@ class AttentionCapture:
         """Close the open span: its mean features move to the host, once."""
         if self._span_sum is None or self._span_n == 0:
             feats, span_parts = self._split(np.zeros((self.n_layers, self.n_heads, self._n_cols), dtype=np.float32))
-        elif not self.parts:  # (L, H, K) -> (K, L, H) in torch: a few calls on the generation path, no numpy ones
+        elif not self.parts and self._span_sum.device.type == "cpu" and self._span_sum.dtype == torch.float32:
+            # (L, H, K) -> (K, L, H): a view of the sum and one division into a new array (three calls on a cold
+            # path; the same float32 division as in torch)
+            feats = np.divide(self._span_sum.numpy().transpose(2, 0, 1), self._span_n, order="C")
+            span_parts = {}
+        elif not self.parts:
             feats, span_parts = (self._span_sum / self._span_n).permute(2, 0, 1).contiguous().cpu().numpy(), {}
         else:
             feats, span_parts = self._split((self._span_sum / self._span_n).cpu().numpy())

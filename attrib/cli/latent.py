@@ -116,7 +116,8 @@ def register(sub: Any) -> None:
     a.add_argument(
         "--estimator",
         default=None,
-        help="L x H estimator weighting the share, the base model's (v2: models/v2/estimator; default: uniform)",
+        help="L x H estimator weighting the share: a path stem, or 'bundled' for the bundled estimator of the "
+        "model's benchmark (its base's; default: uniform)",
     )
     a.add_argument("--split", default="test", choices=split_choices, help="split of the model's benchmark")
     _add_benchmark(a, "the latent model")
@@ -339,6 +340,11 @@ def _cmd_attribution(args: argparse.Namespace) -> int:
 
         from estimators.linear import LinearHeadEstimator
 
+        if args.estimator == "bundled":  # the bundled base of the model's benchmark ships its estimator
+            from attrib.shapes.latent_train import BUNDLED_BASE
+            from attrib.shapes.model import bundled_model_path
+
+            args.estimator = str(bundled_model_path(BUNDLED_BASE[bench]) / "estimator")
         weights = np.asarray(LinearHeadEstimator.load(args.estimator).coef_, dtype=np.float64)
         # checked against the model's L x H before its weights load (a directory without base/ is no latent
         # model: load_latent refuses it below)
@@ -348,7 +354,7 @@ def _cmd_attribution(args: argparse.Namespace) -> int:
             raise ValueError(
                 f"estimator {args.estimator} weighs {' x '.join(map(str, weights.shape))} layers x heads but "
                 f"{path} has {dims[0]} x {dims[1]}: use the estimator of its base model "
-                f"({'models/v2/estimator' if bench == 'shapes2' else 'models/estimator'})"
+                "(--estimator bundled)"
             )
     torch.set_num_threads(args.threads)
     model, proc = load_latent(path)

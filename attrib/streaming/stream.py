@@ -333,6 +333,7 @@ class AttributionStream:
         self._trajectory = OnlineTrajectory(
             top=getattr(flagger, "top", 32), normalize=getattr(flagger, "normalize", True)
         )
+        self._scorer = attributor.span_scorer()
         self._max_new_tokens = max_new_tokens
         self._gen_kwargs = generate_kwargs
         self.system = system
@@ -438,7 +439,7 @@ class AttributionStream:
     def _event(self, span: Span, feats: np.ndarray, parts: dict[str, np.ndarray], end_s: float) -> SpanEvent:
         """A span's event: region scores, top regions, key parts, the flagger and the trajectory (recorded)."""
         est = self._a.estimator
-        scores = est.region_scores(feats[None])[0]
+        scores = self._scorer(feats)  # = est.region_scores(feats[None])[0], in one product (a cold path)
         part_scores: dict[str, np.ndarray] = {}
         shares: dict[str, float] = {}
         if parts:  # a research variant's key parts
@@ -449,8 +450,9 @@ class AttributionStream:
                 if p.ndim == 3
             }
             shares = {n: float(latent_share(feats[None], p[None], coef)[0]) for n, p in parts.items() if p.ndim == 2}
-        order = np.argsort(-scores, kind="stable")[: self.top].tolist()
         values = scores.tolist()
+        # highest first, ties in region order (a stable sort: as np.argsort(-scores, kind="stable"))
+        order = sorted(range(len(values)), key=values.__getitem__, reverse=True)[: self.top]
         flagged = self._flagged_at is not None
         if self._flagger is not None and not flagged and self._flagger.update(scores):
             self._flagged_at = span.index
@@ -458,7 +460,7 @@ class AttributionStream:
             if self._stop_on_flag:  # generation stops at its next token; the final event follows
                 self._stopped_on_flag = True
                 self._stop.set()
-        trajectory = self._trajectory.update(scores)
+        trajectory = self._trajectory.update(values)
         ev = SpanEvent(
             index=span.index,
             text=span.text,
@@ -623,6 +625,7 @@ class Attributor:
         self.name = loaded.name
         self.lock = threading.Lock()
         self._lock_owner: int | None = None
+        self._scorer: tuple[tuple[Any, ...], Callable[[np.ndarray], np.ndarray]] | None = None
         n_layers, n_heads = loaded.dims
         coef = np.asarray(estimator.coef_)
         meta = dict(getattr(estimator, "metadata_", {}))
@@ -652,6 +655,17 @@ class Attributor:
     def model(self) -> Any:
         """The model."""
         return self.loaded.model
+
+    def span_scorer(self) -> Callable[[np.ndarray], np.ndarray]:
+        """What scores one span's ``(K, L, H)`` features on the streaming path, as the estimator's
+        ``region_scores`` does: its [`SpanScorer`][estimators.linear.SpanScorer] (one product), made once and
+        remade when the estimator or its weights are replaced."""
+        est = self.estimator
+        key = (est, est.coef_, getattr(est, "scale_coef_", None))
+        if self._scorer is None or any(a is not b for a, b in zip(self._scorer[0], key, strict=True)):
+            make = getattr(est, "span_scorer", None)  # an estimator of another kind: its general method
+            self._scorer = (key, make() if make is not None else lambda f: est.region_scores(f[None])[0])
+        return self._scorer[1]
 
     @contextmanager
     def _exclusive(self) -> Iterator[None]:
