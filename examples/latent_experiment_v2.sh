@@ -15,8 +15,9 @@
 # Every `attrib latent` command is given --benchmark shapes2, so a v1 base, selection or model is refused
 # before any work. Every step is resumable: finished outputs are skipped, and an interrupted fine-tuning run
 # resumes from its last checkpoint (every 100 steps). Commands run one at a time with 2 torch threads
-# (the default of `attrib latent`). Not yet run: v2 images carry up to 256 visual tokens and v2 traces are
-# several times longer than v1's, so expect it to take well over the v1 run's 46 min.
+# (the default of `attrib latent`). Wall time alone on this project's CPU machine: selection about 6 min, each
+# mode x seed about 7 min of fine-tuning and 3 min of probing, the rest under 5 min: about 1.6 h in all.
+# SEEDS="0 1" runs two seeds (the first published run, 2026-12-01).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 A=".venv/bin/attrib"
